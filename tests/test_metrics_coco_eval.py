@@ -148,3 +148,54 @@ def test_conversion_and_errors():
         evaluate_coco(gt, det, NAMES, iou_type="segm")
     with pytest.raises(DataError, match="class id 2"):
         evaluate_coco(gt, [{"boxes": [[0, 0, 1, 1]], "scores": [1.0], "classes": [2]}], NAMES)
+
+
+def test_real_annotations_match_the_official_json_path(shared_data):
+    """labelme_voc3's COCO json: evaluating in memory gives every figure the file-based pycocotools path gives
+    (loadRes on json-style results), so box conversion, areas, RLE and category ids are right."""
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(shared_data / "labelme_voc3" / "coco" / "annotations.json"))
+    names = [c["name"] for c in coco.loadCats(coco.getCatIds()) if c["id"] > 0]   # id 0 is "_background_"
+    rng = np.random.default_rng(5)
+    gts, dets, results = [], [], {"bbox": [], "segm": []}
+    for image in coco.loadImgs(coco.getImgIds()):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        xywh = np.array([a["bbox"] for a in anns], np.float64)
+        boxes = np.stack([xywh[:, 1], xywh[:, 0], xywh[:, 1] + xywh[:, 3], xywh[:, 0] + xywh[:, 2]], 1)
+        masks = np.stack([coco.annToMask(a) for a in anns])
+        labels = np.array([a["category_id"] - 1 for a in anns])
+        gts.append({"boxes": boxes, "labels": labels, "masks": masks, "area": [a["area"] for a in anns],
+                    "iscrowd": [a["iscrowd"] for a in anns], "image_id": image["id"],
+                    "height": image["height"], "width": image["width"]})
+        # Jittered copies, one with a wrong class, and shifted masks: a mix of hits and misses at each threshold.
+        det_boxes = boxes + rng.normal(0, 6, boxes.shape)
+        det_labels = labels.copy()
+        det_labels[0] = (det_labels[0] + 3) % len(names)
+        det_masks = np.stack([np.roll(m, tuple(rng.integers(-8, 9, 2)), axis=(0, 1)) for m in masks])
+        scores = rng.uniform(0.1, 1.0, len(anns))
+        dets.append({"boxes": det_boxes, "scores": scores, "classes": det_labels, "masks": det_masks})
+        rles = mask_utils.encode(np.asfortranarray(det_masks.transpose(1, 2, 0)))
+        for box, label, score, rle in zip(det_boxes, det_labels, scores, rles):
+            results["bbox"].append({"image_id": image["id"], "category_id": int(label) + 1, "score": float(score),
+                                    "bbox": [box[1], box[0], box[3] - box[1], box[2] - box[0]]})
+            results["segm"].append({"image_id": image["id"], "category_id": int(label) + 1, "score": float(score),
+                                    "segmentation": rle})
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            official = COCOeval(coco, coco.loadRes(results[iou_type]), iou_type)
+            official.evaluate()
+            official.accumulate()
+            official.summarize()
+        ours = evaluate_coco(gts, dets, names, iou_type=iou_type)
+        expected = [np.nan if v < 0 else v for v in official.stats]
+        got = [ours[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
+                                 "ARs", "ARm", "ARl")]
+        np.testing.assert_allclose(got, expected, atol=1e-12, err_msg=iou_type)
+        assert 0.05 < ours["AP"] < 0.95, iou_type          # a case that tells right from wrong
