@@ -65,3 +65,28 @@ def test_edge_cases_and_errors():
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 3), int), 3)
     with pytest.raises(DataError, match="integer"):
         confusion_matrix(np.full((2, 2), 0.5), np.zeros((2, 2), int), 3)
+
+
+def test_real_voc_class_masks(shared_data):
+    """labelme_voc3's palette PNGs hold VOC ids with 255 borders: metrics over the 3 images, accumulated,
+    equal the direct computation, and the border pixels change nothing whatever is predicted there."""
+    from PIL import Image
+
+    folder = shared_data / "labelme_voc3" / "voc" / "SegmentationClass"
+    targets = [np.asarray(Image.open(path)).astype(np.int64) for path in sorted(folder.glob("*.png"))]
+    assert len(targets) == 3 and any((t == 255).any() for t in targets)
+    rng = np.random.default_rng(2)
+    evaluator = SegmentationEvaluator(21)
+    preds = []
+    for target in targets:
+        pred = np.where(target == 255, rng.integers(0, 21, target.shape), target)
+        pred[: target.shape[0] // 3] = 15        # a band predicted "person": some right, most wrong
+        preds.append(pred)
+        evaluator.update(pred, target)
+    flat_pred = np.concatenate([p.ravel() for p in preds])
+    flat_target = np.concatenate([t.ravel() for t in targets])
+    per_class, accuracy = _direct(flat_pred, flat_target, 21)
+    result = evaluator.result()
+    np.testing.assert_allclose(result["per_class_iou"], per_class, atol=1e-12)
+    assert result["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert 0.2 < result["mIoU"] < 0.95
