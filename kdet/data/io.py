@@ -1,0 +1,129 @@
+"""One entry point per direction: `load_dataset(format, path, split)` and `write_dataset(dataset, format, out)`.
+
+What `kdet data check|convert` and the training configs call, so any reader can feed any writer
+(e.g. shapes or BCCD to COCO json, YOLO or TFRecord). A directory written by `write_dataset(..., split=s)` is read
+back by `load_dataset(format, out, split=s)`:
+
+| format   | path given to load_dataset                               | write_dataset(out=dir, split=s) writes     |
+|----------|----------------------------------------------------------|--------------------------------------------|
+| shapes   | none (generated; split picks a disjoint seed)            | (not writable)                             |
+| coco     | the json, or a dir holding s.json, annotations/instances_s.json or annotations.json | dir/s.json + dir/images/ |
+| voc      | the VOC root (Annotations/, JPEGImages/, ImageSets/Main/) | the same layout, ImageSets/Main/s.txt     |
+| yolo     | the dataset yaml, or a dir holding data.yaml              | dir/images/s, dir/labels/s, dir/data.yaml  |
+| tfrecord | a file, a glob, or a dir holding s.tfrecord*              | dir/s.tfrecord + dir/label_map.pbtxt       |
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from kdet.data.coco import read_coco, write_coco
+from kdet.data.records import DetectionDataset
+from kdet.data.shapes import make_shapes
+from kdet.data.tfrecord import tfrecord_to_dataset, write_tfrecord
+from kdet.data.voc import read_voc, write_voc
+from kdet.data.yolo import read_yolo, write_yolo
+from kdet.errors import ConfigError, DataError
+
+FORMATS = ("shapes", "coco", "voc", "yolo", "tfrecord")
+# make_shapes seeds split s with seed * 3 + offset, so train / val / test never share an image for any seed.
+SHAPES_SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+SHAPES_DEFAULT_IMAGES = 1000
+
+
+def _check_format(format: str):
+    if format not in FORMATS:
+        raise ConfigError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _check_options(function, options: dict, fixed: tuple, format: str):
+    allowed = [name for name in inspect.signature(function).parameters if name not in fixed]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for dataset format {format!r}; allowed: {allowed}")
+
+
+def _first_existing(directory: Path, names, what: str) -> Path:
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise DataError(directory, f"no {what} found (looked for {', '.join(names)})")
+
+
+def _yolo_yaml(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if (path / "data.yaml").is_file():
+        return path / "data.yaml"
+    candidates = sorted(path.glob("*.yaml"))
+    if len(candidates) != 1:
+        raise DataError(path, f"expected data.yaml or exactly one *.yaml, found {[c.name for c in candidates]}")
+    return candidates[0]
+
+
+def _shapes(split, options) -> DetectionDataset:
+    if split not in SHAPES_SPLIT_OFFSETS:
+        raise ConfigError(f"unknown split {split!r} for the shapes dataset; expected one of "
+                          f"{list(SHAPES_SPLIT_OFFSETS)}")
+    _check_options(make_shapes, options, (), "shapes")
+    options = dict(options)
+    options["seed"] = int(options.get("seed", 0)) * len(SHAPES_SPLIT_OFFSETS) + SHAPES_SPLIT_OFFSETS[split]
+    options.setdefault("num_images", SHAPES_DEFAULT_IMAGES)
+    return make_shapes(**options)
+
+
+def load_dataset(format: str, path=None, split="train", strict=False, **options) -> DetectionDataset:
+    """Read split `split` of the dataset at `path` in `format` (one of FORMATS) as a DetectionDataset.
+
+    options go to the reader (e.g. with_masks, class_names, verbose, image_dir; for shapes the arguments of
+    `make_shapes`, num_images defaulting to 1000). An unknown format or option is a ConfigError; a path that
+    does not exist is a DataError naming it.
+    """
+    _check_format(format)
+    if format == "shapes":
+        return _shapes(split, options)
+    if path is None:
+        raise ConfigError(f"dataset format {format!r} needs a path")
+    path = Path(path)
+    if format == "tfrecord":
+        _check_options(tfrecord_to_dataset, options, ("path",), format)
+        pattern = str(path / f"{split}.tfrecord*") if path.is_dir() else str(path)
+        return tfrecord_to_dataset(pattern, **options)
+    if not path.exists():
+        raise DataError(path, f"{format} dataset not found")
+    if format == "coco":
+        _check_options(read_coco, options, ("json_path", "strict"), format)
+        if path.is_dir():
+            path = _first_existing(path, [f"{split}.json", f"annotations/instances_{split}.json",
+                                          "annotations.json"], "COCO annotation json")
+        return read_coco(path, strict=strict, **options)
+    if format == "voc":
+        _check_options(read_voc, options, ("root", "split", "strict"), format)
+        return read_voc(path, split=split, strict=strict, **options)
+    _check_options(read_yolo, options, ("yaml_path", "split", "strict"), format)
+    return read_yolo(_yolo_yaml(path), split=split, strict=strict, **options)
+
+
+def write_dataset(dataset: DetectionDataset, format: str, out, split="train") -> Path:
+    """Write `dataset` as split `split` in `format` under the directory `out`; returns the main file or directory.
+
+    For coco and tfrecord, `out` may also be the file itself (ending in .json / .tfrecord).
+    """
+    _check_format(format)
+    out = Path(out)
+    if format == "shapes":
+        raise ConfigError("the shapes dataset is generated by make_shapes, it cannot be written as 'shapes'; "
+                          "choose coco, voc, yolo or tfrecord")
+    if format == "coco":
+        target = out if out.suffix == ".json" else out / f"{split}.json"
+        write_coco(dataset, target)
+        return target
+    if format == "tfrecord":
+        target = out if out.suffix == ".tfrecord" else out / f"{split}.tfrecord"
+        write_tfrecord(dataset, target)
+        return target
+    if format == "voc":
+        write_voc(dataset, out, split=split)
+        return out
+    write_yolo(dataset, out, split=split)
+    return out / "data.yaml"
