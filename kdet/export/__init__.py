@@ -1,0 +1,55 @@
+"""Export any kdet model to SavedModel (TF Serving layout), TFLite (fp32 / fp16 / int8) and ONNX, and run the results.
+
+    export_model(model, out_dir, name)  ->  {"saved_model": out_dir/name/<version>,
+                                             "tflite": out_dir/name/name.tflite (name_fp16 / name_int8 when quantised),
+                                             "onnx": out_dir/name/name.onnx}
+    load_runner(path)(images uint8 [B, H, W, 3]) -> dict of numpy, for .keras / SavedModel / .tflite / .onnx
+
+Export only uses the model contract (`detect` = `decode(call(images))`, `image_size`, `task`); models never import
+this package.
+"""
+from pathlib import Path
+
+from kdet.errors import ConfigError
+from kdet.export.onnx import export_onnx
+from kdet.export.runners import load_runner
+from kdet.export.saved_model import export_saved_model
+from kdet.export.tflite import export_tflite
+
+FORMATS = ("saved_model", "tflite", "onnx")
+
+__all__ = ["FORMATS", "export_model", "export_onnx", "export_saved_model", "export_tflite", "load_runner",
+           "tflite_filename"]
+
+
+def tflite_filename(name, quantize=None):
+    """name.tflite, name_fp16.tflite or name_int8.tflite."""
+    return f"{name}_{quantize}.tflite" if quantize else f"{name}.tflite"
+
+
+def export_model(model, out_dir, name, formats=FORMATS, quantize=None, representative_images=None, version=None):
+    """Write the requested artifacts of `model` under `out_dir/name/` and return {format: path}.
+
+    Args:
+        model: a kdet model.
+        out_dir: e.g. "saved_models"; name: the model's directory and file stem.
+        formats: any of "saved_model", "tflite", "onnx".
+        quantize: None, "fp16" or "int8": applies to the TFLite artifact only.
+        representative_images: uint8 [N, H, W, 3] training images, needed for int8.
+        version: SavedModel version (default: the next integer in out_dir/name/).
+    """
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ConfigError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)}")
+    model_dir = Path(out_dir) / name
+    paths = {}
+    if "saved_model" in formats:
+        paths["saved_model"] = export_saved_model(model, model_dir, version=version)
+    if "tflite" in formats:
+        paths["tflite"] = export_tflite(model, model_dir / tflite_filename(name, quantize), quantize=quantize,
+                                        representative_images=representative_images)
+    if "onnx" in formats:
+        paths["onnx"] = export_onnx(model, model_dir / f"{name}.onnx")
+    return paths

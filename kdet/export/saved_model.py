@@ -1,0 +1,134 @@
+"""SavedModel export in TensorFlow Serving's versioned layout, with two signatures.
+
+    base_dir/<version>/saved_model.pb, variables/
+        serving_default(images: uint8 [B, H, W, 3])   -> detection dict (or the semantic dict)
+        serving_bytes(image_bytes: string [B])        -> the same dict in each image's own pixel frame
+
+`serving_bytes` takes encoded JPEG/PNG (anything `tf.io.decode_image` reads), resizes each image to the model size,
+runs the model and maps the result back: boxes are scaled to the image's own width/height; semantic masks are resized
+with nearest neighbour (probabilities bilinearly) and padded to the largest image of the batch (masks with -1,
+probabilities with 0), and `original_size` [B, 2] says which part of each row is the image.
+Everything is graph ops (no py_function), so TF Serving and `saved_model_cli run` can execute it.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet.errors import KdetError
+
+
+def export_saved_model(model, base_dir, version=None):
+    """Write `model` to `base_dir/<version>/` and return that path.
+
+    Args:
+        model: a kdet model (`detect`, `image_size`, `task`).
+        base_dir: the model's directory in a TF Serving model base path.
+        version: integer version; None = one more than the highest version already in `base_dir` (1 when empty).
+    Raises:
+        KdetError: the version directory already exists (TF Serving versions are immutable).
+    """
+    base_dir = Path(base_dir)
+    version = next_version(base_dir) if version is None else int(version)
+    target = base_dir / str(version)
+    if target.exists():
+        raise KdetError(f"{target}: SavedModel version {version} already exists; versions are immutable, "
+                        "pass another version or leave it unset")
+    base_dir.mkdir(parents=True, exist_ok=True)
+    archive = build_export_archive(model)
+    # Write beside the target and rename: a server watching base_dir must never load a half-written version.
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base_dir))
+    try:
+        archive.write_out(str(staging), verbose=False)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def next_version(base_dir):
+    """1 + the highest integer-named subdirectory of base_dir (1 if none)."""
+    versions = [int(p.name) for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def latest_version_dir(base_dir):
+    """The highest integer-named subdirectory of base_dir (TF Serving's default version policy), or None."""
+    versions = [p for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(versions, key=lambda p: int(p.name))) if versions else None
+
+
+def ensure_built(model):
+    """Build the model's variables with one dummy batch if it never ran (export needs them)."""
+    if not model.built:
+        height, width = model.image_size
+        model(np.zeros((1, height, width, 3), np.uint8), training=False)
+
+
+def serving_fn(model):
+    """uint8 images [B, H, W, 3] -> the model's output dict; the plain function both signatures share."""
+
+    def serve(images):
+        return dict(model.detect(tf.cast(images, tf.float32)))
+
+    return serve
+
+
+def bytes_serving_fn(model):
+    """string [B] encoded images -> output dict in each image's own frame (see the module docstring)."""
+    height, width = model.image_size
+    semantic = getattr(model, "task", "detection") == "semantic"
+
+    def decode_one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        size = tf.shape(image)[:2]
+        resized = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
+        return tf.ensure_shape(resized, (height, width, 3)), size
+
+    def serve(image_bytes):
+        images, sizes = tf.map_fn(decode_one, image_bytes, fn_output_signature=(
+            tf.TensorSpec((height, width, 3), tf.float32), tf.TensorSpec((2,), tf.int32)))
+        outputs = dict(model.detect(images))
+        if semantic:
+            return _semantic_to_original(outputs, sizes)
+        scale = tf.cast(sizes, tf.float32) / tf.constant([height, width], tf.float32)
+        outputs["boxes"] = outputs["boxes"] * tf.tile(scale, [1, 2])[:, None, :]
+        return outputs
+
+    return serve
+
+
+def _semantic_to_original(outputs, sizes):
+    """masks [B, H, W] / probabilities [B, H, W, C] -> each image's size, padded to the batch's largest image."""
+    max_size = tf.reduce_max(sizes, axis=0)
+
+    def resize_one(args):
+        mask, probabilities, size = args
+        mask = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
+        probabilities = tf.image.resize(probabilities, size, method="bilinear")
+        pad = [[0, max_size[0] - size[0]], [0, max_size[1] - size[1]]]
+        return tf.pad(mask, pad, constant_values=-1), tf.pad(probabilities, pad + [[0, 0]])
+
+    num_classes = outputs["probabilities"].shape[-1]
+    masks, probabilities = tf.map_fn(resize_one, (outputs["masks"], outputs["probabilities"], sizes),
+                                     fn_output_signature=(tf.TensorSpec((None, None), tf.int32),
+                                                          tf.TensorSpec((None, None, num_classes), tf.float32)))
+    return {"masks": masks, "probabilities": probabilities, "original_size": sizes}
+
+
+def build_export_archive(model):
+    """A keras ExportArchive holding the model's variables and both serving signatures."""
+    ensure_built(model)
+    height, width = model.image_size
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_fn(model),
+                         input_signature=[tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")])
+    archive.add_endpoint("serving_bytes", bytes_serving_fn(model),
+                         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    return archive

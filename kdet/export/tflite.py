@@ -1,0 +1,193 @@
+"""TFLite export: builtins only, float32 / float16 / int8, with the detection dict as the signature's outputs.
+
+The model is traced inside `with builtins_only():` so that ops without a TFLite builtin (CropAndResize,
+CombinedNonMaxSuppression, MaxPoolWithArgmax) take their builtins-only twins, then converted with
+`supported_ops=[TFLITE_BUILTINS]`: an op that still has no builtin fails the export with a `KdetError` naming it.
+Never `model.export(format="litert")`: it adds SELECT_TF_OPS silently, and no Flex delegate can run here
+(DESIGN.md, "Measured facts").
+
+int8: the network is quantised, decoding + NMS stay float. Measured: with NMS (or the box arithmetic feeding it)
+inside the int8 graph, counts drift or a DIV kernel fails. The decode is traced under the name scope `kdet_decode`;
+after calibration every tensor of that scope (and any `keep_float` scope) loses its calibration range and is
+denylisted from quantisation (`tf.lite.experimental.QuantizationDebugger`), so the int8 network ends in a
+DEQUANTIZE and decode, NMS included, runs in float32.
+"""
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet.errors import ConfigError, KdetError
+from kdet.export.saved_model import ensure_built
+from kdet.ops.mode import builtins_only
+
+DECODE_SCOPE = "kdet_decode"
+QUANTIZE_MODES = (None, "fp16", "int8")
+
+
+def export_tflite(model, path, quantize=None, representative_images=None, keep_float=()):
+    """Convert `model` to a TFLite flatbuffer at `path` and return the path.
+
+    Args:
+        model: a kdet model (`detect`, `image_size`).
+        path: output file, e.g. `saved_models/name/name_int8.tflite`.
+        quantize: None (float32), "fp16" (float16 weights, float32 compute) or "int8" (int8 network, float decode).
+        representative_images: uint8 or float 0..255 [N, H, W, 3] training images; needed for "int8" (calibration).
+        keep_float: extra name scopes (e.g. a proposal layer's name) whose ops stay float in an int8 model, for
+            models that run NMS inside `call`.
+    Signature `serving_default`: images uint8 [B, H, W, 3] -> the model's output dict (same keys as `detect`).
+    Raises:
+        KdetError: an op has no TFLite builtin (the message names it); ConfigError: bad quantize / images.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if quantize == "int8":
+        representative_images = _check_images(model, representative_images)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="kdet-tflite-")
+    try:
+        _write_builtins_saved_model(model, staging)
+        converter = _converter(staging, quantize)
+        if quantize == "int8":
+            flatbuffer = _convert_int8(converter, representative_images, (DECODE_SCOPE,) + tuple(keep_float))
+        else:
+            flatbuffer = _convert(converter)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    path.write_bytes(flatbuffer)
+    return str(path)
+
+
+def _write_builtins_saved_model(model, directory):
+    """A SavedModel of the builtins-only trace (from_saved_model freezes Keras variables; concrete functions don't)."""
+    ensure_built(model)
+    height, width = model.image_size
+
+    def serve(images):
+        outputs = model(tf.cast(images, tf.float32), training=False)
+        with tf.name_scope(DECODE_SCOPE):  # marks the float part for int8
+            return dict(model.decode(outputs))
+
+    with builtins_only():  # read by kdet.ops at trace time, which happens inside write_out
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", serve,
+                             input_signature=[tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")])
+        archive.write_out(directory, verbose=False)
+
+
+def _converter(saved_model_dir, quantize):
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    return converter
+
+
+def _convert(converter):
+    try:
+        return converter.convert()
+    except Exception as error:  # ConverterError lives in a private module; anything else is re-raised unchanged
+        _raise_if_unsupported(error)
+        raise
+
+
+def _raise_if_unsupported(error):
+    ops = unsupported_ops(error)
+    if ops:
+        raise KdetError(
+            "TFLite export failed: no TFLite builtin for " + ", ".join(ops) + ". Give the op a builtins-only twin in "
+            "kdet.ops (chosen by builtins_only()); SELECT_TF_OPS is not an option, no Flex delegate runs here"
+        ) from None
+
+
+def unsupported_ops(error):
+    """Converter error -> ["CropAndResize (at roi_align/CropAndResize)", ...], the ops without a builtin kernel."""
+    found = {}
+    for data in getattr(error, "errors", None) or []:
+        name = data.operator.name.removeprefix("tf.")
+        if name:
+            calls = [c.name.split("@")[0] for c in data.location.call] if data.location.call else []
+            found.setdefault(name, calls[0] if calls else "")
+    if not found:
+        for name in re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)):
+            found.setdefault(name, "")
+    return [f"{name} (at {where})" if where else name for name, where in sorted(found.items())]
+
+
+def _check_images(model, images):
+    if images is None:
+        raise ConfigError("quantize='int8' needs representative_images: uint8 [N, H, W, 3] training images")
+    images = np.asarray(images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != (*model.image_size, 3) or len(images) == 0:
+        raise ConfigError(f"representative_images must be [N, {model.image_size[0]}, {model.image_size[1]}, 3], "
+                          f"got {images.shape}")
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def _convert_int8(converter, images, float_scopes):
+    """Calibrate on `images`, then quantise everything except the tensors of `float_scopes`.
+
+    Two measures are needed (measured on the tiny detectors of tests/testing.py): the quantiser's node denylist only
+    matches ops whose location is a single name, so multi-output ops (TOPK_V2, SPLIT, NMS) and fused ops ("a;b")
+    slip through it; an op whose tensors carry no calibration range is never quantised, so those ranges are removed
+    from the calibrated model as well. With the denylist alone TANH/LOGISTIC/MIN/MAX of the decode stay int8; with
+    both, the decode (and its WHILE body) is float32 and the network ends in a DEQUANTIZE.
+    """
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def dataset():
+        for image in images:
+            yield [image[None]]
+
+    converter.representative_dataset = dataset
+    with warnings.catch_warnings():  # the debugger runs TF's deprecated tf.lite.Interpreter internally
+        warnings.simplefilter("ignore")
+        try:
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset)
+        except Exception as error:
+            _raise_if_unsupported(error)
+            raise
+        float_tensors = tensors_in_scopes(debugger.calibrated_model, float_scopes)
+        debugger.calibrated_model = _without_calibration(debugger.calibrated_model, set(float_tensors))
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_tensors)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _without_calibration(flatbuffer, names):
+    """The calibrated model with the recorded min/max ranges of the tensors in `names` removed."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.name.decode() in names:
+                tensor.quantization = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tensors_in_scopes(flatbuffer, scopes):
+    """Names of the tensors (all subgraphs, so WHILE bodies too) created under any of `scopes`.
+
+    A converted tensor's name lists the fused TF ops it came from ("a/conv;a/relu"); any part in a scope counts.
+    Signature outputs are named after the call op ("StatefulPartitionedCall:0") and always stay float.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    names = set()
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = tensor.name.decode()
+            parts = name.split(";")
+            if name.startswith("StatefulPartitionedCall") or any(
+                    part.startswith(scope + "/") or f"/{scope}/" in part for part in parts for scope in scopes):
+                names.add(name)
+    return sorted(names)

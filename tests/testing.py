@@ -1,0 +1,417 @@
+"""Shared test helpers: `check_export_parity`, which every model test calls, and tiny contract-following models.
+
+`check_export_parity(model, images, tmp_path)` exports a model to each artifact format, runs every artifact on the
+same uint8 images through `kdet.export.load_runner`, and compares it with the Keras model's `detect`:
+same num_detections, same classes, boxes within `box_atol` pixels, scores within `score_atol` (order-insensitive, so
+two detections whose scores tie may swap rows). Quantised formats ("tflite_fp16", "tflite_int8") are not expected
+to be equal: for them it returns a report (fraction of Keras detections matched, box error) instead of asserting.
+Semantic models (`model.task == "semantic"`) compare masks and probabilities.
+
+The tiny models (`TinyGridDetector`, `TinyRoiDetector`, `TinySegmenter`) exist so that export and serving can be
+tested without training anything; each uses the ops that need a TFLite-builtins twin (combined NMS, RoIAlign).
+"""
+import io
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from kdet.models.base import Detector
+from kdet.ops.mode import builtins_only_enabled
+
+DETECTION_KEYS = ("boxes", "scores", "classes", "num_detections")
+QUANTISED_FORMATS = ("tflite_fp16", "tflite_int8")
+
+
+def random_images(model, batch=2, seed=0):
+    """uint8 [batch, H, W, 3] images at the model's size: smooth blobs, so that convolutions see structure."""
+    rng = np.random.default_rng(seed)
+    height, width = model.image_size
+    coarse = rng.uniform(0, 255, size=(batch, height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse, (height, width), method="bilinear").numpy()
+    noise = rng.normal(0, 12, size=smooth.shape)
+    return np.clip(smooth + noise, 0, 255).astype(np.uint8)
+
+
+def make_tiny_detector(cls=None, batch=3, seed=0, quantile=0.985, **kwargs):
+    """A seeded tiny detector whose score threshold sits at `quantile` of its scores on `batch` images.
+
+    Random-init scores cluster, so a fixed threshold gives 0 or K detections; this one gives counts in between and
+    different per image, which is what catches the TFLite NMS count trap. Returns (model, images uint8).
+    """
+    keras.utils.set_random_seed(seed)
+    model = (cls or TinyGridDetector)(**kwargs)
+    images = random_images(model, batch, seed=seed)
+    scores = tf.sigmoid(model(images)["class_logits"]).numpy()
+    model.score_threshold = float(np.quantile(scores, quantile))
+    return model, images
+
+
+def encode_png(image):
+    """uint8 [H, W, 3] -> PNG bytes (lossless, so a serving_bytes round trip sees the same pixels)."""
+    return tf.io.encode_png(image).numpy()
+
+
+def encode_jpeg(image, quality=95):
+    """uint8 [H, W, 3] -> JPEG bytes."""
+    return tf.io.encode_jpeg(image, quality=quality).numpy()
+
+
+def keras_outputs(model, images):
+    """The reference: the Keras model's `detect` on uint8 images, as numpy."""
+    return {k: np.asarray(v) for k, v in model.detect(tf.constant(images)).items()}
+
+
+def match_detections(reference, candidate, box_atol, score_atol, iou_threshold=None):
+    """Pair each reference detection with a candidate detection of one image.
+
+    reference / candidate: dicts of one image: boxes [K, 4], scores [K], classes [K], num_detections scalar.
+    With iou_threshold None a pair needs the same class, every box coordinate within box_atol and the score within
+    score_atol; with an IoU threshold (quantised models) it needs the same class and IoU >= iou_threshold.
+    Returns a list of (reference row, candidate row) pairs, greedy in reference score order.
+    """
+    n_ref, n_cand = int(reference["num_detections"]), int(candidate["num_detections"])
+    free = list(range(n_cand))
+    pairs = []
+    for i in np.argsort(-reference["scores"][:n_ref], kind="stable"):
+        best, best_err = None, None
+        for j in free:
+            if candidate["classes"][j] != reference["classes"][i]:
+                continue
+            if iou_threshold is None:
+                box_err = np.max(np.abs(candidate["boxes"][j] - reference["boxes"][i]))
+                if box_err > box_atol or abs(candidate["scores"][j] - reference["scores"][i]) > score_atol:
+                    continue
+                err = box_err
+            else:
+                overlap = box_iou(reference["boxes"][i], candidate["boxes"][j])
+                if overlap < iou_threshold:
+                    continue
+                err = -overlap
+            if best is None or err < best_err:
+                best, best_err = j, err
+        if best is not None:
+            free.remove(best)
+            pairs.append((int(i), best))
+    return pairs
+
+
+def box_iou(a, b):
+    """IoU of two yxyx boxes [4]."""
+    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = ih * iw
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def compare_detections(reference, candidate, box_atol=1e-3, score_atol=1e-4, name="artifact"):
+    """Assert that two detection dicts ([B, ...] numpy) agree: counts, classes, boxes and scores.
+
+    Returns {"max_box_error": px, "max_score_error": ..., "detections": total count}.
+    """
+    for key in DETECTION_KEYS:
+        assert key in candidate, f"{name}: output {key!r} missing (has {sorted(candidate)})"
+        assert candidate[key].shape == reference[key].shape, \
+            f"{name}: {key} shape {candidate[key].shape} != Keras {reference[key].shape}"
+    np.testing.assert_array_equal(candidate["num_detections"], reference["num_detections"],
+                                  err_msg=f"{name}: num_detections differ from Keras (the NMS count trap?)")
+    max_box, max_score, total = 0.0, 0.0, 0
+    for b in range(reference["boxes"].shape[0]):
+        ref = {k: v[b] for k, v in reference.items()}
+        cand = {k: v[b] for k, v in candidate.items()}
+        n = int(ref["num_detections"])
+        pairs = match_detections(ref, cand, box_atol, score_atol)
+        assert len(pairs) == n, (
+            f"{name}: image {b}: only {len(pairs)} of {n} Keras detections found within box_atol={box_atol} px, "
+            f"score_atol={score_atol}\nKeras boxes {ref['boxes'][:n]} classes {ref['classes'][:n]} scores "
+            f"{ref['scores'][:n]}\n{name} boxes {cand['boxes'][:n]} classes {cand['classes'][:n]} "
+            f"scores {cand['scores'][:n]}")
+        for i, j in pairs:
+            max_box = max(max_box, float(np.max(np.abs(ref["boxes"][i] - cand["boxes"][j]))))
+            max_score = max(max_score, float(abs(ref["scores"][i] - cand["scores"][j])))
+        # Rows past num_detections are padding and must be zero, as the contract says.
+        for key in ("boxes", "scores", "classes"):
+            assert not np.any(cand[key][n:]), f"{name}: image {b}: {key} rows past num_detections are not zero"
+        total += n
+    return {"max_box_error": max_box, "max_score_error": max_score, "detections": total}
+
+
+def quantised_report(reference, candidate, iou_threshold=0.5):
+    """How far a quantised artifact drifts from Keras: matched fraction (same class, IoU >= 0.5), box error, counts."""
+    matched, total, box_errors = 0, 0, []
+    for b in range(reference["boxes"].shape[0]):
+        ref = {k: v[b] for k, v in reference.items()}
+        cand = {k: v[b] for k, v in candidate.items()}
+        pairs = match_detections(ref, cand, np.inf, np.inf, iou_threshold=iou_threshold)
+        matched += len(pairs)
+        total += int(ref["num_detections"])
+        box_errors += [float(np.max(np.abs(ref["boxes"][i] - cand["boxes"][j]))) for i, j in pairs]
+    return {"matched_fraction": matched / total if total else 1.0,
+            "mean_box_error": float(np.mean(box_errors)) if box_errors else 0.0,
+            "max_box_error": float(np.max(box_errors)) if box_errors else 0.0,
+            "keras_detections": total, "artifact_detections": int(np.sum(candidate["num_detections"]))}
+
+
+def compare_semantic(reference, candidate, prob_atol=1e-4, name="artifact"):
+    """Assert masks equal (except where the top two probabilities tie within prob_atol) and probabilities close."""
+    for key in ("masks", "probabilities"):
+        assert key in candidate, f"{name}: output {key!r} missing (has {sorted(candidate)})"
+        assert candidate[key].shape == reference[key].shape, \
+            f"{name}: {key} shape {candidate[key].shape} != Keras {reference[key].shape}"
+    prob_error = float(np.max(np.abs(candidate["probabilities"] - reference["probabilities"])))
+    assert prob_error <= prob_atol, f"{name}: probabilities differ by {prob_error} > {prob_atol}"
+    top2 = np.sort(reference["probabilities"], axis=-1)[..., -2:]
+    decided = (top2[..., 1] - top2[..., 0]) > 2 * prob_atol
+    disagree = (candidate["masks"] != reference["masks"]) & decided
+    assert not disagree.any(), f"{name}: {int(disagree.sum())} mask pixels differ from Keras"
+    return {"max_probability_error": prob_error, "mask_agreement": float(np.mean(candidate["masks"] == reference["masks"]))}
+
+
+def semantic_report(reference, candidate):
+    return {"mask_agreement": float(np.mean(candidate["masks"] == reference["masks"])),
+            "max_probability_error": float(np.max(np.abs(candidate["probabilities"] - reference["probabilities"])))}
+
+
+def check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite", "onnx"), box_atol=1e-3,
+                        score_atol=1e-4, representative_images=None, check_serving_bytes=True):
+    """Export `model` to each format and check every artifact against Keras `detect` on `images`.
+
+    Args:
+        model: a kdet model (Detector contract), built or not.
+        images: uint8 [B, H, W, 3] at `model.image_size`.
+        tmp_path: a directory for the artifacts (pytest's tmp_path).
+        formats: any of "keras", "saved_model", "tflite", "tflite_fp16", "tflite_int8", "onnx".
+        box_atol: pixels; score_atol: absolute score difference (probabilities for semantic models).
+        representative_images: uint8 [N, H, W, 3] for int8 calibration (default: `images`).
+        check_serving_bytes: also run the SavedModel's `serving_bytes` on PNG-encoded `images` (same pixels, so it
+            must match `serving_default` exactly).
+    Returns:
+        {format: report dict}; float formats are asserted, quantised formats only reported.
+    """
+    from kdet.export import export_onnx, export_saved_model, export_tflite, load_runner
+
+    images = np.asarray(images, np.uint8)
+    semantic = getattr(model, "task", "detection") == "semantic"
+    reference = keras_outputs(model, images)
+    reports = {}
+    for fmt in formats:
+        if fmt == "keras":
+            path = str(tmp_path / "model.keras")
+            model.save(path)
+        elif fmt == "saved_model":
+            path = export_saved_model(model, tmp_path / "saved_model")
+        elif fmt.startswith("tflite"):
+            quantize = fmt.partition("_")[2] or None
+            path = export_tflite(model, tmp_path / f"model{'_' + quantize if quantize else ''}.tflite",
+                                 quantize=quantize,
+                                 representative_images=images if representative_images is None else representative_images)
+        elif fmt == "onnx":
+            path = export_onnx(model, tmp_path / "model.onnx")
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+        outputs = load_runner(path)(images)
+        if fmt in QUANTISED_FORMATS:
+            reports[fmt] = semantic_report(reference, outputs) if semantic else quantised_report(reference, outputs)
+        elif semantic:
+            reports[fmt] = compare_semantic(reference, outputs, prob_atol=score_atol, name=fmt)
+        else:
+            reports[fmt] = compare_detections(reference, outputs, box_atol, score_atol, name=fmt)
+        if fmt == "saved_model" and check_serving_bytes:
+            reports["serving_bytes"] = _check_serving_bytes(path, images, outputs, semantic)
+    return reports
+
+
+def _check_serving_bytes(path, images, expected, semantic):
+    """serving_bytes on lossless PNGs at the model size gives exactly what serving_default gave."""
+    loaded = tf.saved_model.load(str(path))
+    encoded = tf.constant([encode_png(image) for image in images])
+    outputs = {k: v.numpy() for k, v in loaded.signatures["serving_bytes"](image_bytes=encoded).items()}
+    keys = ("masks", "probabilities") if semantic else DETECTION_KEYS
+    for key in keys:
+        np.testing.assert_allclose(outputs[key], expected[key], atol=1e-5,
+                                   err_msg=f"serving_bytes {key} differs from serving_default")
+    return {"checked": list(keys)}
+
+
+# -- tiny contract-following models ---------------------------------------------------------------------------------
+# Random init is enough: export parity does not need a trained model. Each decode uses an op that TFLite has no
+# builtin for (combined NMS, crop_and_resize) and switches to its builtins-only twin under `builtins_only()`.
+
+def combined_nms(boxes, scores, max_detections, iou_threshold, score_threshold):
+    """Per-class NMS over shared boxes. boxes [B, N, 4], scores [B, N, C] -> detection dict with K = max_detections.
+
+    TF: CombinedNonMaxSuppression (ONNX NonMaxSuppression). Builtins: one padded NMS V5 per class, merged by top-k,
+    counting with the op's valid_outputs (never the index tensor's shape: the TFLite count trap).
+    """
+    if not builtins_only_enabled():
+        out = tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :], scores, max_detections, max_detections, iou_threshold, score_threshold,
+            clip_boxes=False)
+        return {"boxes": out.nmsed_boxes, "scores": out.nmsed_scores,
+                "classes": tf.cast(out.nmsed_classes, tf.int32), "num_detections": out.valid_detections}
+    num_classes = scores.shape[-1]
+
+    def one_image(args):
+        image_boxes, image_scores = args
+        rows = []
+        for c in range(num_classes):
+            idx, _, count = tf.raw_ops.NonMaxSuppressionV5(
+                boxes=image_boxes, scores=image_scores[:, c], max_output_size=max_detections,
+                iou_threshold=iou_threshold, score_threshold=score_threshold, soft_nms_sigma=0.0,
+                pad_to_max_output_size=True)
+            valid = tf.range(max_detections) < count
+            rows.append((tf.gather(image_boxes, idx), tf.where(valid, tf.gather(image_scores[:, c], idx), -1.0),
+                         tf.fill([max_detections], c)))
+        all_boxes, all_scores, all_classes = (tf.concat(parts, 0) for parts in zip(*rows))
+        top_scores, top = tf.math.top_k(all_scores, max_detections)
+        keep = top_scores > 0.0
+        count = tf.reduce_sum(tf.cast(keep, tf.int32))
+        return (tf.where(keep[:, None], tf.gather(all_boxes, top), 0.0), tf.where(keep, top_scores, 0.0),
+                tf.where(keep, tf.gather(all_classes, top), 0), count)
+
+    out = tf.map_fn(one_image, (boxes, scores), fn_output_signature=(
+        tf.TensorSpec([max_detections, 4]), tf.TensorSpec([max_detections]),
+        tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
+    return dict(zip(DETECTION_KEYS, out))
+
+
+def roi_align(features, boxes, size):
+    """features [B, H, W, C], boxes [B, K, 4] yxyx in [0, 1] -> [B, K, size, size, C] (crop_and_resize samples).
+
+    Builtins twin: gather of the four neighbours with bilinear weights (crop_and_resize has no TFLite builtin).
+    """
+    height, width, channels = features.shape[1:]
+    batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
+    if not builtins_only_enabled():
+        crops = tf.image.crop_and_resize(features, tf.reshape(boxes, [-1, 4]), tf.repeat(tf.range(batch), k),
+                                         [size, size])
+        return tf.reshape(crops, [batch, k, size, size, channels])
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    t = tf.range(size, dtype=features.dtype) / (size - 1)
+    ys = (y1[..., None] + (y2 - y1)[..., None] * t) * (height - 1)
+    xs = (x1[..., None] + (x2 - x1)[..., None] * t) * (width - 1)
+    y0f, x0f = tf.floor(ys), tf.floor(xs)
+    ly, lx = (ys - y0f)[..., :, None, None], (xs - x0f)[..., None, :, None]
+    y0 = tf.clip_by_value(tf.cast(y0f, tf.int32), 0, height - 1)
+    x0 = tf.clip_by_value(tf.cast(x0f, tf.int32), 0, width - 1)
+    y1i, x1i = tf.minimum(y0 + 1, height - 1), tf.minimum(x0 + 1, width - 1)
+    flat = tf.reshape(features, [batch, height * width, channels])
+
+    def sample(yy, xx):
+        idx = tf.reshape(yy[..., :, None] * width + xx[..., None, :], [batch, -1])
+        return tf.reshape(tf.gather(flat, idx, batch_dims=1), [batch, k, size, size, channels])
+
+    top = sample(y0, x0) * (1 - lx) + sample(y0, x1i) * lx
+    bottom = sample(y1i, x0) * (1 - lx) + sample(y1i, x1i) * lx
+    return top * (1 - ly) + bottom * ly
+
+
+class _TinyBackbone(keras.layers.Layer):
+    """[B, H, W, 3] normalised -> [B, H/8, W/8, width]: three stride-2 convs."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.convs = [keras.layers.Conv2D(w, 3, strides=2, padding="same", activation="relu")
+                      for w in (8, width, width)]
+
+    def call(self, x):
+        for conv in self.convs:
+            x = conv(x)
+        return x
+
+
+@keras.saving.register_keras_serializable(package="kdet_tests")
+class TinyGridDetector(Detector):
+    """One box per stride-8 cell plus per-class sigmoid scores; decode = score threshold + combined NMS.
+
+    call -> {"box_deltas": [B, h, w, 4], "class_logits": [B, h, w, C]}.
+    """
+
+    def __init__(self, num_classes=3, image_size=(64, 80), max_detections=10, score_threshold=0.3,
+                 iou_threshold=0.5, width=16, **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        self.score_threshold, self.iou_threshold, self.width = float(score_threshold), float(iou_threshold), width
+        self.backbone = _TinyBackbone(width, name="backbone")
+        # A wide initial spread of logits so that random-init scores straddle the threshold: counts between 0 and K.
+        self.head = keras.layers.Conv2D(4 + num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(0.0, 3.0))
+
+    def call(self, images, training=False):
+        out = self.head(self.backbone(self.normalize(images)))
+        return {"box_deltas": out[..., :4], "class_logits": out[..., 4:]}
+
+    def grid_boxes(self, deltas):
+        """deltas [B, h, w, 4] -> boxes [B, h*w, 4] yxyx pixels, clipped to the image."""
+        height, width = self.image_size
+        grid_h, grid_w = deltas.shape[1], deltas.shape[2]
+        stride_y, stride_x = height / grid_h, width / grid_w
+        cy = (tf.range(grid_h, dtype=tf.float32)[:, None] + 0.5 + tf.tanh(deltas[..., 0])) * stride_y
+        cx = (tf.range(grid_w, dtype=tf.float32)[None, :] + 0.5 + tf.tanh(deltas[..., 1])) * stride_x
+        h = 2.0 * stride_y * tf.exp(tf.clip_by_value(deltas[..., 2], -2.0, 2.0))
+        w = 2.0 * stride_x * tf.exp(tf.clip_by_value(deltas[..., 3], -2.0, 2.0))
+        boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
+        boxes = tf.minimum(tf.maximum(boxes, 0.0), [height, width, height, width])
+        return tf.reshape(boxes, [-1, grid_h * grid_w, 4])
+
+    def decode(self, outputs):
+        boxes = self.grid_boxes(outputs["box_deltas"])
+        scores = tf.reshape(tf.sigmoid(outputs["class_logits"]), [tf.shape(boxes)[0], -1, self.num_classes])
+        return combined_nms(boxes, scores, self.max_detections, self.iou_threshold, self.score_threshold)
+
+    def get_config(self):
+        return dict(super().get_config(), score_threshold=self.score_threshold, iou_threshold=self.iou_threshold,
+                    width=self.width)
+
+
+@keras.saving.register_keras_serializable(package="kdet_tests")
+class TinyRoiDetector(TinyGridDetector):
+    """Two-stage toy: top-P grid boxes (by max class score) as proposals -> RoIAlign -> class + box refinement -> NMS."""
+
+    def __init__(self, num_classes=3, image_size=(64, 64), max_detections=10, num_proposals=8, roi_size=4, **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        self.num_proposals, self.roi_size = int(num_proposals), int(roi_size)
+        self.roi_head = keras.layers.Dense(4 + num_classes, kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0))
+
+    def call(self, images, training=False):
+        features = self.backbone(self.normalize(images))
+        out = self.head(features)
+        proposals = self.grid_boxes(out[..., :4])
+        objectness = tf.reduce_max(tf.reshape(out[..., 4:], [tf.shape(proposals)[0], -1, self.num_classes]), -1)
+        _, top = tf.math.top_k(objectness, self.num_proposals)
+        proposals = tf.gather(proposals, top, batch_dims=1)
+        height, width = self.image_size
+        crops = roi_align(features, proposals / [height, width, height, width], self.roi_size)
+        flat = tf.reshape(crops, [-1, self.num_proposals, self.roi_size * self.roi_size * crops.shape[-1]])
+        refined = self.roi_head(flat)
+        return {"proposals": proposals, "box_deltas": refined[..., :4], "class_logits": refined[..., 4:]}
+
+    def decode(self, outputs):
+        boxes = outputs["proposals"] + 4.0 * tf.tanh(outputs["box_deltas"])
+        return combined_nms(boxes, tf.sigmoid(outputs["class_logits"]), self.max_detections, self.iou_threshold,
+                            self.score_threshold)
+
+    def get_config(self):
+        return dict(super().get_config(), num_proposals=self.num_proposals, roi_size=self.roi_size)
+
+
+@keras.saving.register_keras_serializable(package="kdet_tests")
+class TinySegmenter(Detector):
+    """Semantic toy: stride-4 conv features -> 1x1 class logits -> bilinear resize to the input size."""
+
+    task = "semantic"
+
+    def __init__(self, num_classes=3, image_size=(48, 64), **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, **kwargs)
+        self.convs = [keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu") for _ in range(2)]
+        self.classifier = keras.layers.Conv2D(num_classes, 1)
+
+    def call(self, images, training=False):
+        x = self.normalize(images)
+        for conv in self.convs:
+            x = conv(x)
+        return {"logits": tf.image.resize(self.classifier(x), self.image_size, method="bilinear")}
+
+    def decode(self, outputs):
+        probabilities = tf.nn.softmax(outputs["logits"], axis=-1)
+        return {"masks": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
