@@ -8,7 +8,7 @@ format) and image/segmentation/class/encoded (a single-channel PNG of class ids:
 255 = ignore; DeepLab's key). `write_tfrecord` also writes the OD API's `label_map.pbtxt` beside the file, so the
 class list survives classes that never occur.
 
-`read_tfrecord` parses with graph ops only (no py_function), so it is a plain input pipeline stage.
+`read_tfrecord` parses with graph ops only (no Python runs per element), so it is a plain input pipeline stage.
 """
 from __future__ import annotations
 

@@ -27,6 +27,11 @@ from kdet.data.images import check_record_image, encode_png, list_images, progre
 from kdet.data.records import DetectionDataset, ReadReport, Record
 from kdet.errors import DataError
 
+# Normalised coordinates are stored with 6-8 decimals, so a box that touches the image edge reads back a hair outside
+# it (cx - w / 2 = -2e-7). Within this normalised distance of [0, 1] that is rounding, snapped to the edge without a
+# report; anything further is an annotation outside the image, clipped and reported.
+EDGE_ROUNDING = 1e-5
+
 
 def _load_yaml(yaml_path: Path) -> dict:
     if not yaml_path.is_file():
@@ -88,6 +93,13 @@ def label_path_for(image_path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _snap(normalised) -> np.ndarray:
+    """Normalised coordinates within EDGE_ROUNDING outside [0, 1] moved onto the edge."""
+    values = np.asarray(normalised, np.float64)
+    values = np.where((values < 0) & (values > -EDGE_ROUNDING), 0.0, values)
+    return np.where((values > 1) & (values < 1 + EDGE_ROUNDING), 1.0, values)
+
+
 def _polygon_mask(xy_pixels: list, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([xy_pixels], height, width))).astype(np.uint8)
 
@@ -126,12 +138,13 @@ def _read_labels(label_path: Path, height, width, num_classes, with_masks, repor
                 report.add(label_path, f"line {number}: box has zero or negative width or height "
                                        f"(w={parts[3]}, h={parts[4]}): dropped", "box", strict)
                 continue
-            box = [(centre_y - box_h / 2) * height, (centre_x - box_w / 2) * width,
-                   (centre_y + box_h / 2) * height, (centre_x + box_w / 2) * width]
+            y0, x0, y1, x1 = _snap([centre_y - box_h / 2, centre_x - box_w / 2,
+                                    centre_y + box_h / 2, centre_x + box_w / 2])
+            box = [y0 * height, x0 * width, y1 * height, x1 * width]
             polygon = [box[1], box[0], box[3], box[0], box[3], box[2], box[1], box[2]]
         else:
-            xs = np.asarray(values[1::2]) * width
-            ys = np.asarray(values[2::2]) * height
+            xs = _snap(values[1::2]) * width
+            ys = _snap(values[2::2]) * height
             box = [ys.min(), xs.min(), ys.max(), xs.max()]
             if box[2] <= box[0] or box[3] <= box[1]:
                 report.add(label_path, f"line {number}: polygon has zero width or height: dropped", "box", strict)
