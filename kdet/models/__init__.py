@@ -1,0 +1,6 @@
+"""Architectures. `MODELS` maps the `model.name` of a config to its class; no registry, no import side effects."""
+from kdet.models.classloc import ClassLocModel
+
+MODELS = {
+    "classloc": ClassLocModel,
+}

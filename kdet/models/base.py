@@ -25,19 +25,19 @@ class Detector(keras.Model):
     """
 
     task = "detection"  # or "semantic" (decode returns {"masks": [B, H, W] int32, "probabilities": [B, H, W, C]})
+    loss_names = ()     # the loss parts compute_loss tracks; their Mean metrics are made in __init__ (Keras needs all
+                        # state before the first call)
 
     def __init__(self, num_classes, image_size=(128, 128), max_detections=100, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.image_size = tuple(int(s) for s in image_size)
         self.max_detections = int(max_detections)
-        self._loss_trackers = {}
+        self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
 
     # -- pieces subclasses use ------------------------------------------------------------------------------------
     def track_loss(self, name, value):
-        """Record one loss part so `fit` shows it in the progress bar and history."""
-        if name not in self._loss_trackers:
-            self._loss_trackers[name] = keras.metrics.Mean(name=name)
+        """Record one loss part (a name in `loss_names`) so `fit` shows it in the progress bar and history."""
         self._loss_trackers[name].update_state(value)
 
     @property

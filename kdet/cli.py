@@ -1,0 +1,176 @@
+"""`kdet` command line: train | evaluate | predict | export | benchmark | run | serve | data {check,convert,show}.
+
+Every command that takes a model takes `--config FILE` and any number of `--set section.key=value` overrides.
+Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kdet.errors import KdetError
+
+
+def _add_config(parser, required=True):
+    parser.add_argument("--config", required=required, help="YAML config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="kdet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with model.fit, checkpoint every epoch")
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+
+    p = sub.add_parser("evaluate", help="COCO AP (pycocotools) and VOC mAP@0.5 on a split")
+    _add_config(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", help="weights file (default: the run's last checkpoint)")
+    p.add_argument("--metric", choices=["coco", "voc", "both"], default="both")
+    p.add_argument("--json", help="also write the figures to this file")
+
+    p = sub.add_parser("predict", help="detect objects in images; write annotated PNG + JSON per image")
+    _add_config(p)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="predictions")
+    p.add_argument("--checkpoint")
+    p.add_argument("--score-threshold", type=float, default=0.3)
+
+    p = sub.add_parser("export", help="SavedModel (TF Serving layout) / TFLite / ONNX")
+    _add_config(p)
+    p.add_argument("--format", dest="formats", action="append", choices=["saved_model", "tflite", "onnx"],
+                   help="repeatable; default: export.formats of the config")
+    p.add_argument("--quantize", choices=["fp16", "int8"])
+    p.add_argument("--checkpoint")
+    p.add_argument("--out", help="output directory (default: export.out_dir)")
+
+    p = sub.add_parser("benchmark", help="latency / FPS of exported artifacts on the same images")
+    p.add_argument("artifacts", nargs="+", help=".keras, SavedModel dir, .tflite or .onnx")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1)
+
+    p = sub.add_parser("run", help="the main job: train, evaluate, export, predict and draw, in one go")
+    _add_config(p)
+    p.add_argument("--out", default="out", help="where predictions and the picture go")
+
+    p = sub.add_parser("serve", help="serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract")
+    p.add_argument("model_base_dir")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    data = sub.add_parser("data", help="inspect and convert datasets").add_subparsers(dest="data_command",
+                                                                                        required=True)
+    for name, text in (("check", "per-class counts, image sizes and every bad record"),
+                       ("convert", "write a dataset in another format"),
+                       ("show", "draw the ground truth of the first images to PNG")):
+        p = data.add_parser(name, help=text)
+        _add_config(p, required=False)
+        p.add_argument("--format", help="dataset format (instead of --config)")
+        p.add_argument("--path", help="dataset path (instead of --config)")
+        p.add_argument("--split", default="train")
+        if name == "convert":
+            p.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "tfrecord"])
+            p.add_argument("--out", required=True)
+        if name == "show":
+            p.add_argument("--out", default="data_show")
+            p.add_argument("--num", type=int, default=4)
+    return parser
+
+
+def _dataset(args):
+    from kdet.data.io import load_dataset
+    if args.config:
+        from kdet.api import load_split
+        from kdet.config import load_config
+        return load_split(load_config(args.config, args.overrides), args.split)
+    if not args.format:
+        raise KdetError("give --config, or --format (and --path)")
+    return load_dataset(args.format, args.path, split=args.split)
+
+
+def _print_figures(results):
+    for key, value in results.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, v in value.items():
+                print(f"  {name:<20} {v:.4f}")
+        elif isinstance(value, float):
+            print(f"{key:<22} {value:.4f}")
+        else:
+            print(f"{key:<22} {value}")
+
+
+def _run(args):
+    import kdet.api as api
+    if args.command == "train":
+        result = api.train(args.config, args.overrides, resume=args.resume)
+        print(f"trained {result['epochs']} epochs; checkpoint {result['checkpoint']}")
+    elif args.command == "evaluate":
+        results = api.evaluate(args.config, args.overrides, split=args.split, checkpoint=args.checkpoint,
+                               metric=args.metric)
+        _print_figures(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    elif args.command == "predict":
+        for r in api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
+                             args.score_threshold):
+            print(f"{r['image']}: {len(r['boxes'])} objects {r['names']}")
+        print(f"annotated PNG + JSON in {args.out}/")
+    elif args.command == "export":
+        for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
+                                    args.out).items():
+            print(f"{fmt}: {path}")
+    elif args.command == "benchmark":
+        from kdet.benchmarking import benchmark_artifacts
+        for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch):
+            print(json.dumps(row))
+    elif args.command == "run":
+        from kdet.main_job import run_main_job
+        run_main_job(args.config, args.overrides, args.out)
+    elif args.command == "serve":
+        from kdet.export.serving import main as serve_main
+        return serve_main([args.model_base_dir, *args.rest])
+    elif args.command == "data":
+        _run_data(args)
+    return 0
+
+
+def _run_data(args):
+    dataset = _dataset(args)
+    if args.data_command == "check":
+        from kdet.data.check import check_dataset, format_check
+        print(format_check(check_dataset(dataset)))
+    elif args.data_command == "convert":
+        from kdet.data.io import write_dataset
+        write_dataset(dataset, args.to, args.out)
+        print(f"wrote {len(dataset)} images as {args.to} to {args.out}")
+    elif args.data_command == "show":
+        from kdet.data.images import read_image
+        from kdet.visualize import draw_detections, save_png
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for record in dataset.records[:args.num]:
+            image = record.image if record.image is not None else read_image(record.path)
+            picture = draw_detections(image, record.boxes, record.labels, None,
+                                      dataset.class_names)
+            save_png(picture, out / f"{record.image_id}.png")
+        print(f"wrote {min(args.num, len(dataset))} pictures to {out}/")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KdetError as error:
+        print(f"kdet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdet: interrupted (the last completed epoch's checkpoint is kept; use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

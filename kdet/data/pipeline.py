@@ -1,0 +1,127 @@
+"""`DetectionDataset` -> `tf.data` of element dicts (DESIGN.md data contract), batched with padding.
+
+Everything after the source is graph ops (decode, resize, augment, pad): no Python in the hot path, so the input
+pipeline keeps ahead of a training step on 2 cores (see benchmarks/bench_pipeline.py).
+"""
+import numpy as np
+import tensorflow as tf
+
+from kdet.data.augment import Augmenter, resize_image
+from kdet.errors import DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _ragged(arrays, inner_shape, dtype):
+    lengths = [len(a) for a in arrays]
+    flat = np.concatenate([np.asarray(a, dtype).reshape((-1,) + inner_shape) for a in arrays]) if arrays else \
+        np.zeros((0,) + inner_shape, dtype)
+    return tf.RaggedTensor.from_row_lengths(flat, np.asarray(lengths, np.int64))
+
+
+def _source(dataset, with_masks, with_segmentation):
+    """The per-record tensors `from_tensor_slices` walks over (paths or in-memory pixels, ragged boxes)."""
+    records = dataset.records
+    if not records:
+        raise DataError("dataset", "no usable images (every record was skipped or the split is empty)")
+    source = {
+        "boxes": _ragged([r.boxes for r in records], (4,), np.float32),
+        "labels": _ragged([r.labels for r in records], (), np.int32),
+        "image_id": np.asarray([r.image_id for r in records], np.int64),
+        "original_size": np.asarray([[r.height, r.width] for r in records], np.int32),
+    }
+    in_memory = [r.image is not None for r in records]
+    if all(in_memory):
+        shapes = {r.image.shape for r in records}
+        if len(shapes) != 1:
+            raise DataError("dataset", f"in-memory images must share one size, got {sorted(shapes)[:3]}")
+        source["pixels"] = np.stack([r.image for r in records])
+    elif not any(in_memory):
+        source["path"] = np.asarray([r.path for r in records])
+    else:
+        raise DataError("dataset", "records mix in-memory images and image files")
+    if with_masks:
+        missing = [r.name for r in records if r.masks is None]
+        if missing:
+            raise DataError(missing[0], "instance masks requested but the record has none")
+        height, width = records[0].height, records[0].width
+        source["masks"] = _ragged([r.masks for r in records], (height, width), np.uint8)
+    if with_segmentation:
+        if all(r.segmentation is not None for r in records):
+            source["segmentation"] = np.stack([r.segmentation for r in records]).astype(np.int32)
+        elif all(r.segmentation_path is not None for r in records):
+            source["segmentation_path"] = np.asarray([r.segmentation_path for r in records])
+        else:
+            missing = next(r.name for r in records if r.segmentation is None and r.segmentation_path is None)
+            raise DataError(missing, "semantic masks requested but the record has none")
+    return source
+
+
+def _load(item):
+    if "pixels" in item:
+        image = item["pixels"]
+    else:
+        image = tf.io.decode_image(tf.io.read_file(item["path"]), channels=3, expand_animations=False)
+    element = {
+        "images": tf.cast(image, tf.float32),
+        "bounding_boxes": {"boxes": item["boxes"], "labels": item["labels"]},
+        "image_id": item["image_id"],
+        "original_size": item["original_size"],
+    }
+    if "masks" in item:
+        element["masks"] = item["masks"]
+    if "segmentation" in item:
+        element["segmentation_masks"] = item["segmentation"][..., None]
+    elif "segmentation_path" in item:
+        png = tf.io.decode_png(tf.io.read_file(item["segmentation_path"]), channels=1)
+        element["segmentation_masks"] = tf.cast(png, tf.int32)
+    return element
+
+
+def make_tf_dataset(dataset, image_size, batch_size, training=False, augment=None, resize="stretch", seed=None,
+                    with_masks=False, with_segmentation=False, drop_remainder=False, shuffle=None):
+    """Build the padded-batch `tf.data.Dataset` of element dicts.
+
+    Args:
+        dataset: a `DetectionDataset` from any reader.
+        image_size: (H, W) the model runs at.
+        batch_size: images per batch; boxes are padded to the batch's largest count with label -1.
+        training: shuffle (unless `shuffle=False`) and augment.
+        augment: an `AugmentConfig`-like object (flip, scale_jitter, color_jitter) or None.
+        resize: "stretch" or "letterbox".
+    Returns:
+        batches of {"images": [B, H, W, 3] float32 0..255, "bounding_boxes": {"boxes": [B, N, 4], "labels": [B, N]},
+        "image_id": [B], "original_size": [B, 2], "scale": [B, 2], optional "masks": [B, N, H, W] uint8,
+        "segmentation_masks": [B, H, W, 1] int32}.
+    """
+    source = _source(dataset, with_masks, with_segmentation)
+    ds = tf.data.Dataset.from_tensor_slices(source)
+    shuffle = training if shuffle is None else shuffle
+    if shuffle:
+        ds = ds.shuffle(min(len(dataset), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_load, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(lambda e: resize_image(e, image_size, resize), num_parallel_calls=AUTOTUNE,
+                deterministic=not training)
+    if training and augment is not None:
+        augmenter = Augmenter(flip=augment.flip, scale_jitter=augment.scale_jitter,
+                              color_jitter=augment.color_jitter, seed=seed)
+        ds = ds.map(augmenter, num_parallel_calls=AUTOTUNE, deterministic=False)
+    height, width = image_size
+    padded_shapes = {
+        "images": [height, width, 3],
+        "bounding_boxes": {"boxes": [None, 4], "labels": [None]},
+        "image_id": [], "original_size": [2], "scale": [2],
+    }
+    padding_values = {
+        "images": 0.0, "bounding_boxes": {"boxes": 0.0, "labels": -1},
+        "image_id": tf.constant(0, tf.int64), "original_size": 0, "scale": 0.0,
+    }
+    if with_masks:
+        padded_shapes["masks"] = [None, height, width]
+        padding_values["masks"] = tf.constant(0, tf.uint8)
+    if with_segmentation:
+        padded_shapes["segmentation_masks"] = [height, width, 1]
+        padding_values["segmentation_masks"] = 255
+    ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes, padding_values=padding_values,
+                         drop_remainder=drop_remainder)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,54 @@
+"""Run a model over a dataset and score it: detections back in each image's own pixel frame, then pycocotools
+COCO AP and Pascal VOC mAP (`kdet.metrics`). Used by `kdet evaluate` and by the evaluation callback during `fit`."""
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from kdet.data.pipeline import make_tf_dataset
+from kdet.metrics.coco_eval import evaluate_coco
+from kdet.metrics.voc_map import evaluate_voc
+
+
+def detect_dataset(model, dataset, batch_size=8, resize="stretch", progress=True):
+    """Detections for every record of `dataset`, in record order, boxes mapped back to the original image.
+
+    Returns a list of dicts {"boxes": [K, 4] yxyx px, "scores": [K], "classes": [K], "image_id": int}.
+    """
+    ds = make_tf_dataset(dataset, model.image_size, batch_size, training=False, resize=resize)
+    detect = tf.function(model.detect, reduce_retracing=True)
+    results = []
+    with tqdm(total=len(dataset), desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
+        for batch in ds:
+            out = {k: v.numpy() for k, v in detect(batch["images"]).items()}
+            scale = np.tile(batch["scale"].numpy(), [1, 2])
+            for i, image_id in enumerate(batch["image_id"].numpy()):
+                n = int(out["num_detections"][i])
+                results.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
+                                "classes": out["classes"][i, :n], "image_id": int(image_id)})
+            bar.update(len(scale))
+    return results
+
+
+def ground_truths(dataset):
+    """The records as the per-image ground-truth dicts `kdet.metrics` takes (original frame)."""
+    return [{"boxes": r.boxes, "labels": r.labels, "difficult": r.difficult, "image_id": r.image_id,
+             "height": r.height, "width": r.width} for r in dataset.records]
+
+
+def evaluate_detections(dataset, detections, metric="both"):
+    """COCO (AP, AP50, AP75, APs/m/l) and/or VOC (mAP@0.5) figures as a flat dict of floats, plus per-class tables."""
+    gts = ground_truths(dataset)
+    results = {}
+    if metric in ("coco", "both"):
+        coco = evaluate_coco(gts, detections, dataset.class_names)
+        results.update({k: v for k, v in coco.items() if not isinstance(v, dict)})
+        results["per_class_AP"] = coco.get("per_class", {})
+    if metric in ("voc", "both"):
+        voc = evaluate_voc(gts, detections, len(dataset.class_names), class_names=dataset.class_names)
+        results["mAP50"] = voc["mAP"]
+        results["per_class_AP50"] = voc["per_class"]
+    return results
+
+
+def evaluate_model(model, dataset, metric="both", batch_size=8, resize="stretch", progress=True):
+    return evaluate_detections(dataset, detect_dataset(model, dataset, batch_size, resize, progress), metric)
