@@ -5,6 +5,7 @@ Input "images" uint8 [B, H, W, 3]; outputs named like the detection dict ("boxes
 tf2onnx maps CombinedNonMaxSuppression and NonMaxSuppressionV4/V5 to ONNX NonMaxSuppression, and CropAndResize to a
 Loop of Resize (measured equal to TF within 3.3e-7, opsets 13-18).
 """
+import warnings
 from pathlib import Path
 
 import tensorflow as tf
@@ -44,4 +45,6 @@ def _patch_tf2onnx_for_numpy2():
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
     except ImportError:  # a Keras without the patch: tf2onnx's common paths still work (measured on the test models)
         return
-    patch_tf2onnx()
+    with warnings.catch_warnings():  # the patch probes np.object, which numpy 2 answers with a FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        patch_tf2onnx()

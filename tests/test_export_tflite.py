@@ -1,0 +1,126 @@
+"""TFLite export: builtins only, parity with Keras (counts included), fp16, int8 with float decode, loud failures."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
+
+from kdet.errors import ConfigError, KdetError
+from kdet.export import export_tflite, load_runner
+from tests.testing import (TinyGridDetector, TinyRoiDetector, compare_detections, keras_outputs, make_tiny_detector,
+                           quantised_report, random_images)
+
+pytestmark = pytest.mark.slow
+
+OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def op_types(path):
+    """[(subgraph, op name, input dtypes, output dtypes)] of a .tflite file."""
+    model = flatbuffer_utils.read_model(str(path))
+    rows = []
+    for index, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = OP_NAMES[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            dtypes = [[subgraph.tensors[i].type for i in ids if i >= 0] for ids in (op.inputs, op.outputs)]
+            rows.append((index, name, *dtypes))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    model, images = make_tiny_detector(batch=3)
+    directory = tmp_path_factory.mktemp("tflite")
+    calibration = random_images(model, 16, seed=5)
+    paths = {q: export_tflite(model, directory / f"grid_{q}.tflite", quantize=q, representative_images=calibration)
+             for q in (None, "fp16", "int8")}
+    return model, images, paths
+
+
+def test_fp32_matches_keras_counts_included(grid):
+    model, images, paths = grid
+    reference = keras_outputs(model, images)
+    counts = reference["num_detections"]
+    # Counts strictly between 0 and K and different per image: a count read from the padded NMS indices
+    # (always K in TFLite) or from the wrong image would fail here.
+    assert 0 < counts.min() and counts.max() < model.max_detections and len(set(counts)) > 1, counts
+    runner = load_runner(paths[None])
+    outputs = runner(images)
+    assert sorted(outputs) == ["boxes", "classes", "num_detections", "scores"]
+    compare_detections(reference, outputs, box_atol=1e-3, name="tflite")
+    # Batch 1 and a different batch size reuse the same interpreter (the input is resized).
+    compare_detections(keras_outputs(model, images[1:2]), runner(images[1:2]), name="tflite batch 1")
+    names = {name for _, name, _, _ in op_types(paths[None])}
+    assert "NON_MAX_SUPPRESSION_V5" in names and "WHILE" in names
+
+
+def test_roi_detector_fp32_matches_keras(tmp_path):
+    model, images = make_tiny_detector(TinyRoiDetector, batch=2, quantile=0.9)
+    path = export_tflite(model, tmp_path / "roi.tflite")
+    compare_detections(keras_outputs(model, images), load_runner(path)(images), box_atol=1e-3, name="tflite roi")
+    names = {name for _, name, _, _ in op_types(path)}
+    assert "GATHER" in names or "GATHER_ND" in names  # the RoIAlign twin, not CropAndResize
+
+
+def test_fp16_halves_the_weights_and_stays_close(grid):
+    model, images, paths = grid
+    # Every convolution kernel is stored as float16 (2 bytes a weight) and dequantised at load time.
+    stored = flatbuffer_utils.read_model(paths["fp16"])
+    half = sum(int(np.prod(t.shape)) for sg in stored.subgraphs for t in sg.tensors
+               if t.type == schema.TensorType.FLOAT16)
+    kernels = sum(int(np.prod(w.shape)) for w in model.weights if len(w.shape) == 4)
+    assert half >= kernels, (half, kernels)
+    assert len(open(paths["fp16"], "rb").read()) < len(open(paths[None], "rb").read())
+    report = quantised_report(keras_outputs(model, images), load_runner(paths["fp16"])(images))
+    assert report["matched_fraction"] >= 0.8 and report["mean_box_error"] < 0.5, report
+
+
+def test_int8_quantises_the_network_and_keeps_decode_float(grid):
+    model, images, paths = grid
+    ops = op_types(paths["int8"])
+    int8 = schema.TensorType.INT8
+    convolutions = [row for row in ops if row[1] == "CONV_2D"]
+    assert convolutions and all(row[3] == [int8] for row in convolutions)
+    # NMS runs on float boxes and scores; nothing inside the decode loop is quantised.
+    nms = [row for row in ops if row[1] == "NON_MAX_SUPPRESSION_V5"]
+    assert nms and all(row[2][:2] == [schema.TensorType.FLOAT32] * 2 for row in nms)
+    loop_ops = [row for row in ops if row[0] > 0]
+    assert not [row for row in loop_ops if int8 in row[3] or row[1] in ("QUANTIZE", "DEQUANTIZE")]
+    outputs = load_runner(paths["int8"])(images)
+    reference = keras_outputs(model, images)
+    assert all(outputs[k].shape == reference[k].shape for k in reference)
+    report = quantised_report(reference, outputs)
+    # Reported, not asserted equal: random weights put many scores near the threshold.
+    assert report["matched_fraction"] >= 0.5, report
+    print("int8 vs Keras:", report)
+
+
+def test_unsupported_op_fails_loudly_naming_the_op(tmp_path):
+    class NoTwinDetector(TinyGridDetector):
+        """Calls CombinedNonMaxSuppression directly, without a builtins-only twin."""
+
+        def decode(self, outputs):
+            boxes = self.grid_boxes(outputs["box_deltas"])
+            scores = tf.reshape(tf.sigmoid(outputs["class_logits"]), [tf.shape(boxes)[0], -1, self.num_classes])
+            out = tf.image.combined_non_max_suppression(boxes[:, :, None], scores, 5, 5, clip_boxes=False)
+            return {"boxes": out.nmsed_boxes, "scores": out.nmsed_scores,
+                    "classes": tf.cast(out.nmsed_classes, tf.int32), "num_detections": out.valid_detections}
+
+    model = NoTwinDetector()
+    with pytest.raises(KdetError, match=r"no TFLite builtin for CombinedNonMaxSuppression") as error:
+        export_tflite(model, tmp_path / "bad.tflite")
+    assert "\n" not in str(error.value) and not (tmp_path / "bad.tflite").exists()
+    with pytest.raises(KdetError, match="CombinedNonMaxSuppression"):
+        export_tflite(model, tmp_path / "bad_int8.tflite", quantize="int8",
+                      representative_images=random_images(model, 2))
+
+
+def test_bad_quantisation_arguments(tmp_path):
+    model = TinyGridDetector()
+    with pytest.raises(ConfigError, match="representative_images"):
+        export_tflite(model, tmp_path / "a.tflite", quantize="int8")
+    with pytest.raises(ConfigError, match=r"\[N, 64, 80, 3\]"):
+        export_tflite(model, tmp_path / "a.tflite", quantize="int8", representative_images=np.zeros((2, 80, 64, 3)))
+    with pytest.raises(ConfigError, match="quantize must be one of"):
+        export_tflite(model, tmp_path / "a.tflite", quantize="int4")
