@@ -4,13 +4,14 @@ What `kdet data check|convert` and the training configs call, so any reader can 
 (e.g. shapes or BCCD to COCO json, YOLO or TFRecord). A directory written by `write_dataset(..., split=s)` is read
 back by `load_dataset(format, out, split=s)`:
 
-| format   | path given to load_dataset                               | write_dataset(out=dir, split=s) writes     |
-|----------|----------------------------------------------------------|--------------------------------------------|
-| shapes   | none (generated; split picks a disjoint seed)            | (not writable)                             |
-| coco     | the json, or a dir holding s.json, annotations/instances_s.json or annotations.json | dir/s.json + dir/images/ |
-| voc      | the VOC root (Annotations/, JPEGImages/, ImageSets/Main/) | the same layout, ImageSets/Main/s.txt     |
-| yolo     | the dataset yaml, or a dir holding data.yaml              | dir/images/s, dir/labels/s, dir/data.yaml  |
-| tfrecord | a file, a glob, or a dir holding s.tfrecord*              | dir/s.tfrecord + dir/label_map.pbtxt       |
+| format   | path given to load_dataset                                  | write_dataset(out=dir, split=s) writes    |
+|----------|-------------------------------------------------------------|-------------------------------------------|
+| shapes   | none (generated; split picks a disjoint seed)               | (not writable)                            |
+| coco     | the json, or a dir holding s.json,                          | dir/s.json + dir/images/                  |
+|          | annotations/instances_s.json or annotations.json            |                                           |
+| voc      | the VOC root (Annotations/, JPEGImages/, ImageSets/Main/)   | the same layout, ImageSets/Main/s.txt     |
+| yolo     | the dataset yaml, or a dir holding data.yaml                | dir/images/s, dir/labels/s, dir/data.yaml |
+| tfrecord | a file, a glob, or a dir holding s.tfrecord*                | dir/s.tfrecord + dir/label_map.pbtxt      |
 """
 from __future__ import annotations
 
