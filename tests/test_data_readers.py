@@ -198,6 +198,11 @@ def test_round_trip_masks_voc(tmp_path):
     assert_same(dataset, back, masks=True)  # boxes come back from the SegmentationObject masks, exactly
     for a, b in zip(dataset.records, back.records):
         np.testing.assert_array_equal(read_segmentation(b.segmentation_path), a.segmentation)
+    # VOC lists its segmented images in ImageSets/Segmentation: with_segmentation reads that list when present
+    (tmp_path / "ImageSets" / "Segmentation").mkdir()
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("train_000002\ntrain_000005\n")
+    assert len(read_voc(tmp_path, split="train", with_segmentation=True, verbose=False)) == 2
+    assert len(read_voc(tmp_path, split="train", verbose=False)) == 8
 
 
 def test_round_trip_tfrecord_element_dicts(tmp_path):

@@ -155,10 +155,13 @@ def _instances(object_png: Path, class_png: Path, height, width, xml_boxes, xml_
     return boxes, np.asarray(labels, np.int32), difficult, stacked
 
 
-def _split_ids(root: Path, split):
+def _split_ids(root: Path, split, with_segmentation: bool):
     if split is None:
         return sorted(path.stem for path in (root / "Annotations").glob("*.xml"))
     listing = root / "ImageSets" / "Main" / f"{split}.txt"
+    segmentation_listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if with_segmentation and segmentation_listing.is_file():
+        listing = segmentation_listing  # VOC lists the images that have segmentation PNGs separately
     if not listing.is_file():
         raise DataError(listing, f"split list for split '{split}' not found")
     return [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -168,7 +171,10 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
              verbose=True) -> DetectionDataset:
     """Read a VOC-layout dataset under `root` (see the module docstring for the conventions).
 
-    split: the name of an ImageSets/Main/<split>.txt list, or None for every xml in Annotations/.
+    split: the name of an ImageSets/Main/<split>.txt list (ImageSets/Segmentation/<split>.txt with
+    `with_segmentation` when VOC has one), or None for every xml in Annotations/. With `with_segmentation`, an
+    image without a SegmentationObject PNG keeps its xml boxes and has `masks=None`, and one without a
+    SegmentationClass PNG has `segmentation_path=None`.
     Bad xml (not parseable, a missing field), bad images and bad boxes are counted in `dataset.report` with
     the file named and skipped (or raise DataError with `strict`).
     """
@@ -176,7 +182,7 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
     annotation_dir = root / "Annotations"
     if not annotation_dir.is_dir():
         raise DataError(annotation_dir, "VOC Annotations directory not found")
-    image_ids = _split_ids(root, split)
+    image_ids = _split_ids(root, split, with_segmentation)
     class_names = list(class_names) if class_names is not None else default_class_names(root)
     if not class_names:
         raise ConfigError(f"read_voc: no class names given and none found under {root}")
@@ -226,8 +232,11 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
                 try:
                     boxes, labels, difficult, masks = _instances(object_png, class_png, height, width, boxes, labels,
                                                                  difficult, xml_path, report, strict)
-                except (_Malformed, DataError) as error:
+                except _Malformed as error:
                     report.add(object_png, f"{error}: skipped", "image", strict)
+                    continue
+                except DataError as error:
+                    report.add(error.path, f"{error.detail}: skipped", "image", strict)
                     continue
         boxes, labels, difficult, masks = sanitize_with_masks(boxes, labels, difficult, masks, height, width,
                                                               len(class_names), str(xml_path), report, strict)
