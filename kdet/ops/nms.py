@@ -1,0 +1,161 @@
+"""Non-maximum suppression with torchvision semantics, and the batched fixed-size detector post-processing.
+
+All paths are built on `tf.raw_ops.NonMaxSuppressionV5` with `pad_to_max_output_size=True` and its
+`valid_outputs` count: it is a TFLite builtin, and after conversion TFLite always returns the padded indices, so
+a count taken from the indices' shape would be wrong (notes/export-feasibility.md, snippet 2).
+
+Semantics (shared with torchvision.ops.nms): boxes are visited by descending score, equal scores by ascending
+index; a box is suppressed by a kept box when their IoU is strictly greater than `iou_threshold`. Boxes must be
+well-formed (y1 <= y2, x1 <= x2); degenerate boxes have IoU 0 with everything and are never suppressed.
+"""
+import tensorflow as tf
+
+from kdet.ops.mode import builtins_only_enabled
+
+
+def _nms_padded(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")):
+    """-> (indices [max_output_size] int32 padded, valid count scalar int32). Keeps scores > score_threshold."""
+    indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=boxes, scores=scores, max_output_size=max_output_size, iou_threshold=iou_threshold,
+        score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
+    return indices, valid
+
+
+def nms(boxes, scores, iou_threshold):
+    """torchvision.ops.nms.
+
+    Args:
+        boxes: [N, 4] yxyx.
+        scores: [N].
+        iou_threshold: suppress boxes with IoU > iou_threshold against a higher-scoring kept box.
+    Returns:
+        [K] int32 indices of the kept boxes, by descending score.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    indices, valid = _nms_padded(boxes, scores, tf.shape(boxes)[0], iou_threshold)
+    return indices[:valid]
+
+
+def _offset_by_class(boxes, classes):
+    """Move each class to its own region of the plane so one NMS never compares two classes (torchvision's
+    batched_nms trick, same offsets for non-negative boxes). Shifting by a negative minimum keeps the regions
+    apart for negative coordinates too. Including 0 in the range also makes an empty input harmless."""
+    low = tf.minimum(tf.reduce_min(boxes), 0.0)
+    span = tf.maximum(tf.reduce_max(boxes), 0.0) - low + 1.0
+    offsets = tf.cast(classes, tf.float32) * span
+    return boxes - low + offsets[:, None]
+
+
+def batched_nms(boxes, scores, classes, iou_threshold):
+    """torchvision.ops.batched_nms: NMS within each class independently.
+
+    Args:
+        boxes: [N, 4] yxyx.
+        scores: [N].
+        classes: [N] int category of each box.
+        iou_threshold: as in `nms`.
+    Returns:
+        [K] int32 kept indices, by descending score (ties by ascending index).
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    indices, valid = _nms_padded(_offset_by_class(boxes, classes), scores, tf.shape(boxes)[0], iou_threshold)
+    return indices[:valid]
+
+
+def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
+    if boxes.shape.rank == 3:
+        boxes = boxes[:, :, None, :]
+    nmsed_boxes, nmsed_scores, nmsed_classes, valid = tf.image.combined_non_max_suppression(
+        boxes, scores, max_output_size_per_class=max_per_class, max_total_size=max_detections,
+        iou_threshold=iou_threshold, score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
+    return nmsed_boxes, nmsed_scores, tf.cast(nmsed_classes, tf.int32), valid
+
+
+def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
+    """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score."""
+    batch = tf.shape(scores)[0]
+    num_boxes = tf.shape(scores)[1]
+    num_classes = scores.shape[-1]
+    shared = boxes.shape.rank == 3
+    # [B * C, N] scores and [B * C, N, 4] boxes (shared boxes are indexed per image instead of copied C times).
+    class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
+    pair_image = tf.repeat(tf.range(batch), num_classes)
+    if not shared:
+        class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
+
+    def one_class(pair):
+        box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
+        indices, valid = _nms_padded(box_set, class_scores[pair], max_per_class, iou_threshold, score_threshold)
+        return indices, valid
+
+    pair_indices, pair_valid = tf.map_fn(
+        one_class, tf.range(batch * num_classes),
+        fn_output_signature=(tf.TensorSpec([max_per_class], tf.int32), tf.TensorSpec([], tf.int32)))
+    pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
+    slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
+    slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
+    slot_scores = tf.where(slot_valid, slot_scores, float("-inf"))
+    candidates = num_classes * max_per_class
+    flat_scores = tf.reshape(slot_scores, [batch, candidates])
+    flat_indices = tf.reshape(pair_indices, [batch, candidates])
+    if candidates < max_detections:  # top_k needs k <= candidates
+        flat_scores = tf.pad(flat_scores, [[0, 0], [0, max_detections - candidates]], constant_values=float("-inf"))
+        flat_indices = tf.pad(flat_indices, [[0, 0], [0, max_detections - candidates]])
+    # top_k is stable: equal scores keep the lower class, then the lower rank within the class.
+    top_scores, top_slots = tf.math.top_k(flat_scores, k=max_detections)
+    count = tf.minimum(tf.reduce_sum(tf.cast(slot_valid, tf.int32), axis=[1, 2]), max_detections)
+    keep = tf.range(max_detections)[None, :] < count[:, None]
+    box_index = tf.gather(flat_indices, top_slots, batch_dims=1)
+    classes = tf.minimum(top_slots // max_per_class, num_classes - 1)  # padding slots point past the classes
+    if shared:
+        out_boxes = tf.gather(boxes, box_index, batch_dims=1)
+    else:
+        out_boxes = tf.gather_nd(boxes, tf.stack([box_index, classes], axis=-1), batch_dims=1)
+    out_boxes = tf.where(keep[..., None], out_boxes, 0.0)
+    out_scores = tf.where(keep, top_scores, 0.0)
+    out_classes = tf.where(keep, classes, 0)
+    return out_boxes, out_scores, out_classes, count
+
+
+def combined_nms(boxes, scores, max_detections, iou_threshold=0.5, score_threshold=0.05,
+                 max_detections_per_class=None):
+    """Per-class NMS for a batch, padded to a fixed number of detections (the kdet detection dict).
+
+    Same semantics as `tf.image.combined_non_max_suppression(pad_per_class=False, clip_boxes=False)`: for each
+    image and class, NMS over boxes with score > score_threshold keeps at most max_detections_per_class; the
+    best max_detections of all classes are returned by descending score. With `builtins_only()` active this
+    runs NMS V5 per (image, class) in one loop (CombinedNonMaxSuppression is not a TFLite builtin); the two
+    paths agree except possibly in the order of equal scores of different classes, which the builtins path
+    breaks by ascending class.
+
+    Args:
+        boxes: [B, N, 4] yxyx shared by all classes, or [B, N, C, 4] one box per class.
+        scores: [B, N, C] per-class scores (probabilities, background column removed).
+        max_detections: K, rows in the output.
+        iou_threshold: suppress IoU > iou_threshold within a class.
+        score_threshold: keep scores strictly greater than this.
+        max_detections_per_class: cap per image and class; defaults to max_detections.
+    Returns:
+        {"boxes": [B, K, 4], "scores": [B, K], "classes": [B, K] int32, "num_detections": [B] int32};
+        rows at and after num_detections are 0.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    if boxes.shape.rank not in (3, 4):
+        raise ValueError(f"boxes must be [B, N, 4] or [B, N, C, 4], got shape {boxes.shape}")
+    if scores.shape.rank != 3 or scores.shape[-1] is None:
+        raise ValueError(f"scores must be [B, N, C] with a static C, got shape {scores.shape}")
+    max_detections = int(max_detections)
+    max_per_class = max_detections if max_detections_per_class is None else int(max_detections_per_class)
+    run = _combined_nms_builtins if builtins_only_enabled() else _combined_nms_tf
+    out_boxes, out_scores, out_classes, count = run(
+        boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
+    keep = tf.range(max_detections)[None, :] < count[:, None]
+    return {
+        "boxes": tf.where(keep[..., None], out_boxes, 0.0),
+        "scores": tf.where(keep, out_scores, 0.0),
+        "classes": tf.where(keep, out_classes, 0),
+        "num_detections": count,
+    }
