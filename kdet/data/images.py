@@ -6,6 +6,7 @@ when the dataset is read, not hours into training when `tf.data` hits it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -92,8 +93,6 @@ def read_segmentation(path) -> np.ndarray:
 
 def encode_png(image: np.ndarray, palette: bool = False) -> bytes:
     """uint8 [H, W, 3] (or [H, W] class ids, written as a palette PNG when `palette`) to PNG bytes."""
-    import io
-
     array = np.asarray(image)
     if palette:
         pil = Image.fromarray(array.astype(np.uint8))
