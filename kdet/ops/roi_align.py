@@ -1,0 +1,219 @@
+"""RoIAlign and multi-scale RoIAlign with torchvision.ops semantics, on NHWC features and yxyx pixel boxes.
+
+torchvision's RoIAlign (csrc/ops/cpu/roi_align_kernel.cpp), in feature coordinates (box * spatial_scale):
+  * aligned=True shifts the box by -0.5 so pixel centres sit at integer + 0.5 (Mask R-CNN / Detectron2);
+    aligned=False keeps the box and enlarges RoIs smaller than one cell to size 1 (the legacy behaviour);
+  * each of the out_h x out_w bins averages g_h x g_w bilinear samples at the centres of a regular sub-grid,
+    g = sampling_ratio, or ceil(roi_size / output_size) per RoI when sampling_ratio <= 0 (zero samples, output 0,
+    for an empty aligned RoI);
+  * a sample more than one cell outside the map reads 0; within that cell it is clamped to the border.
+
+Two samplers compute exactly that: `tf.image.crop_and_resize` on the features with a one-cell edge-replicated
+border (which turns its extrapolation-outside-the-map rule into torchvision's clamp-then-zero rule), and, when
+`builtins_only_enabled()`, a gather-based bilinear twin (TFLite has no CropAndResize builtin). Both sample the
+same evenly spaced points, so they agree to float rounding (about 1e-6).
+"""
+import math
+
+import tensorflow as tf
+
+from kdet.ops.box_ops import box_area
+from kdet.ops.mode import builtins_only_enabled
+
+DEFAULT_DYNAMIC_MAX_SAMPLING_RATIO = 8  # bound for sampling_ratio <= 0 when the feature size is not static
+
+
+def _pair(value):
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _sample_crop_and_resize(features, box_indices, y0, y_step, ny, x0, x_step, nx):
+    """Bilinear values at (y0 + (i + .5) * y_step, x0 + (j + .5) * x_step), i < ny, j < nx.
+
+    features: [B, H, W, C]; box_indices, y0, y_step, x0, x_step: [K]; ny, nx: ints -> [K, ny, nx, C].
+    """
+    # One edge-replicated cell on each side: a sample in [-1, 0] then interpolates between two copies of row 0,
+    # i.e. torchvision's clamp, and one beyond -1 falls outside the padded map and reads extrapolation_value 0.
+    padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    span_y = tf.cast(tf.shape(features)[1], tf.float32) + 1.0  # padded height - 1
+    span_x = tf.cast(tf.shape(features)[2], tf.float32) + 1.0
+    first_y = y0 + 0.5 * y_step + 1.0
+    last_y = y0 + (tf.cast(ny, tf.float32) - 0.5) * y_step + 1.0
+    first_x = x0 + 0.5 * x_step + 1.0
+    last_x = x0 + (tf.cast(nx, tf.float32) - 0.5) * x_step + 1.0
+    crop_boxes = tf.stack([first_y / span_y, first_x / span_x, last_y / span_y, last_x / span_x], axis=-1)
+    return tf.image.crop_and_resize(padded, crop_boxes, box_indices, tf.stack([ny, nx]),
+                                    method="bilinear", extrapolation_value=0.0)
+
+
+def _axis_weights(positions, size):
+    """torchvision's bilinear_interpolate along one axis: positions [K, n] -> (low, high, fraction, inside)."""
+    size_f = tf.cast(size, tf.float32)
+    inside = (positions >= -1.0) & (positions <= size_f)
+    positions = tf.maximum(positions, 0.0)
+    low_f = tf.floor(positions)
+    at_end = low_f >= size_f - 1.0
+    low = tf.cast(tf.minimum(low_f, size_f - 1.0), tf.int32)
+    high = tf.minimum(low + 1, size - 1)
+    fraction = tf.where(at_end, 0.0, positions - low_f)
+    return low, high, fraction, inside
+
+
+def _sample_gather(features, box_indices, y0, y_step, ny, x0, x_step, nx):
+    """Builtins-only twin of `_sample_crop_and_resize` (GATHER + arithmetic, notes snippet 1), same signature."""
+    shape = tf.shape(features)
+    height, width = shape[1], shape[2]
+    channels = features.shape[-1] if features.shape[-1] is not None else shape[3]
+    ys = y0[:, None] + (tf.range(ny, dtype=tf.float32) + 0.5)[None, :] * y_step[:, None]
+    xs = x0[:, None] + (tf.range(nx, dtype=tf.float32) + 0.5)[None, :] * x_step[:, None]
+    y_low, y_high, ly, y_inside = _axis_weights(ys, height)
+    x_low, x_high, lx, x_inside = _axis_weights(xs, width)
+    flat = tf.reshape(features, [-1, channels])
+    base = (box_indices * height * width)[:, None, None]
+
+    def read(rows, cols):
+        return tf.gather(flat, base + rows[:, :, None] * width + cols[:, None, :])  # [K, ny, nx, C]
+
+    ly = ly[:, :, None, None]
+    lx = lx[:, None, :, None]
+    top = read(y_low, x_low) * (1.0 - lx) + read(y_low, x_high) * lx
+    bottom = read(y_high, x_low) * (1.0 - lx) + read(y_high, x_high) * lx
+    inside = tf.cast(y_inside[:, :, None] & x_inside[:, None, :], features.dtype)[..., None]
+    return (top * (1.0 - ly) + bottom * ly) * inside
+
+
+def _bin_average_matrix(grid, bins, samples):
+    """[K, bins, samples]: row p averages samples j with j // grid == p (grid [K] int32 >= 1)."""
+    j = tf.range(samples)[None, None, :]
+    p = tf.range(bins)[None, :, None]
+    grid = grid[:, None, None]
+    return tf.cast(tf.equal(j // grid, p), tf.float32) / tf.cast(grid, tf.float32)
+
+
+def run_by_group(group_ids, group_values, compute):
+    """Apply `compute(value, indices)` to the RoIs of each group and put the results back in RoI order.
+
+    group_ids: [K] int32, each equal to one of the Python ints `group_values`; compute returns [k_g, ...] for
+    the k_g RoIs `indices` ([k_g] int32). Returns [K, ...]. Uses WHERE / GATHER / SCATTER_ND only (TFLite builtins).
+    """
+    orders, results = [], []
+    for value in group_values:
+        indices = tf.cast(tf.reshape(tf.where(tf.equal(group_ids, value)), [-1]), tf.int32)
+        orders.append(indices)
+        results.append(compute(value, indices))
+    order = tf.concat(orders, axis=0)
+    num = tf.shape(group_ids)[0]
+    inverse = tf.scatter_nd(order[:, None], tf.range(num), [num])
+    return tf.gather(tf.concat(results, axis=0), inverse)
+
+
+def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+              max_sampling_ratio=None):
+    """torchvision.ops.roi_align on NHWC features.
+
+    Args:
+        features: [B, H, W, C] float32.
+        boxes: [K, 4] yxyx in input-image pixels (torchvision takes xyxy).
+        box_indices: [K] int, the image of each box in the batch.
+        output_size: int or (out_h, out_w).
+        spatial_scale: feature cells per input pixel (1 / stride).
+        sampling_ratio: samples per bin side; <= 0 means ceil(roi_size / output_size) per RoI, as torchvision.
+        aligned: shift boxes by -0.5 cell (pixel-centre convention; True for Mask R-CNN quality).
+        max_sampling_ratio: only for sampling_ratio <= 0: the largest per-RoI grid computed exactly. Default:
+            ceil(max(H / out_h, W / out_w)) from the static feature size, so every RoI inside the feature map
+            matches torchvision exactly; larger RoIs use this many samples per bin side (torchvision would use
+            more). 8 if the feature size is not static.
+    Returns:
+        [K, out_h, out_w, C] float32.
+    """
+    features = tf.convert_to_tensor(features, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    box_indices = tf.cast(box_indices, tf.int32)
+    out_h, out_w = _pair(output_size)
+    sample = _sample_gather if builtins_only_enabled() else _sample_crop_and_resize
+
+    offset = 0.5 if aligned else 0.0
+    y1, x1, y2, x2 = tf.unstack(boxes * spatial_scale, axis=-1)
+    start_y, start_x = y1 - offset, x1 - offset
+    roi_h, roi_w = (y2 - offset) - start_y, (x2 - offset) - start_x
+    if not aligned:
+        roi_h, roi_w = tf.maximum(roi_h, 1.0), tf.maximum(roi_w, 1.0)
+    bin_h, bin_w = roi_h / out_h, roi_w / out_w
+
+    if sampling_ratio > 0:
+        grid = int(sampling_ratio)
+        values = sample(features, box_indices, start_y, bin_h / grid, out_h * grid, start_x, bin_w / grid,
+                        out_w * grid)
+        channels = features.shape[-1] if features.shape[-1] is not None else tf.shape(features)[3]
+        values = tf.reshape(values, [-1, out_h, grid, out_w, grid, channels])
+        return tf.reduce_mean(values, axis=[2, 4])
+
+    if max_sampling_ratio is None:
+        height, width = features.shape[1], features.shape[2]
+        if height is None or width is None:
+            max_sampling_ratio = DEFAULT_DYNAMIC_MAX_SAMPLING_RATIO
+        else:
+            max_sampling_ratio = max(math.ceil(height / out_h), math.ceil(width / out_w), 1)
+    grid_h = tf.cast(tf.math.ceil(roi_h / out_h), tf.int32)
+    grid_w = tf.cast(tf.math.ceil(roi_w / out_w), tf.int32)
+    empty = (grid_h <= 0) | (grid_w <= 0)  # aligned RoI of zero (or negative) size: torchvision sums nothing
+    grid_h = tf.clip_by_value(grid_h, 1, max_sampling_ratio)
+    grid_w = tf.clip_by_value(grid_w, 1, max_sampling_ratio)
+    step_h = bin_h / tf.cast(grid_h, tf.float32)
+    step_w = bin_w / tf.cast(grid_w, tf.float32)
+
+    # RoIs are grouped by their larger grid size s so each group is one sampler call of static size
+    # (out_h * s) x (out_w * s); the bin average then ignores the samples past a RoI's own grid.
+    def compute(size, idx):
+        rows_grid, cols_grid = tf.gather(grid_h, idx), tf.gather(grid_w, idx)
+        values = sample(features, tf.gather(box_indices, idx), tf.gather(start_y, idx), tf.gather(step_h, idx),
+                        out_h * size, tf.gather(start_x, idx), tf.gather(step_w, idx), out_w * size)
+        rows = _bin_average_matrix(rows_grid, out_h, out_h * size)
+        cols = _bin_average_matrix(cols_grid, out_w, out_w * size)
+        values = tf.einsum("kpj,kjlc->kplc", rows, values)
+        return tf.einsum("kql,kplc->kpqc", cols, values)
+
+    group = tf.maximum(grid_h, grid_w)
+    pooled = run_by_group(group, range(1, max_sampling_ratio + 1), compute)
+    return tf.where(empty[:, None, None, None], 0.0, pooled)
+
+
+def multiscale_roi_align(features_by_level, boxes, box_indices, output_size, strides, sampling_ratio=2,
+                         canonical_scale=224, canonical_level=4, aligned=False):
+    """torchvision.ops.MultiScaleRoIAlign: each RoI is pooled from one FPN level chosen by its size.
+
+    Level k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped to the levels present
+    (FPN paper eq. 1, torchvision LevelMapper), where level k has stride 2**k.
+
+    Args:
+        features_by_level: list of [B, H_l, W_l, C] maps, finest first (e.g. P2..P5).
+        boxes: [K, 4] yxyx input-image pixels; box_indices: [K] int image index.
+        output_size: int or (out_h, out_w).
+        strides: stride of each level, powers of two, e.g. (4, 8, 16, 32).
+        sampling_ratio, aligned: as `roi_align` (torchvision's MultiScaleRoIAlign uses aligned=False).
+    Returns:
+        [K, out_h, out_w, C] float32.
+    """
+    if len(features_by_level) != len(strides):
+        raise ValueError(f"{len(features_by_level)} feature levels but {len(strides)} strides")
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    box_indices = tf.cast(box_indices, tf.int32)
+    levels = [int(round(math.log2(stride))) for stride in strides]
+    if any(2 ** level != stride for level, stride in zip(levels, strides)) or levels != list(
+            range(levels[0], levels[0] + len(levels))):
+        raise ValueError(f"strides must be consecutive powers of two, got {strides}")
+
+    def pool(level_index, box_subset, index_subset):
+        return roi_align(features_by_level[level_index], box_subset, index_subset, output_size,
+                         spatial_scale=1.0 / strides[level_index], sampling_ratio=sampling_ratio, aligned=aligned)
+
+    if len(strides) == 1:
+        return pool(0, boxes, box_indices)
+    scale = tf.sqrt(box_area(boxes))
+    target = tf.floor(canonical_level + tf.math.log(scale / canonical_scale) / math.log(2.0) + 1e-6)
+    target = tf.clip_by_value(target, levels[0], levels[-1])
+    level_ids = tf.cast(target, tf.int32) - levels[0]
+    return run_by_group(level_ids, range(len(strides)),
+                        lambda i, idx: pool(i, tf.gather(boxes, idx), tf.gather(box_indices, idx)))
