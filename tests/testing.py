@@ -18,7 +18,8 @@ import tensorflow as tf
 import keras
 
 from kdet.models.base import Detector
-from kdet.ops.mode import builtins_only_enabled
+from kdet.ops.nms import combined_nms
+from kdet.ops.roi_align import roi_align
 
 DETECTION_KEYS = ("boxes", "scores", "classes", "num_detections")
 QUANTISED_FORMATS = ("tflite_fp16", "tflite_int8")
@@ -236,77 +237,8 @@ def _check_serving_bytes(path, images, expected, semantic):
 
 
 # -- tiny contract-following models ---------------------------------------------------------------------------------
-# Random init is enough: export parity does not need a trained model. Each decode uses an op that TFLite has no
-# builtin for (combined NMS, crop_and_resize) and switches to its builtins-only twin under `builtins_only()`.
-
-def combined_nms(boxes, scores, max_detections, iou_threshold, score_threshold):
-    """Per-class NMS over shared boxes. boxes [B, N, 4], scores [B, N, C] -> detection dict with K = max_detections.
-
-    TF: CombinedNonMaxSuppression (ONNX NonMaxSuppression). Builtins: one padded NMS V5 per class, merged by top-k,
-    counting with the op's valid_outputs (never the index tensor's shape: the TFLite count trap).
-    """
-    if not builtins_only_enabled():
-        out = tf.image.combined_non_max_suppression(
-            boxes[:, :, None, :], scores, max_detections, max_detections, iou_threshold, score_threshold,
-            clip_boxes=False)
-        return {"boxes": out.nmsed_boxes, "scores": out.nmsed_scores,
-                "classes": tf.cast(out.nmsed_classes, tf.int32), "num_detections": out.valid_detections}
-    num_classes = scores.shape[-1]
-
-    def one_image(args):
-        image_boxes, image_scores = args
-        rows = []
-        for c in range(num_classes):
-            idx, _, count = tf.raw_ops.NonMaxSuppressionV5(
-                boxes=image_boxes, scores=image_scores[:, c], max_output_size=max_detections,
-                iou_threshold=iou_threshold, score_threshold=score_threshold, soft_nms_sigma=0.0,
-                pad_to_max_output_size=True)
-            valid = tf.range(max_detections) < count
-            rows.append((tf.gather(image_boxes, idx), tf.where(valid, tf.gather(image_scores[:, c], idx), -1.0),
-                         tf.fill([max_detections], c)))
-        all_boxes, all_scores, all_classes = (tf.concat(parts, 0) for parts in zip(*rows))
-        top_scores, top = tf.math.top_k(all_scores, max_detections)
-        keep = top_scores > 0.0
-        count = tf.reduce_sum(tf.cast(keep, tf.int32))
-        return (tf.where(keep[:, None], tf.gather(all_boxes, top), 0.0), tf.where(keep, top_scores, 0.0),
-                tf.where(keep, tf.gather(all_classes, top), 0), count)
-
-    out = tf.map_fn(one_image, (boxes, scores), fn_output_signature=(
-        tf.TensorSpec([max_detections, 4]), tf.TensorSpec([max_detections]),
-        tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
-    return dict(zip(DETECTION_KEYS, out))
-
-
-def roi_align(features, boxes, size):
-    """features [B, H, W, C], boxes [B, K, 4] yxyx in [0, 1] -> [B, K, size, size, C] (crop_and_resize samples).
-
-    Builtins twin: gather of the four neighbours with bilinear weights (crop_and_resize has no TFLite builtin).
-    """
-    height, width, channels = features.shape[1:]
-    batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
-    if not builtins_only_enabled():
-        crops = tf.image.crop_and_resize(features, tf.reshape(boxes, [-1, 4]), tf.repeat(tf.range(batch), k),
-                                         [size, size])
-        return tf.reshape(crops, [batch, k, size, size, channels])
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    t = tf.range(size, dtype=features.dtype) / (size - 1)
-    ys = (y1[..., None] + (y2 - y1)[..., None] * t) * (height - 1)
-    xs = (x1[..., None] + (x2 - x1)[..., None] * t) * (width - 1)
-    y0f, x0f = tf.floor(ys), tf.floor(xs)
-    ly, lx = (ys - y0f)[..., :, None, None], (xs - x0f)[..., None, :, None]
-    y0 = tf.clip_by_value(tf.cast(y0f, tf.int32), 0, height - 1)
-    x0 = tf.clip_by_value(tf.cast(x0f, tf.int32), 0, width - 1)
-    y1i, x1i = tf.minimum(y0 + 1, height - 1), tf.minimum(x0 + 1, width - 1)
-    flat = tf.reshape(features, [batch, height * width, channels])
-
-    def sample(yy, xx):
-        idx = tf.reshape(yy[..., :, None] * width + xx[..., None, :], [batch, -1])
-        return tf.reshape(tf.gather(flat, idx, batch_dims=1), [batch, k, size, size, channels])
-
-    top = sample(y0, x0) * (1 - lx) + sample(y0, x1i) * lx
-    bottom = sample(y1i, x0) * (1 - lx) + sample(y1i, x1i) * lx
-    return top * (1 - ly) + bottom * ly
-
+# Random init is enough: export parity does not need a trained model. Each uses kdet.ops that TFLite has no builtin
+# for (combined NMS, RoIAlign's crop_and_resize), which switch to their builtins-only twins under `builtins_only()`.
 
 class _TinyBackbone(keras.layers.Layer):
     """[B, H, W, 3] normalised -> [B, H/8, W/8, width]: three stride-2 convs."""
@@ -380,9 +312,11 @@ class TinyRoiDetector(TinyGridDetector):
         objectness = tf.reduce_max(tf.reshape(out[..., 4:], [tf.shape(proposals)[0], -1, self.num_classes]), -1)
         _, top = tf.math.top_k(objectness, self.num_proposals)
         proposals = tf.gather(proposals, top, batch_dims=1)
-        height, width = self.image_size
-        crops = roi_align(features, proposals / [height, width, height, width], self.roi_size)
-        flat = tf.reshape(crops, [-1, self.num_proposals, self.roi_size * self.roi_size * crops.shape[-1]])
+        batch = tf.shape(proposals)[0]
+        crops = roi_align(features, tf.reshape(proposals, [-1, 4]), tf.repeat(tf.range(batch), self.num_proposals),
+                          self.roi_size, spatial_scale=features.shape[1] / self.image_size[0], sampling_ratio=2,
+                          aligned=True)
+        flat = tf.reshape(crops, [batch, self.num_proposals, self.roi_size * self.roi_size * crops.shape[-1]])
         refined = self.roi_head(flat)
         return {"proposals": proposals, "box_deltas": refined[..., :4], "class_logits": refined[..., 4:]}
 
