@@ -1,0 +1,211 @@
+"""YOLO grid coding: ground truth -> per-cell targets, and raw grid predictions -> boxes.
+
+Axis order follows kdet (y before x, h before w). Layouts:
+  * YOLOv1 target [S_h, S_w, 5 + C]: (y, x, h, w, objectness, one-hot class). (y, x) is the box centre inside its
+    cell in [0, 1) (the lecture's x = (220 - 149) / 149), (h, w) the box size divided by the image size, in
+    [0, 1], so a loss can take sqrt(h), sqrt(w). One object per cell.
+  * YOLOv1 prediction [S_h, S_w, B * 5 + C]: B blocks (y, x, h, w, confidence) then C class probabilities
+    Pr(class | object), shared by the cell's B boxes.
+  * YOLOv2 prediction [S_h, S_w, A * (5 + C)]: per anchor (t_y, t_x, t_h, t_w, t_o, C class logits);
+    b_y = sigmoid(t_y) + c_y, b_h = p_h exp(t_h) (in cells / pixels), objectness sigmoid(t_o), softmax classes.
+  * YOLOv2 target [S_h, S_w, A, 5 + C]: (sigmoid target for y, for x, t_h, t_w, objectness, one-hot class) for
+    the prior with the best shape IoU, one object per (cell, prior).
+Boxes are yxyx pixels, flattened cell-major (row-major cells), then box / anchor. When several objects claim the
+same slot the first one in input order keeps it. Functions take one image ([N, 4]) or a batch ([B, N, 4]).
+"""
+import tensorflow as tf
+
+from kdet.ops.box_ops import clip_boxes
+
+
+def _pair(value):
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _batched(boxes, labels):
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    unbatched = boxes.shape.rank == 2
+    if unbatched:
+        boxes, labels = boxes[None], labels[None]
+    return boxes, labels, unbatched
+
+
+def _centres_in_cells(boxes, image_size, grid):
+    """Clipped boxes -> centre (cy, cx) in cell units, sizes (h, w) in pixels, valid area mask."""
+    image_h, image_w = image_size
+    grid_h, grid_w = grid
+    boxes = clip_boxes(boxes, image_h, image_w)
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    h, w = y2 - y1, x2 - x1
+    cy = (y1 + 0.5 * h) / image_h * grid_h
+    cx = (x1 + 0.5 * w) / image_w * grid_w
+    return cy, cx, h, w, (h > 0) & (w > 0)
+
+
+def _first_claim(slot_ids, valid, num_slots):
+    """slot_ids, valid: [B, N] -> [B, num_slots] int32 index into N of each slot's object, N if it has none.
+
+    A slot goes to the lowest index n that claims it (deterministic, unlike a scatter with duplicates)."""
+    batch = tf.shape(slot_ids)[0]
+    count = tf.shape(slot_ids)[1]
+    segment = tf.where(valid, slot_ids + tf.range(batch)[:, None] * num_slots, batch * num_slots)
+    owner = tf.math.unsorted_segment_min(tf.broadcast_to(tf.range(count)[None, :], tf.shape(slot_ids)),
+                                         segment, batch * num_slots + 1)[:-1]
+    owner = tf.reshape(owner, [batch, num_slots])
+    return tf.minimum(owner, count)  # empty segments hold the int32 maximum
+
+
+def _gather_owned(fields, owner):
+    """fields [B, N, F], owner [B, S] (N = empty slot) -> [B, S, F]; a zero row stands in for empty slots, which
+    also keeps the gather valid when N == 0."""
+    shape = tf.shape(fields)
+    fields = tf.concat([fields, tf.zeros([shape[0], 1, shape[2]], fields.dtype)], axis=1)
+    return tf.gather(fields, owner, batch_dims=1)
+
+
+def yolo_v1_encode(boxes, labels, image_size, grid_size, num_classes):
+    """Ground truth -> YOLOv1 cell targets.
+
+    Args:
+        boxes: [N, 4] or [B, N, 4] yxyx pixels (clipped to the image first).
+        labels: [N] or [B, N] int, -1 for padding (ignored, as are boxes of zero area).
+        image_size: (H, W) pixels. grid_size: S or (S_h, S_w). num_classes: C.
+    Returns:
+        [S_h, S_w, 5 + C] or [B, S_h, S_w, 5 + C] float32 (layout in the module docstring); cells without an
+        object are all 0.
+    """
+    boxes, labels, unbatched = _batched(boxes, labels)
+    image_h, image_w = (float(s) for s in image_size)
+    grid_h, grid_w = _pair(grid_size)
+    cy, cx, h, w, has_area = _centres_in_cells(boxes, (image_h, image_w), (grid_h, grid_w))
+    row = tf.clip_by_value(tf.cast(tf.floor(cy), tf.int32), 0, grid_h - 1)
+    col = tf.clip_by_value(tf.cast(tf.floor(cx), tf.int32), 0, grid_w - 1)
+    owner = _first_claim(row * grid_w + col, (labels >= 0) & has_area, grid_h * grid_w)
+    fields = tf.concat([
+        tf.stack([cy - tf.cast(row, tf.float32), cx - tf.cast(col, tf.float32), h / image_h, w / image_w,
+                  tf.ones_like(h)], axis=-1),
+        tf.one_hot(tf.maximum(labels, 0), num_classes),
+    ], axis=-1)  # [B, N, 5 + C]
+    target = _gather_owned(fields, owner)
+    target = tf.reshape(target, [-1, grid_h, grid_w, 5 + num_classes])
+    return target[0] if unbatched else target
+
+
+def _cell_offsets(grid_h, grid_w):
+    rows, cols = tf.meshgrid(tf.range(grid_h, dtype=tf.float32), tf.range(grid_w, dtype=tf.float32), indexing="ij")
+    return rows[:, :, None], cols[:, :, None]  # [S_h, S_w, 1]
+
+
+def _yxhw_to_yxyx(cy, cx, h, w):
+    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+def yolo_v1_decode(predictions, image_size, num_boxes, num_classes, sqrt_wh=True):
+    """YOLOv1 grid output -> boxes and class-specific confidences.
+
+    Args:
+        predictions: [B, S_h, S_w, num_boxes * 5 + C] as the head outputs them (YOLOv1's last layer is linear).
+        image_size: (H, W) pixels.
+        sqrt_wh: the network predicts sqrt(h), sqrt(w) (Darknet's yolov1 `sqrt=1`, matching the loss on square
+            roots), so they are squared here; False if it predicts h, w directly.
+    Returns:
+        boxes [B, S_h * S_w * num_boxes, 4] yxyx pixels, and scores [B, S_h * S_w * num_boxes, C] =
+        Pr(class | object) * confidence (the lecture's class-specific confidence).
+    """
+    predictions = tf.convert_to_tensor(predictions, tf.float32)
+    grid_h, grid_w = predictions.shape[1], predictions.shape[2]
+    image_h, image_w = (float(s) for s in image_size)
+    box_part = tf.reshape(predictions[..., :num_boxes * 5], [-1, grid_h, grid_w, num_boxes, 5])
+    class_probs = predictions[..., num_boxes * 5:num_boxes * 5 + num_classes]
+    rows, cols = _cell_offsets(grid_h, grid_w)
+    h, w = box_part[..., 2], box_part[..., 3]
+    if sqrt_wh:
+        h, w = tf.square(h), tf.square(w)
+    cy = (box_part[..., 0] + rows) / grid_h * image_h
+    cx = (box_part[..., 1] + cols) / grid_w * image_w
+    boxes = _yxhw_to_yxyx(cy, cx, h * image_h, w * image_w)
+    scores = box_part[..., 4:5] * class_probs[:, :, :, None, :]
+    count = grid_h * grid_w * num_boxes
+    return tf.reshape(boxes, [-1, count, 4]), tf.reshape(scores, [-1, count, num_classes])
+
+
+def yolo_v2_decode(predictions, anchors, image_size, num_classes):
+    """YOLOv2 grid output -> boxes, objectness and class probabilities.
+
+    Args:
+        predictions: [B, S_h, S_w, A * (5 + C)] raw head output.
+        anchors: [A, 2] prior (height, width) in pixels.
+        image_size: (H, W) pixels; the stride is image size / grid size.
+    Returns:
+        {"boxes": [B, N, 4] yxyx pixels, "objectness": [B, N] sigmoid(t_o), "class_probs": [B, N, C] softmax,
+         "scores": [B, N, C] objectness * class_probs}, N = S_h * S_w * A.
+    """
+    predictions = tf.convert_to_tensor(predictions, tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    num_anchors = anchors.shape[0]
+    grid_h, grid_w = predictions.shape[1], predictions.shape[2]
+    stride_h = float(image_size[0]) / grid_h
+    stride_w = float(image_size[1]) / grid_w
+    raw = tf.reshape(predictions, [-1, grid_h, grid_w, num_anchors, 5 + num_classes])
+    rows, cols = _cell_offsets(grid_h, grid_w)
+    cy = (tf.sigmoid(raw[..., 0]) + rows) * stride_h
+    cx = (tf.sigmoid(raw[..., 1]) + cols) * stride_w
+    h = anchors[:, 0] * tf.exp(raw[..., 2])
+    w = anchors[:, 1] * tf.exp(raw[..., 3])
+    objectness = tf.sigmoid(raw[..., 4])
+    class_probs = tf.nn.softmax(raw[..., 5:], axis=-1)
+    count = grid_h * grid_w * num_anchors
+    return {
+        "boxes": tf.reshape(_yxhw_to_yxyx(cy, cx, h, w), [-1, count, 4]),
+        "objectness": tf.reshape(objectness, [-1, count]),
+        "class_probs": tf.reshape(class_probs, [-1, count, num_classes]),
+        "scores": tf.reshape(objectness[..., None] * class_probs, [-1, count, num_classes]),
+    }
+
+
+def best_prior(heights, widths, anchors):
+    """Index of the prior with the highest shape IoU (boxes and priors sharing a centre), first on ties.
+
+    heights, widths: [...] pixels; anchors: [A, 2] (height, width) -> [...] int32."""
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    h, w = heights[..., None], widths[..., None]
+    intersection = tf.minimum(h, anchors[:, 0]) * tf.minimum(w, anchors[:, 1])
+    union = h * w + anchors[:, 0] * anchors[:, 1] - intersection
+    return tf.argmax(tf.math.divide_no_nan(intersection, union), axis=-1, output_type=tf.int32)
+
+
+def yolo_v2_encode(boxes, labels, anchors, image_size, grid_size, num_classes):
+    """Ground truth -> YOLOv2 targets for the best prior of each object.
+
+    Args:
+        boxes: [N, 4] or [B, N, 4] yxyx pixels; labels: [N] or [B, N] int, -1 padding.
+        anchors: [A, 2] prior (height, width) pixels. image_size: (H, W). grid_size: S or (S_h, S_w).
+    Returns:
+        [S_h, S_w, A, 5 + C] or [B, S_h, S_w, A, 5 + C] float32: (y offset in cell, x offset in cell,
+        log(h / p_h), log(w / p_w), 1, one-hot class) at the assigned (cell, prior), 0 elsewhere.
+    """
+    boxes, labels, unbatched = _batched(boxes, labels)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    num_anchors = anchors.shape[0]
+    grid_h, grid_w = _pair(grid_size)
+    cy, cx, h, w, has_area = _centres_in_cells(boxes, tuple(float(s) for s in image_size), (grid_h, grid_w))
+    row = tf.clip_by_value(tf.cast(tf.floor(cy), tf.int32), 0, grid_h - 1)
+    col = tf.clip_by_value(tf.cast(tf.floor(cx), tf.int32), 0, grid_w - 1)
+    prior = best_prior(h, w, anchors)
+    slots = (row * grid_w + col) * num_anchors + prior
+    owner = _first_claim(slots, (labels >= 0) & has_area, grid_h * grid_w * num_anchors)
+    prior_size = tf.gather(anchors, prior)  # [B, N, 2]
+    safe_h = tf.where(has_area, h, 1.0)  # log(0) of dropped boxes must not leak NaN through the gather
+    safe_w = tf.where(has_area, w, 1.0)
+    fields = tf.concat([
+        tf.stack([cy - tf.cast(row, tf.float32), cx - tf.cast(col, tf.float32),
+                  tf.math.log(safe_h / prior_size[..., 0]), tf.math.log(safe_w / prior_size[..., 1]),
+                  tf.ones_like(h)], axis=-1),
+        tf.one_hot(tf.maximum(labels, 0), num_classes),
+    ], axis=-1)
+    target = _gather_owned(fields, owner)
+    target = tf.reshape(target, [-1, grid_h, grid_w, num_anchors, 5 + num_classes])
+    return target[0] if unbatched else target
