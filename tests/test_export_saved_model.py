@@ -1,5 +1,6 @@
 """SavedModel export: TF Serving's versioned layout, both signatures, serving_bytes in each image's own frame."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -107,9 +108,11 @@ def test_serving_bytes_semantic_masks_resized_back_and_padded(tmp_path):
 
 
 def test_saved_model_cli_lists_both_signatures(exported):
-    result = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir",
-                             exported, "--all"], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    # The console script TF installs; the same tool as a module where the script is not on PATH.
+    command = [shutil.which("saved_model_cli")] if shutil.which("saved_model_cli") else \
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    result = subprocess.run(command + ["show", "--dir", exported, "--all"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "signature_def['serving_default']" in out and "signature_def['serving_bytes']" in out

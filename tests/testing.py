@@ -10,12 +10,9 @@ Semantic models (`model.task == "semantic"`) compare masks and probabilities.
 The tiny models (`TinyGridDetector`, `TinyRoiDetector`, `TinySegmenter`) exist so that export and serving can be
 tested without training anything; each uses the ops that need a TFLite-builtins twin (combined NMS, RoIAlign).
 """
-import io
-
+import keras
 import numpy as np
 import tensorflow as tf
-
-import keras
 
 from kdet.models.base import Detector
 from kdet.ops.nms import combined_nms
@@ -107,12 +104,14 @@ def box_iou(a, b):
     return float(inter / union) if union > 0 else 0.0
 
 
-def compare_detections(reference, candidate, box_atol=1e-3, score_atol=1e-4, name="artifact"):
-    """Assert that two detection dicts ([B, ...] numpy) agree: counts, classes, boxes and scores.
+def compare_detections(reference, candidate, box_atol=1e-3, score_atol=1e-4, name="artifact", mask_atol=1e-3):
+    """Assert that two detection dicts ([B, ...] numpy) agree: counts, classes, boxes and scores, and the instance
+    masks [B, K, h, w] of paired detections when the reference has "masks".
 
     Returns {"max_box_error": px, "max_score_error": ..., "detections": total count}.
     """
-    for key in DETECTION_KEYS:
+    keys = DETECTION_KEYS + (("masks",) if "masks" in reference else ())
+    for key in keys:
         assert key in candidate, f"{name}: output {key!r} missing (has {sorted(candidate)})"
         assert candidate[key].shape == reference[key].shape, \
             f"{name}: {key} shape {candidate[key].shape} != Keras {reference[key].shape}"
@@ -132,6 +131,9 @@ def compare_detections(reference, candidate, box_atol=1e-3, score_atol=1e-4, nam
         for i, j in pairs:
             max_box = max(max_box, float(np.max(np.abs(ref["boxes"][i] - cand["boxes"][j]))))
             max_score = max(max_score, float(abs(ref["scores"][i] - cand["scores"][j])))
+            if "masks" in ref:
+                mask_error = float(np.max(np.abs(ref["masks"][i].astype(np.float32) - cand["masks"][j])))
+                assert mask_error <= mask_atol, f"{name}: image {b}: mask of detection {i} differs by {mask_error}"
         # Rows past num_detections are padding and must be zero, as the contract says.
         for key in ("boxes", "scores", "classes"):
             assert not np.any(cand[key][n:]), f"{name}: image {b}: {key} rows past num_detections are not zero"
@@ -167,10 +169,12 @@ def compare_semantic(reference, candidate, prob_atol=1e-4, name="artifact"):
     decided = (top2[..., 1] - top2[..., 0]) > 2 * prob_atol
     disagree = (candidate["masks"] != reference["masks"]) & decided
     assert not disagree.any(), f"{name}: {int(disagree.sum())} mask pixels differ from Keras"
-    return {"max_probability_error": prob_error, "mask_agreement": float(np.mean(candidate["masks"] == reference["masks"]))}
+    return {"max_probability_error": prob_error,
+            "mask_agreement": float(np.mean(candidate["masks"] == reference["masks"]))}
 
 
 def semantic_report(reference, candidate):
+    """How far a quantised semantic artifact drifts: fraction of equal mask pixels, largest probability error."""
     return {"mask_agreement": float(np.mean(candidate["masks"] == reference["masks"])),
             "max_probability_error": float(np.max(np.abs(candidate["probabilities"] - reference["probabilities"])))}
 
@@ -205,9 +209,9 @@ def check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite
             path = export_saved_model(model, tmp_path / "saved_model")
         elif fmt.startswith("tflite"):
             quantize = fmt.partition("_")[2] or None
+            calibration = images if representative_images is None else representative_images
             path = export_tflite(model, tmp_path / f"model{'_' + quantize if quantize else ''}.tflite",
-                                 quantize=quantize,
-                                 representative_images=images if representative_images is None else representative_images)
+                                 quantize=quantize, representative_images=calibration)
         elif fmt == "onnx":
             path = export_onnx(model, tmp_path / "model.onnx")
         else:
@@ -229,7 +233,7 @@ def _check_serving_bytes(path, images, expected, semantic):
     loaded = tf.saved_model.load(str(path))
     encoded = tf.constant([encode_png(image) for image in images])
     outputs = {k: v.numpy() for k, v in loaded.signatures["serving_bytes"](image_bytes=encoded).items()}
-    keys = ("masks", "probabilities") if semantic else DETECTION_KEYS
+    keys = ("masks", "probabilities") if semantic else DETECTION_KEYS + (("masks",) if "masks" in expected else ())
     for key in keys:
         np.testing.assert_allclose(outputs[key], expected[key], atol=1e-5,
                                    err_msg=f"serving_bytes {key} differs from serving_default")
@@ -266,8 +270,9 @@ class TinyGridDetector(Detector):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         self.score_threshold, self.iou_threshold, self.width = float(score_threshold), float(iou_threshold), width
         self.backbone = _TinyBackbone(width, name="backbone")
-        # A wide initial spread of logits so that random-init scores straddle the threshold: counts between 0 and K.
-        self.head = keras.layers.Conv2D(4 + num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(0.0, 3.0))
+        # A wide spread of initial logits keeps random-init scores apart, so near-ties at the threshold are rare.
+        self.head = keras.layers.Conv2D(4 + num_classes, 1,
+                                        kernel_initializer=keras.initializers.RandomNormal(0.0, 3.0))
 
     def call(self, images, training=False):
         out = self.head(self.backbone(self.normalize(images)))
@@ -298,12 +303,14 @@ class TinyGridDetector(Detector):
 
 @keras.saving.register_keras_serializable(package="kdet_tests")
 class TinyRoiDetector(TinyGridDetector):
-    """Two-stage toy: top-P grid boxes (by max class score) as proposals -> RoIAlign -> class + box refinement -> NMS."""
+    """Two-stage toy: top-P grid boxes (by max class score) as proposals -> RoIAlign -> class and box refinement
+    -> combined NMS. call -> {"proposals": [B, P, 4], "box_deltas": [B, P, 4], "class_logits": [B, P, C]}."""
 
     def __init__(self, num_classes=3, image_size=(64, 64), max_detections=10, num_proposals=8, roi_size=4, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         self.num_proposals, self.roi_size = int(num_proposals), int(roi_size)
-        self.roi_head = keras.layers.Dense(4 + num_classes, kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0))
+        self.roi_head = keras.layers.Dense(4 + num_classes,
+                                           kernel_initializer=keras.initializers.RandomNormal(0.0, 1.0))
 
     def call(self, images, training=False):
         features = self.backbone(self.normalize(images))
