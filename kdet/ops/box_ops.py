@@ -14,10 +14,16 @@ from kdet.errors import ConfigError
 DEFAULT_BBOX_XFORM_CLIP = math.log(1000.0 / 16)  # torchvision BoxCoder: caps exp() so huge deltas stay finite
 
 
+def split_coordinates(boxes):
+    """[..., 4] -> four [...] tensors. Slices rather than tf.unstack: TFLite's UNPACK kernel rejects empty tensors,
+    and zero boxes (an image without proposals, an empty FPN level) must still run there."""
+    return tuple(boxes[..., i] for i in range(4))
+
+
 def box_area(boxes):
     """boxes: [..., 4] yxyx -> [...] area. Inverted boxes (y2 < y1 or x2 < x1) have area 0."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes)
     return tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
 
 
@@ -57,7 +63,7 @@ def clip_boxes(boxes, height, width):
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height = tf.cast(height, tf.float32)
     width = tf.cast(width, tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes)
     y1 = tf.clip_by_value(y1, 0.0, height)
     y2 = tf.clip_by_value(y2, 0.0, height)
     x1 = tf.clip_by_value(x1, 0.0, width)
@@ -79,7 +85,7 @@ def convert_format(boxes, source, target, height=None, width=None):
 
 
 def _centers_and_sizes(boxes):
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes)
     height = y2 - y1
     width = x2 - x1
     return y1 + 0.5 * height, x1 + 0.5 * width, height, width
@@ -126,7 +132,7 @@ def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clamp=DEFAULT_BB
     deltas = tf.convert_to_tensor(deltas, tf.float32)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     wy, wx, wh, ww = (float(w) for w in weights)
-    ty, tx, th, tw = tf.unstack(deltas, axis=-1)
+    ty, tx, th, tw = split_coordinates(deltas)
     th = tf.minimum(th / wh, clamp)
     tw = tf.minimum(tw / ww, clamp)
     acy, acx, ah, aw = _centers_and_sizes(anchors)

@@ -17,7 +17,7 @@ import math
 
 import tensorflow as tf
 
-from kdet.ops.box_ops import box_area
+from kdet.ops.box_ops import box_area, split_coordinates
 from kdet.ops.mode import builtins_only_enabled
 
 DEFAULT_DYNAMIC_MAX_SAMPLING_RATIO = 8  # bound for sampling_ratio <= 0 when the feature size is not static
@@ -135,7 +135,7 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
     sample = _sample_gather if builtins_only_enabled() else _sample_crop_and_resize
 
     offset = 0.5 if aligned else 0.0
-    y1, x1, y2, x2 = tf.unstack(boxes * spatial_scale, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes * spatial_scale)
     start_y, start_x = y1 - offset, x1 - offset
     roi_h, roi_w = (y2 - offset) - start_y, (x2 - offset) - start_x
     if not aligned:

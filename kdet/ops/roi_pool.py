@@ -8,6 +8,7 @@ torchvision (csrc/ops/cpu/roi_pool_kernel.cpp) quantises twice, which is what Ro
 """
 import tensorflow as tf
 
+from kdet.ops.box_ops import split_coordinates
 from kdet.ops.roi_align import _pair
 
 
@@ -45,7 +46,7 @@ def roi_pool(features, boxes, box_indices, output_size, spatial_scale=1.0):
     box_indices = tf.cast(box_indices, tf.int32)
     out_h, out_w = _pair(output_size)
     shape = tf.shape(features)
-    y1, x1, y2, x2 = tf.unstack(boxes * spatial_scale, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes * spatial_scale)
     row_start, row_end = _bin_edges(y1, y2, out_h, shape[1])
     col_start, col_end = _bin_edges(x1, x2, out_w, shape[2])
     channels = features.shape[-1]

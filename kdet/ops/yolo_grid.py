@@ -15,7 +15,7 @@ same slot the first one in input order keeps it. Functions take one image ([N, 4
 """
 import tensorflow as tf
 
-from kdet.ops.box_ops import clip_boxes
+from kdet.ops.box_ops import clip_boxes, split_coordinates
 
 
 def _pair(value):
@@ -38,7 +38,7 @@ def _centres_in_cells(boxes, image_size, grid):
     image_h, image_w = image_size
     grid_h, grid_w = grid
     boxes = clip_boxes(boxes, image_h, image_w)
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = split_coordinates(boxes)
     h, w = y2 - y1, x2 - x1
     cy = (y1 + 0.5 * h) / image_h * grid_h
     cx = (x1 + 0.5 * w) / image_w * grid_w

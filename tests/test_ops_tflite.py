@@ -1,0 +1,65 @@
+"""The builtins twins really are TFLite builtins: one graph with every twin converts with TFLITE_BUILTINS only,
+runs in the LiteRT interpreter and gives the TF results (NMS counts included, the TFLite padding trap)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.ops import builtins_only, combined_nms, max_pool_with_argmax, max_unpool, multiscale_roi_align, roi_align
+
+SHAPES = {"features": (2, 12, 14, 4), "coarse": (2, 6, 7, 4), "boxes": (10, 4), "box_indices": (10,),
+          "det_boxes": (2, 30, 4), "det_scores": (2, 30, 3), "image": (2, 9, 10, 4)}
+
+
+def all_twins(features, coarse, boxes, box_indices, det_boxes, det_scores, image):
+    values, argmax = max_pool_with_argmax(image)
+    detections = combined_nms(det_boxes, det_scores, 30, 0.5, 0.8)
+    return {
+        "fixed": roi_align(features, boxes, box_indices, 3, 0.25, 2, aligned=True),
+        "adaptive": roi_align(features, boxes, box_indices, 3, 0.25, -1, aligned=True),
+        "multiscale": multiscale_roi_align([features, coarse], boxes, box_indices, 2, (4, 8)),
+        "unpooled": max_unpool(values, argmax, tf.shape(image)),
+        **detections,
+    }
+
+
+def inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(0, 40, (10, 2))
+    det_corner = rng.uniform(0, 100, (2, 30, 2))
+    return {
+        "features": rng.normal(0, 1, SHAPES["features"]).astype(np.float32),
+        "coarse": rng.normal(0, 1, SHAPES["coarse"]).astype(np.float32),
+        "boxes": np.concatenate([corner, corner + rng.uniform(1, 30, (10, 2))], axis=1).astype(np.float32),
+        "box_indices": rng.integers(0, 2, 10).astype(np.int32),
+        "det_boxes": np.concatenate([det_corner, det_corner + rng.uniform(5, 30, (2, 30, 2))], -1).astype(np.float32),
+        "det_scores": rng.uniform(0, 1, SHAPES["det_scores"]).astype(np.float32),
+        "image": rng.normal(0, 1, SHAPES["image"]).astype(np.float32),
+    }
+
+
+@pytest.mark.slow
+def test_builtins_twins_convert_and_match_tf():
+    from ai_edge_litert.interpreter import Interpreter
+
+    class Twins(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(SHAPES[name], tf.int32 if name == "box_indices" else tf.float32,
+                                                    name=name) for name in SHAPES])
+        def run(self, features, coarse, boxes, box_indices, det_boxes, det_scores, image):
+            return all_twins(features, coarse, boxes, box_indices, det_boxes, det_scores, image)
+
+    module = Twins()
+    with builtins_only():
+        concrete = module.run.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fails loudly on any non-builtin op
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=2)
+    run_tflite = interpreter.get_signature_runner()
+    for seed in (0, 1):
+        feed = inputs(seed)
+        expected = {k: v.numpy() for k, v in all_twins(**feed).items()}  # the default TF paths
+        result = run_tflite(**feed)
+        assert set(result) == set(expected)
+        np.testing.assert_array_equal(result["num_detections"], expected["num_detections"])
+        assert 0 < expected["num_detections"].min() and expected["num_detections"].max() < 30  # padding matters
+        for key in expected:
+            np.testing.assert_allclose(result[key], expected[key], atol=1e-4, err_msg=key)
