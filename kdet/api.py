@@ -7,6 +7,7 @@
     kdet.predict("configs/classloc_shapes.yaml", ["img.png"], out_dir="out")
     kdet.export("configs/classloc_shapes.yaml", formats=["saved_model", "tflite"])
 """
+import inspect
 import json
 import random
 import sys
@@ -34,13 +35,17 @@ def build_model(config, overrides=()):
     if m.name not in MODELS:
         raise ConfigError(f"model.name = {m.name!r}; choose one of {', '.join(sorted(MODELS))}")
     cls = MODELS[m.name]
+    valid = [p for p in inspect.signature(cls.__init__).parameters
+             if p not in ("self", "kwargs", "num_classes", "image_size", "max_detections")]
+    unknown = sorted(set(m.args) - set(valid))
+    if unknown:
+        raise ConfigError(f"model.args.{unknown[0]} is not an argument of {cls.__name__}; valid arguments: "
+                          f"{', '.join(valid)}")
     try:
         model = cls(num_classes=m.num_classes, image_size=tuple(m.image_size), max_detections=m.max_detections,
                     **m.args)
-    except TypeError as error:
-        import inspect
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-        raise ConfigError(f"model.args for {m.name}: {error}; valid arguments: {', '.join(valid)}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.args for {m.name}: {error}") from None
     model(tf.zeros([1, *m.image_size, 3]))
     return model
 

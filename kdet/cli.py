@@ -145,7 +145,7 @@ def _run_data(args):
         print(format_check(check_dataset(dataset)))
     elif args.data_command == "convert":
         from kdet.data.io import write_dataset
-        write_dataset(dataset, args.to, args.out)
+        write_dataset(dataset, args.to, args.out, split=args.split)
         print(f"wrote {len(dataset)} images as {args.to} to {args.out}")
     elif args.data_command == "show":
         from kdet.data.images import read_image

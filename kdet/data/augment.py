@@ -43,10 +43,16 @@ def _resize_masks(masks, new_size, height, width, channels_last):
     """Nearest-neighbour resize + pad of [N, H, W] (channels_last=False) or [H, W, C] masks, dtype kept."""
     dtype = masks.dtype
     m = masks if channels_last else tf.transpose(masks, [1, 2, 0])
-    m = tf.image.resize(m, new_size, method="nearest")
-    m = tf.image.pad_to_bounding_box(m, 0, 0, height, width)
+    m = _with_spare_channel(m, lambda x: tf.image.pad_to_bounding_box(
+        tf.image.resize(x, new_size, method="nearest"), 0, 0, height, width))
     m = tf.cast(m, dtype)
     return m if channels_last else tf.transpose(m, [2, 0, 1])
+
+
+def _with_spare_channel(x, fn):
+    """fn(x) for [H, W, C] x that may have C = 0 (an image without objects): TF's resize and pad need a channel."""
+    spare = tf.zeros(tf.concat([tf.shape(x)[:-1], [1]], axis=0), tf.float32)
+    return fn(tf.concat([tf.cast(x, tf.float32), spare], axis=-1))[..., :-1]
 
 
 class Augmenter:
@@ -86,7 +92,8 @@ class Augmenter:
         if "masks" in element:
             channels.append(tf.transpose(tf.cast(element["masks"], tf.float32), [1, 2, 0]))
         inputs = {"images": element["images"], "bounding_boxes": element["bounding_boxes"]}
-        if channels:
+        if channels:  # + a spare channel: an image without objects has no instance channel, and Keras needs one
+            channels.append(tf.zeros_like(element["images"][..., :1]))
             inputs["segmentation_masks"] = tf.concat(channels, axis=-1)
         flipped = self.flip(inputs, training=True)
         out = dict(element, images=flipped["images"],
@@ -99,7 +106,7 @@ class Augmenter:
                 out["segmentation_masks"] = tf.cast(packed[..., :1], element["segmentation_masks"].dtype)
                 start = 1
             if "masks" in element:
-                out["masks"] = tf.cast(tf.transpose(packed[..., start:], [2, 0, 1]), element["masks"].dtype)
+                out["masks"] = tf.cast(tf.transpose(packed[..., start:-1], [2, 0, 1]), element["masks"].dtype)
         return out
 
     def _scale_jitter(self, element):
@@ -138,6 +145,6 @@ class Augmenter:
                                                      tf.cast(255, seg.dtype))
         if "masks" in element:
             masks = tf.transpose(tf.cast(element["masks"], tf.float32), [1, 2, 0])
-            masks = tf.transpose(place(masks, "nearest"), [2, 0, 1])
+            masks = tf.transpose(_with_spare_channel(masks, lambda m: place(m, "nearest")), [2, 0, 1])
             out["masks"] = tf.cast(tf.boolean_mask(masks, keep), element["masks"].dtype)
         return out

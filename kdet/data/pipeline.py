@@ -3,6 +3,8 @@
 Everything after the source is graph ops (decode, resize, augment, pad): no Python in the hot path, so the input
 pipeline keeps ahead of a training step on 2 cores (see benchmarks/bench_pipeline.py).
 """
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -10,6 +12,7 @@ from kdet.data.augment import Augmenter, resize_image
 from kdet.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
+PYTHON_DECODED = (".tif", ".tiff")  # formats tf.io.decode_image cannot read
 
 
 def _ragged(arrays, inner_shape, dtype):
@@ -31,50 +34,49 @@ def _source(dataset, with_masks, with_segmentation):
         "original_size": np.asarray([[r.height, r.width] for r in records], np.int32),
     }
     in_memory = [r.image is not None for r in records]
-    if all(in_memory):
-        shapes = {r.image.shape for r in records}
-        if len(shapes) != 1:
-            raise DataError("dataset", f"in-memory images must share one size, got {sorted(shapes)[:3]}")
-        source["pixels"] = np.stack([r.image for r in records])
-    elif not any(in_memory):
-        source["path"] = np.asarray([r.path for r in records])
+    python_decoded = [r.path is not None and Path(r.path).suffix.lower() in PYTHON_DECODED for r in records]
+    if any(in_memory) or any(python_decoded):
+        # Pixels decoded in Python (in-memory synthetic data, TIFF and 16-bit files TF cannot decode the way
+        # `read_image` does) enter as flat ragged rows, reshaped by original_size inside the graph.
+        from kdet.data.images import read_image
+        source["pixels"] = _ragged([(r.image if r.image is not None else read_image(r.path)).reshape(-1)
+                                    for r in records], (), np.uint8)
     else:
-        raise DataError("dataset", "records mix in-memory images and image files")
+        source["path"] = np.asarray([r.path for r in records])
     if with_masks:
         missing = [r.name for r in records if r.masks is None]
         if missing:
             raise DataError(missing[0], "instance masks requested but the record has none")
-        height, width = records[0].height, records[0].width
-        source["masks"] = _ragged([r.masks for r in records], (height, width), np.uint8)
+        source["masks"] = _ragged([r.masks.reshape(-1) for r in records], (), np.uint8)
     if with_segmentation:
-        if all(r.segmentation is not None for r in records):
-            source["segmentation"] = np.stack([r.segmentation for r in records]).astype(np.int32)
-        elif all(r.segmentation_path is not None for r in records):
-            source["segmentation_path"] = np.asarray([r.segmentation_path for r in records])
-        else:
-            missing = next(r.name for r in records if r.segmentation is None and r.segmentation_path is None)
-            raise DataError(missing, "semantic masks requested but the record has none")
+        missing = [r.name for r in records if r.segmentation is None and r.segmentation_path is None]
+        if missing:
+            raise DataError(missing[0], "semantic masks requested but the record has none")
+        # Class-id PNGs are palette images: TF's decode_png would turn the palette into colours, so they are read
+        # (palette indices = class ids, 255 = ignore) in Python once, here.
+        from kdet.data.images import read_segmentation
+        source["segmentation"] = _ragged([(r.segmentation if r.segmentation is not None
+                                           else read_segmentation(r.segmentation_path)).reshape(-1)
+                                          for r in records], (), np.int32)
     return source
 
 
 def _load(item):
+    size = item["original_size"]
     if "pixels" in item:
-        image = item["pixels"]
+        image = tf.reshape(item["pixels"], [size[0], size[1], 3])
     else:
         image = tf.io.decode_image(tf.io.read_file(item["path"]), channels=3, expand_animations=False)
     element = {
         "images": tf.cast(image, tf.float32),
         "bounding_boxes": {"boxes": item["boxes"], "labels": item["labels"]},
         "image_id": item["image_id"],
-        "original_size": item["original_size"],
+        "original_size": size,
     }
     if "masks" in item:
-        element["masks"] = item["masks"]
+        element["masks"] = tf.reshape(item["masks"], [-1, size[0], size[1]])
     if "segmentation" in item:
-        element["segmentation_masks"] = item["segmentation"][..., None]
-    elif "segmentation_path" in item:
-        png = tf.io.decode_png(tf.io.read_file(item["segmentation_path"]), channels=1)
-        element["segmentation_masks"] = tf.cast(png, tf.int32)
+        element["segmentation_masks"] = tf.reshape(item["segmentation"], [size[0], size[1], 1])
     return element
 
 

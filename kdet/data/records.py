@@ -87,11 +87,13 @@ class ReadReport:
 
 @dataclasses.dataclass
 class DetectionDataset:
-    """records + class_names (index = label) + the report of what was skipped."""
+    """records + class_names (index = label) + the report of what was skipped (+ COCO category ids when read from
+    COCO json: label i <-> category_ids[i])."""
 
     records: list
     class_names: list
     report: ReadReport = dataclasses.field(default_factory=ReadReport)
+    category_ids: Optional[list] = None
 
     def __len__(self):
         return len(self.records)
