@@ -96,6 +96,16 @@ def test_int8_quantises_the_network_and_keeps_decode_float(grid):
     print("int8 vs Keras:", report)
 
 
+def test_int8_keep_float_scopes_stay_float(grid, tmp_path):
+    model, images, _ = grid
+    path = export_tflite(model, tmp_path / "head_float.tflite", quantize="int8",
+                         representative_images=random_images(model, 8, seed=5), keep_float=("head",))
+    outputs = [row[3] for row in op_types(path) if row[1] == "CONV_2D"]
+    # The three backbone convolutions are int8; the head layer's convolution (the last one) stays float32.
+    assert outputs == [[schema.TensorType.INT8]] * 3 + [[schema.TensorType.FLOAT32]], outputs
+    assert load_runner(path)(images)["boxes"].shape == (len(images), model.max_detections, 4)
+
+
 def test_unsupported_op_fails_loudly_naming_the_op(tmp_path):
     class NoTwinDetector(TinyGridDetector):
         """Calls CombinedNonMaxSuppression directly, without a builtins-only twin."""

@@ -271,7 +271,7 @@ class TinyGridDetector(Detector):
         self.score_threshold, self.iou_threshold, self.width = float(score_threshold), float(iou_threshold), width
         self.backbone = _TinyBackbone(width, name="backbone")
         # A wide spread of initial logits keeps random-init scores apart, so near-ties at the threshold are rare.
-        self.head = keras.layers.Conv2D(4 + num_classes, 1,
+        self.head = keras.layers.Conv2D(4 + num_classes, 1, name="head",
                                         kernel_initializer=keras.initializers.RandomNormal(0.0, 3.0))
 
     def call(self, images, training=False):

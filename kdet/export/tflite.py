@@ -38,8 +38,8 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         path: output file, e.g. `saved_models/name/name_int8.tflite`.
         quantize: None (float32), "fp16" (float16 weights, float32 compute) or "int8" (int8 network, float decode).
         representative_images: uint8 or float 0..255 [N, H, W, 3] training images; needed for "int8" (calibration).
-        keep_float: extra name scopes (e.g. a proposal layer's name) whose ops stay float in an int8 model, for
-            models that run NMS inside `call`.
+        keep_float: extra name scopes (layer names, e.g. a proposal layer) whose ops stay float in an int8 model,
+            for models that run NMS inside `call`. Ops fed only by such a scope stay float too (no input range).
     Signature `serving_default`: images uint8 [B, H, W, 3] -> the model's output dict (same keys as `detect`).
     Raises:
         KdetError: an op has no TFLite builtin (the message names it); ConfigError: bad quantize / images.
@@ -177,17 +177,18 @@ def tensors_in_scopes(flatbuffer, scopes):
     """Names of the tensors (all subgraphs, so WHILE bodies too) created under any of `scopes`.
 
     A converted tensor's name lists the fused TF ops it came from ("a/conv;a/relu"); any part in a scope counts.
-    Signature outputs are named after the call op ("StatefulPartitionedCall:0") and always stay float.
+    A scope matches at any depth and with the "_1" suffix Keras adds when a layer is traced again
+    ("detector_1/proposals_1/..." is in scope "proposals"). Signature outputs are named after the call op
+    ("StatefulPartitionedCall:0") and always stay float.
     """
     from tensorflow.lite.tools import flatbuffer_utils
 
+    pattern = re.compile(r"(^|/)(" + "|".join(re.escape(s) for s in scopes) + r")(_\d+)?/")
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     names = set()
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             name = tensor.name.decode()
-            parts = name.split(";")
-            if name.startswith("StatefulPartitionedCall") or any(
-                    part.startswith(scope + "/") or f"/{scope}/" in part for part in parts for scope in scopes):
+            if name.startswith("StatefulPartitionedCall") or any(pattern.search(p) for p in name.split(";")):
                 names.add(name)
     return sorted(names)
