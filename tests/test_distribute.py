@@ -228,5 +228,19 @@ def test_strategy_names_and_tf_config_errors(monkeypatch):
         read_tf_config()
 
 
+def test_multi_worker_patch_leaves_other_strategies_alone():
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    from kdet.distribute import _patch_keras_multi_worker_fit
+    _patch_keras_multi_worker_fit()
+    patched = (trainer.reduce_per_replica, trainer.TensorFlowTrainer._maybe_symbolic_build)
+    _patch_keras_multi_worker_fit()  # idempotent: no double wrapping
+    assert (trainer.reduce_per_replica, trainer.TensorFlowTrainer._maybe_symbolic_build) == patched
+    logs = {"loss": tf.constant(0.25), "iou": tf.constant([0.5, 0.75])}
+    reduced = trainer.reduce_per_replica(logs, tf.distribute.get_strategy(), "auto")  # not multi-worker: unchanged
+    assert float(reduced["loss"]) == 0.25 and reduced["iou"].numpy().tolist() == [0.5, 0.75]
+
+
 if __name__ == "__main__":
     _worker(*sys.argv[1:])

@@ -368,3 +368,32 @@ def test_main_reports_bad_directory(tmp_path, capsys):
     save_version(tmp_path, 1, seed=1)
     assert main([str(tmp_path / "1")]) == 2  # a version dir instead of the base dir
     assert "pass its parent directory" in capsys.readouterr().out
+
+
+# -- a real kdet model, exported by kdet.export ------------------------------------------------------------------
+@pytest.mark.slow
+def test_serves_a_kdet_export_like_keras(tmp_path):
+    from kdet.export.saved_model import export_saved_model
+    from kdet.models.classloc import ClassLocModel
+
+    model = ClassLocModel(num_classes=3, image_size=(64, 64), widths=(8, 16), hidden=16)
+    export_saved_model(model, tmp_path / "classloc")
+    x = images(2, seed=21).repeat(2, axis=1).repeat(2, axis=2)  # [2, 64, 64, 3]
+    keras_out = {k: np.asarray(v) for k, v in model.detect(tf.constant(x, tf.float32)).items()}
+    jpeg = tf.io.encode_jpeg(np.ascontiguousarray(x[0, :48]), quality=95).numpy()  # 48x64: serving_bytes resizes
+    with ModelServer(tmp_path / "classloc", rest_port=0, grpc_port=0, poll_seconds=0) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                grpc_request(name="classloc", images=x), 30)
+        served = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        assert set(served) == {"boxes", "scores", "classes", "num_detections"}
+        for key in keras_out:
+            np.testing.assert_allclose(served[key], keras_out[key], atol=1e-5, err_msg=key)
+        status, body = rest(server, "/v1/models/classloc:predict", {
+            "signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(jpeg).decode()}]})
+        assert status == 200
+        assert_outputs_equal({k: [v] for k, v in body["predictions"][0].items()},
+                             direct(tmp_path / "classloc", 1, "serving_bytes", image_bytes=np.array([jpeg], object)))
+        # a real conv net: this request would abort the process if it reached the graph
+        assert rest(server, "/v1/models/classloc:predict", {"inputs": x[0].tolist()})[0] == 400
+        assert rest(server, "/v1/models/classloc:predict", {"inputs": x.tolist()})[0] == 200
