@@ -24,7 +24,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from kdet.export import serving_rest
+from kdet.export import serving_json
 from kdet.export.serving import ModelServer, main
 
 SIZE, K = 32, 5
@@ -272,13 +272,13 @@ def test_rest_bad_request_then_good_request(server, path, body, status, text):
 def test_json_number_formatting_matches_tf_serving():
     # WriteDecimal: "%g" if it reads back to the same float, else max_digits10; ".0" on whole numbers.
     values = np.array([0.2, 3.0, 9e6, 3e-5, 0.123456789, -1.5, np.nan, np.inf, -np.inf], np.float32)
-    assert serving_rest._format_floats(values) == [
+    assert serving_json._format_floats(values) == [
         "0.2", "3.0", "9e+06", "3e-05", "0.123456791", "-1.5", "NaN", "Infinity", "-Infinity"]
-    parsed = np.array([float(t) for t in serving_rest._format_floats(values)], np.float32)
+    parsed = np.array([float(t) for t in serving_json._format_floats(values)], np.float32)
     np.testing.assert_array_equal(parsed, values)  # every text reads back to the exact float32
-    text = serving_rest.outputs_to_json({"scores": np.array([[0.5, 1.0]], np.float32)}, row_format=True)
+    text = serving_json.outputs_to_json({"scores": np.array([[0.5, 1.0]], np.float32)}, row_format=True)
     assert json.loads(text) == {"predictions": [[0.5, 1.0]]}  # one output: rows are plain values
-    text = serving_rest.outputs_to_json({"a": np.zeros((2, 0), np.int32), "b_bytes": np.array([b"\x00", b"x"],
+    text = serving_json.outputs_to_json({"a": np.zeros((2, 0), np.int32), "b_bytes": np.array([b"\x00", b"x"],
                                                                                               object)}, False)
     assert json.loads(text) == {"outputs": {"a": [[], []], "b_bytes": [{"b64": "AA=="}, {"b64": "eA=="}]}}
 
