@@ -362,12 +362,23 @@ def test_cli_main_serves_until_sigterm(base):
             process.wait()
 
 
+def test_port_in_use_is_a_clear_error(base, server):
+    from kdet.errors import ConfigError
+    with pytest.raises(ConfigError, match="gRPC cannot bind"):
+        ModelServer(base, rest_port=None, grpc_port=server.grpc_port, poll_seconds=0).start()
+    second = ModelServer(base, rest_port=server.rest_port, grpc_port=0, poll_seconds=0)
+    with pytest.raises(ConfigError, match="REST cannot bind"):
+        second.start()
+    assert second._grpc is None  # the gRPC server it had started was stopped again
+    assert rest(server, "/v1/models/tiny")[0] == 200  # the first server is untouched
+
+
 def test_main_reports_bad_directory(tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
-    assert "model base directory not found" in capsys.readouterr().out
+    assert "model base directory not found" in capsys.readouterr().err
     save_version(tmp_path, 1, seed=1)
     assert main([str(tmp_path / "1")]) == 2  # a version dir instead of the base dir
-    assert "pass its parent directory" in capsys.readouterr().out
+    assert "pass its parent directory" in capsys.readouterr().err
 
 
 # -- a real kdet model, exported by kdet.export ------------------------------------------------------------------

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,21 +218,23 @@ class ModelRepository:
                 try:
                     servable = Servable(self.model_name, version, on_disk[version])
                 except Exception as error:  # a half-written or broken export must not stop the server
-                    self._failed[version] = (stamp, ServingError(grpc.StatusCode.UNKNOWN, str(error).splitlines()[0]))
+                    with self._lock:
+                        self._failed[version] = (stamp, ServingError(grpc.StatusCode.UNKNOWN,
+                                                                     str(error).splitlines()[0]))
                     log.warning("model %s version %d failed to load from %s: %s", self.model_name, version,
                                 on_disk[version], str(error).splitlines()[0])
                     continue
                 with self._lock:
                     self._servables[version] = servable
-                self._failed.pop(version, None)
+                    self._failed.pop(version, None)
                 loaded.append(version)
                 log.info("model %s version %d AVAILABLE (%s)", self.model_name, version, on_disk[version])
             with self._lock:
                 for version in [v for v in self._servables if v not in wanted]:
                     del self._servables[version]
                     log.info("model %s version %d unloaded", self.model_name, version)
-            for version in [v for v in self._failed if v not in wanted]:
-                del self._failed[version]
+                for version in [v for v in self._failed if v not in wanted]:
+                    del self._failed[version]
             return loaded
 
     def servable(self, name, version=None):
@@ -250,7 +253,7 @@ class ModelRepository:
             raise invalid_argument("Missing model name in request.")
         with self._lock:
             states = {v: ("AVAILABLE", None) for v in self._servables}
-        states.update({v: ("END", error) for v, (_, error) in self._failed.items() if v not in states})
+            states.update({v: ("END", error) for v, (_, error) in self._failed.items() if v not in states})
         if name != self.model_name or not states:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
         if version is not None:
@@ -290,6 +293,14 @@ class ModelServer:
         self._poller = self._rest = self._grpc = None
 
     def start(self):
+        try:
+            self._start()
+        except BaseException:  # e.g. the REST port is taken after gRPC started: leave nothing running
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
         from kdet.export import serving_grpc, serving_rest
 
         if not self.repository.refresh():
@@ -306,7 +317,6 @@ class ModelServer:
         if self.poll_seconds > 0:
             self._poller = threading.Thread(target=self._poll, name="kdet-serve-poll", daemon=True)
             self._poller.start()
-        return self
 
     def _poll(self):
         while not self._stop.wait(self.poll_seconds):
@@ -316,6 +326,7 @@ class ModelServer:
                 log.warning("polling %s failed: %s", self.repository.base_dir, error)
 
     def stop(self):
+        """Stop both servers (in-flight requests get a second to finish) and the poller. Safe to call twice."""
         self._stop.set()
         if self._rest is not None:
             self._rest.shutdown()
@@ -324,6 +335,7 @@ class ModelServer:
             self._grpc.stop(grace=1.0).wait()
         if self._poller is not None:
             self._poller.join()
+        self._rest = self._grpc = self._poller = None
 
     def wait(self):
         """Block until `stop()` is called (from a signal handler or another thread)."""
@@ -376,8 +388,8 @@ def main(argv=None):
     try:
         serve(args.model_base_dir, args.model_name, None if args.rest_port < 0 else args.rest_port,
               None if args.grpc_port < 0 else args.grpc_port, args.host, args.poll_seconds, args.num_versions)
-    except ConfigError as error:  # bad directory or a port in use: one line, no trace
-        print(f"kdet serve: {error}")
+    except ConfigError as error:  # bad directory or a port in use: one line, no trace (as kdet's CLI)
+        print(f"kdet serve: error: {error}", file=sys.stderr)
         return 2
     return 0
 
