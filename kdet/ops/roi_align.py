@@ -146,9 +146,14 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
         grid = int(sampling_ratio)
         values = sample(features, box_indices, start_y, bin_h / grid, out_h * grid, start_x, bin_w / grid,
                         out_w * grid)
+        if grid == 1:
+            return values
+        if not builtins_only_enabled():
+            # Bin average = grid x grid average pooling: several times faster than reshape + reduce_mean on CPU.
+            return tf.nn.avg_pool2d(values, grid, grid, "VALID")
+        # TFLite's XNNPACK delegate fails to prepare AVERAGE_POOL_2D on zero RoIs (an empty FPN level).
         channels = features.shape[-1] if features.shape[-1] is not None else tf.shape(features)[3]
-        values = tf.reshape(values, [-1, out_h, grid, out_w, grid, channels])
-        return tf.reduce_mean(values, axis=[2, 4])
+        return tf.reduce_mean(tf.reshape(values, [-1, out_h, grid, out_w, grid, channels]), axis=[2, 4])
 
     if max_sampling_ratio is None:
         height, width = features.shape[1], features.shape[2]
