@@ -17,8 +17,17 @@ signature is called: a loaded signature does not check shapes itself, and a wron
 aborts the whole process (`tensor_format.h Check failed`). Errors carry TensorFlow Serving's status codes
 (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) and, on REST, its HTTP mapping with `{"error": "..."}`.
 
+    kdet serve saved_models/classloc_shapes --rest-port 8501 --grpc-port 8500
+    curl -d '{"signature_name": "serving_bytes", "instances": [{"b64": "'$(base64 -w0 img.jpg)'"}]}' \
+        http://127.0.0.1:8501/v1/models/classloc_shapes:predict
+
+Differences from tensorflow_model_server: port 0 picks a free port (TF Serving: 0 turns REST off; here -1 does, or
+None in Python); one model per server, no model config file, so version labels are refused (INVALID_ARGUMENT);
+Classify / Regress / MultiInference (tf.Example APIs) answer UNIMPLEMENTED; no request batching. By default every
+version on disk is served (TF Serving's `all` policy; `num_versions=N` keeps the newest N, its `latest` policy).
+
 This module holds the model repository, the request checks and the `serve` / `main` entry points;
-`serving_rest.py` and `serving_grpc.py` translate the two wire formats.
+`serving_rest.py` (with `serving_json.py`) and `serving_grpc.py` translate the two wire formats.
 """
 import argparse
 import logging
