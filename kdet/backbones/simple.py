@@ -3,7 +3,10 @@ import keras
 
 
 class SimpleBackbone(keras.layers.Layer):
-    """images [B, H, W, 3] (already normalised) -> {"C1": [B, H/2, W/2, w1], ..., "Cn": [B, H/2^n, W/2^n, wn]}.
+    """BatchNorm momentum is 0.9 (Keras' default 0.99 leaves the moving statistics behind the batch statistics
+    for the few thousand steps a CPU run trains, so inference was worse than training on the same images).
+
+    images [B, H, W, 3] (already normalised) -> {"C1": [B, H/2, W/2, w1], ..., "Cn": [B, H/2^n, W/2^n, wn]}.
 
     Args:
         widths: channels of each stage; stage i halves the resolution.
@@ -19,7 +22,7 @@ class SimpleBackbone(keras.layers.Layer):
             layers = []
             for j in range(self.convs_per_stage):
                 layers += [keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{i + 1}_conv{j + 1}"),
-                           keras.layers.BatchNormalization(name=f"stage{i + 1}_bn{j + 1}"),
+                           keras.layers.BatchNormalization(momentum=0.9, name=f"stage{i + 1}_bn{j + 1}"),
                            keras.layers.ReLU()]
             layers.append(keras.layers.MaxPooling2D(2, name=f"stage{i + 1}_pool"))
             self.stages.append(layers)

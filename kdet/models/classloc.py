@@ -20,6 +20,7 @@ class ClassLocModel(Detector):
         hidden: width of the shared fully connected layer.
         box_loss: "l2" (the lecture's) or "smooth_l1" (Huber, delta 1, on the normalised box).
         box_loss_weight: weight of the box loss against the class loss.
+        dropout: dropout rate after the shared fully connected layer.
 
     call(images [B, H, W, 3]) -> {"class_logits": [B, C], "boxes": [B, 4]} where boxes are (cy, cx, h, w) relative to
     the image, in [0, 1] (the lecture's (x, y, w, h) in kdet's y-first order).
@@ -28,7 +29,7 @@ class ClassLocModel(Detector):
     loss_names = ("class_loss", "box_loss")
 
     def __init__(self, num_classes, image_size=(128, 128), max_detections=1, widths=(16, 32, 64, 128, 128), hidden=128,
-                 box_loss="l2", box_loss_weight=20.0, **kwargs):
+                 box_loss="l2", box_loss_weight=20.0, dropout=0.3, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=1, **kwargs)
         if box_loss not in ("l2", "smooth_l1"):
             raise ValueError(f"box_loss must be 'l2' or 'smooth_l1', got {box_loss!r}")
@@ -36,9 +37,11 @@ class ClassLocModel(Detector):
         self.hidden = int(hidden)
         self.box_loss = box_loss
         self.box_loss_weight = float(box_loss_weight)
+        self.dropout_rate = float(dropout)
         self.backbone = SimpleBackbone(self.widths, convs_per_stage=1, name="backbone")
         self.flatten = keras.layers.Flatten()  # keeps where things are; a global pool would throw it away
         self.fc = keras.layers.Dense(self.hidden, activation="relu", name="fc")
+        self.dropout = keras.layers.Dropout(dropout)
         self.class_head = keras.layers.Dense(num_classes, name="class_head")
         self.box_head = keras.layers.Dense(4, activation="sigmoid", name="box_head")
         self.box_loss_fn = (keras.losses.MeanSquaredError(reduction=None) if box_loss == "l2"
@@ -47,7 +50,7 @@ class ClassLocModel(Detector):
 
     def call(self, images, training=False):
         features = self.backbone(self.normalize(images), training=training)
-        x = self.fc(self.flatten(features[f"C{len(self.widths)}"]))
+        x = self.dropout(self.fc(self.flatten(features[f"C{len(self.widths)}"])), training=training)
         return {"class_logits": tf.cast(self.class_head(x), tf.float32), "boxes": tf.cast(self.box_head(x), tf.float32)}
 
     def encode_targets(self, batch):
@@ -90,7 +93,7 @@ class ClassLocModel(Detector):
     def get_config(self):
         config = super().get_config()
         config.update(widths=list(self.widths), hidden=self.hidden, box_loss=self.box_loss,
-                      box_loss_weight=self.box_loss_weight)
+                      box_loss_weight=self.box_loss_weight, dropout=self.dropout_rate)
         config.pop("max_detections")
         return config
 
