@@ -170,6 +170,7 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # trains in subprocesses (the shared `runs` fixture)
 def test_mirrored_fit_matches_single_device(runs):
     result = runs["compare"]
     assert result["devices"][-1].endswith("CPU:1") and result["replicas"] == 2
@@ -180,11 +181,13 @@ def test_mirrored_fit_matches_single_device(runs):
     assert result["weights_diff"] < 5e-4
 
 
+@pytest.mark.slow  # trains in subprocesses (the shared `runs` fixture)
 def test_configure_cpu_devices_too_late_is_a_clear_error(runs):
     message = runs["compare"]["too_late_error"]
     assert message and "before any TF op" in message and "KDET_CPU_DEVICES=3" in message
 
 
+@pytest.mark.slow  # trains in subprocesses (the shared `runs` fixture)
 def test_checkpoint_resume_under_mirrored_restores_weights_and_momentum(runs):
     result = runs["resume"]
     assert result["restored_count"] == 4 + 4  # 4 weight arrays + 4 momentum slots
@@ -193,6 +196,7 @@ def test_checkpoint_resume_under_mirrored_restores_weights_and_momentum(runs):
     np.testing.assert_allclose(result["resumed_loss"], runs["compare"]["mirrored_loss"][2:], atol=2e-5)
 
 
+@pytest.mark.slow  # trains in subprocesses (the shared `runs` fixture)
 def test_multi_worker_fit_on_loopback_matches_single_device(runs):
     single = np.load(runs["tmp"] / "single_weights.npz")
     for index, result in enumerate(runs["workers"]):
@@ -203,6 +207,7 @@ def test_multi_worker_fit_on_loopback_matches_single_device(runs):
             np.testing.assert_allclose(weights[f"arr_{i}"], single[f"arr_{i}"], atol=5e-4)
 
 
+@pytest.mark.slow  # trains in subprocesses (the shared `runs` fixture)
 def test_api_train_with_mirrored_strategy(runs):
     # runs in the restart process after another model trained there: needs make_strategy's one-strategy rule
     result = runs["resume"]["api"]
