@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.errors import ConfigError
 from kdet.ops import anchors, base_anchors, multilevel_anchors, num_anchors_per_location
 
 
@@ -76,7 +77,7 @@ def test_multilevel_per_level_ratios_and_explicit_feature_sizes():
     expected = np.concatenate([anchors_reference((4, 4), 16, (32,), (1.0,)),
                                anchors_reference((2, 2), 32, (64,), (0.5, 2.0))])
     np.testing.assert_array_equal(result, expected)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="sizes_per_level"):
         multilevel_anchors((64, 64), (16, 32), ((32,),), (1.0,))
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.errors import ConfigError
 from kdet.ops import box_iou, match, match_padded
 
 
@@ -51,6 +52,11 @@ def test_low_quality_keeps_every_tied_best_anchor():
     np.testing.assert_array_equal(match(iou, 0.7, 0.3).numpy(), [-2, -2, -1, -1])
     # gt 0's best (0.4) is tied on anchors 0 and 1; gt 1's best (0.2) on anchors 1 and 2
     np.testing.assert_array_equal(match(iou, 0.7, 0.3, True).numpy(), [0, 0, 1, -1])
+
+
+def test_bad_thresholds_are_a_config_error():
+    with pytest.raises(ConfigError, match="low_threshold"):
+        match(np.zeros((2, 2), np.float32), 0.3, 0.7)
 
 
 def test_no_ground_truth_gives_all_negative():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.errors import ConfigError
 from kdet.ops import builtins_only, multiscale_roi_align, roi_align, roi_pool
 
 
@@ -221,5 +222,5 @@ def test_multiscale_roi_align_assigns_levels_like_torchvision(builtins):
         result = multiscale_roi_align(features, boxes, indices, (3, 3), strides).numpy()
     np.testing.assert_allclose(result, multiscale_reference(features, boxes, indices, (3, 3), strides, 2),
                                atol=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="consecutive powers of two"):
         multiscale_roi_align(features[:2], boxes, indices, 3, (4, 16))

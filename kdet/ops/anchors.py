@@ -15,6 +15,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from kdet.errors import ConfigError
+
 
 def _pair(value):
     if isinstance(value, (list, tuple)):
@@ -68,7 +70,7 @@ def anchors(feature_size, stride, sizes, ratios):
 def _ratios_per_level(ratios, num_levels):
     if len(ratios) > 0 and isinstance(ratios[0], (list, tuple)):
         if len(ratios) != num_levels:
-            raise ValueError(f"ratios gives {len(ratios)} levels, strides give {num_levels}")
+            raise ConfigError(f"anchor ratios: {len(ratios)} levels given, strides give {num_levels}")
         return list(ratios)
     return [ratios] * num_levels
 
@@ -92,7 +94,7 @@ def multilevel_anchors(image_size, strides, sizes_per_level, ratios, feature_siz
     """
     image_h, image_w = (int(s) for s in image_size)
     if len(sizes_per_level) != len(strides):
-        raise ValueError(f"sizes_per_level gives {len(sizes_per_level)} levels, strides give {len(strides)}")
+        raise ConfigError(f"anchor sizes_per_level: {len(sizes_per_level)} levels given, strides give {len(strides)}")
     if feature_sizes is None:
         feature_sizes = []
         for stride in strides:

@@ -9,6 +9,7 @@ The IoU matrix here is anchors x ground truth ([N, M]), the transpose of torchvi
 """
 import tensorflow as tf
 
+from kdet.errors import ConfigError
 from kdet.ops.box_ops import box_iou
 
 BELOW_LOW_THRESHOLD = -1
@@ -30,7 +31,7 @@ def match(iou, high_threshold, low_threshold, allow_low_quality_matches=False, g
         (torchvision raises instead; its RPN and RoI heads then label everything background, as this does).
     """
     if low_threshold > high_threshold:
-        raise ValueError(f"low_threshold {low_threshold} must be <= high_threshold {high_threshold}")
+        raise ConfigError(f"matcher: low_threshold {low_threshold} must be <= high_threshold {high_threshold}")
     iou = tf.convert_to_tensor(iou, tf.float32)
     if gt_valid is None:
         gt_valid = tf.ones(tf.concat([tf.shape(iou)[:-2], tf.shape(iou)[-1:]], axis=0), tf.bool)

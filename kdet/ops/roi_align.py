@@ -17,6 +17,7 @@ import math
 
 import tensorflow as tf
 
+from kdet.errors import ConfigError
 from kdet.ops.box_ops import box_area, split_coordinates
 from kdet.ops.mode import builtins_only_enabled
 
@@ -202,13 +203,13 @@ def multiscale_roi_align(features_by_level, boxes, box_indices, output_size, str
         [K, out_h, out_w, C] float32.
     """
     if len(features_by_level) != len(strides):
-        raise ValueError(f"{len(features_by_level)} feature levels but {len(strides)} strides")
+        raise ConfigError(f"multiscale_roi_align: {len(features_by_level)} feature levels but {len(strides)} strides")
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     box_indices = tf.cast(box_indices, tf.int32)
     levels = [int(round(math.log2(stride))) for stride in strides]
     if any(2 ** level != stride for level, stride in zip(levels, strides)) or levels != list(
             range(levels[0], levels[0] + len(levels))):
-        raise ValueError(f"strides must be consecutive powers of two, got {strides}")
+        raise ConfigError(f"multiscale_roi_align: strides must be consecutive powers of two, got {strides}")
 
     def pool(level_index, box_subset, index_subset):
         return roi_align(features_by_level[level_index], box_subset, index_subset, output_size,
