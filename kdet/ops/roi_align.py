@@ -162,11 +162,12 @@ def roi_align(features, boxes, box_indices, output_size, spatial_scale=1.0, samp
             max_sampling_ratio = DEFAULT_DYNAMIC_MAX_SAMPLING_RATIO
         else:
             max_sampling_ratio = max(math.ceil(height / out_h), math.ceil(width / out_w), 1)
-    grid_h = tf.cast(tf.math.ceil(roi_h / out_h), tf.int32)
-    grid_w = tf.cast(tf.math.ceil(roi_w / out_w), tf.int32)
+    grid_h = tf.math.ceil(roi_h / out_h)  # torchvision: ceil(roi_height / pooled_height)
+    grid_w = tf.math.ceil(roi_w / out_w)
     empty = (grid_h <= 0) | (grid_w <= 0)  # aligned RoI of zero (or negative) size: torchvision sums nothing
-    grid_h = tf.clip_by_value(grid_h, 1, max_sampling_ratio)
-    grid_w = tf.clip_by_value(grid_w, 1, max_sampling_ratio)
+    # Clip before the cast: a huge RoI must not overflow int32.
+    grid_h = tf.cast(tf.clip_by_value(grid_h, 1.0, float(max_sampling_ratio)), tf.int32)
+    grid_w = tf.cast(tf.clip_by_value(grid_w, 1.0, float(max_sampling_ratio)), tf.int32)
     step_h = bin_h / tf.cast(grid_h, tf.float32)
     step_w = bin_w / tf.cast(grid_w, tf.float32)
 
