@@ -104,3 +104,18 @@ def test_images_without_objects_batch_with_padding():
     batch = next(iter(make_tf_dataset(dataset, (32, 32), 4, training=True, augment=AugmentConfig(
         flip=True, scale_jitter=[0.8, 1.2]), with_masks=True)))
     assert batch["bounding_boxes"]["labels"].shape == (4, 0)
+
+
+def test_color_jitter_keeps_the_mean_brightness():
+    """A biased jitter makes training images differ from evaluation images (Keras' RandomColorJitter did, by +35%)."""
+    import tensorflow as tf
+
+    from kdet.data.augment import Augmenter
+    rng = np.random.default_rng(0)
+    augmenter = Augmenter(flip=False, color_jitter=0.3, seed=0)
+    images = rng.uniform(0, 255, (200, 8, 8, 3)).astype(np.float32)
+    out = np.stack([augmenter({"images": tf.constant(im), "bounding_boxes": {
+        "boxes": tf.zeros([0, 4]), "labels": tf.zeros([0], tf.int32)}})["images"].numpy() for im in images])
+    assert abs(out.mean() / images.mean() - 1) < 0.03
+    assert np.abs(out - images).mean() > 5  # and it does jitter
+    assert out.min() >= 0 and out.max() <= 255

@@ -1,10 +1,12 @@
 """Augmentation that keeps boxes and masks consistent with the image, as graph ops for `tf.data`.
 
 Elements are the unbatched dicts of DESIGN.md (boxes yxyx absolute pixels). Flipping and colour jitter are Keras 3's
-own augmentation layers (`RandomFlip` with `bounding_box_format`, `RandomColorJitter`); Keras carries
+own `RandomFlip` (with `bounding_box_format`); Keras carries
 "segmentation_masks" through its geometric layers but not per-instance masks, so instance masks ride along as extra
 channels of "segmentation_masks" for the flip. Scale jitter with crop/pad and letterboxing are plain TF ops here
-(Keras' RandomZoom / RandomCrop neither drop boxes that leave the crop nor transform instance masks).
+(Keras' RandomZoom / RandomCrop neither drop boxes that leave the crop nor transform instance masks), and so is
+colour jitter: Keras 3.15's `RandomColorJitter` on 0..255 float images raised the mean brightness from 127 to 171
+(measured), so a model trained with it saw other images than it was evaluated on.
 """
 import keras
 import tensorflow as tf
@@ -61,7 +63,7 @@ class Augmenter:
     Args:
         flip: horizontal flip with probability 0.5.
         scale_jitter: (min, max) zoom factor; the zoomed image is cropped (zoom > 1) or padded (zoom < 1) back to size.
-        color_jitter: strength of brightness / contrast / saturation jitter, 0 = off.
+        color_jitter: s, the strength of brightness / contrast / saturation jitter (factors in [1 - s, 1 + s]), 0 = off.
         seed: seed of the random draws.
     """
 
@@ -69,20 +71,26 @@ class Augmenter:
         self.scale_jitter = tuple(float(s) for s in scale_jitter)
         self.seed = seed
         self.flip = keras.layers.RandomFlip("horizontal", bounding_box_format="yxyx", seed=seed) if flip else None
-        self.color = None
-        if color_jitter > 0:
-            self.color = keras.layers.RandomColorJitter(
-                value_range=(0, 255), brightness_factor=color_jitter, contrast_factor=color_jitter,
-                saturation_factor=color_jitter, seed=seed)
+        self.color_jitter = float(color_jitter)
 
     def __call__(self, element):
         if self.flip is not None:
             element = self._flip(element)
         if self.scale_jitter != (1.0, 1.0):
             element = self._scale_jitter(element)
-        if self.color is not None:
-            element = dict(element, images=tf.clip_by_value(self.color(element["images"], training=True), 0, 255))
+        if self.color_jitter > 0:
+            element = dict(element, images=self._color(element["images"]))
         return element
+
+    def _color(self, image):
+        """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s]: zero-mean jitter."""
+        s = self.color_jitter
+        image = image * tf.random.uniform([], 1 - s, 1 + s, seed=self.seed)
+        mean = tf.reduce_mean(image, axis=[0, 1, 2], keepdims=True)
+        image = (image - mean) * tf.random.uniform([], 1 - s, 1 + s, seed=self.seed) + mean
+        gray = tf.reduce_mean(image, axis=-1, keepdims=True)
+        image = (image - gray) * tf.random.uniform([], 1 - s, 1 + s, seed=self.seed) + gray
+        return tf.clip_by_value(image, 0.0, 255.0)
 
     def _flip(self, element):
         # Pack semantic + instance masks as channels so one Keras call flips everything with the same draw.
