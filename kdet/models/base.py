@@ -53,9 +53,6 @@ class Detector(keras.Model):
         """Padded batch of element dicts -> y. Default: the padded boxes/labels (label -1 = padding)."""
         return {"boxes": batch["bounding_boxes"]["boxes"], "labels": batch["bounding_boxes"]["labels"]}
 
-    def decode(self, outputs):
-        raise NotImplementedError(f"{type(self).__name__} must implement decode()")
-
     def detect(self, images):
         """images [B, H, W, 3] at `image_size` -> detection dict (or semantic dict)."""
         return self.decode(self(images, training=False))
