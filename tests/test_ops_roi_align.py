@@ -224,3 +224,18 @@ def test_multiscale_roi_align_assigns_levels_like_torchvision(builtins):
                                atol=1e-4)
     with pytest.raises(ConfigError, match="consecutive powers of two"):
         multiscale_roi_align(features[:2], boxes, indices, 3, (4, 16))
+
+
+def test_roi_pool_in_graph_with_unknown_roi_count():
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 2]), tf.TensorSpec([None, 4]),
+                                  tf.TensorSpec([None], tf.int32)])
+    def pool(features, boxes, box_indices):
+        return roi_pool(features, boxes, box_indices, (2, 3), 0.5)
+
+    rng = np.random.default_rng(4)
+    features = rng.normal(0, 1, (2, 7, 8, 2)).astype(np.float32)
+    boxes = mixed_boxes(rng, 9, 14, 16)
+    indices = rng.integers(0, 2, 9).astype(np.int32)
+    np.testing.assert_array_equal(pool(features, boxes, indices).numpy(),
+                                  roi_pool_reference(features, boxes, indices, (2, 3), 0.5))
+    assert pool(features, boxes[:0], indices[:0]).shape == (0, 2, 3, 2)
