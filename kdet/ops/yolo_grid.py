@@ -107,7 +107,8 @@ def yolo_v1_decode(predictions, image_size, num_boxes, num_classes, sqrt_wh=True
     """YOLOv1 grid output -> boxes and class-specific confidences.
 
     Args:
-        predictions: [B, S_h, S_w, num_boxes * 5 + C] as the head outputs them (YOLOv1's last layer is linear).
+        predictions: [B, S_h, S_w, num_boxes * 5 + C] as the head outputs them (YOLOv1's last layer is linear);
+            the grid size must be static.
         image_size: (H, W) pixels.
         sqrt_wh: the network predicts sqrt(h), sqrt(w) (Darknet's yolov1 `sqrt=1`, matching the loss on square
             roots), so they are squared here; False if it predicts h, w directly.
@@ -136,7 +137,7 @@ def yolo_v2_decode(predictions, anchors, image_size, num_classes):
     """YOLOv2 grid output -> boxes, objectness and class probabilities.
 
     Args:
-        predictions: [B, S_h, S_w, A * (5 + C)] raw head output.
+        predictions: [B, S_h, S_w, A * (5 + C)] raw head output (static grid size).
         anchors: [A, 2] prior (height, width) in pixels.
         image_size: (H, W) pixels; the stride is image size / grid size.
     Returns:
