@@ -40,8 +40,16 @@ def _grid(pictures):
     return canvas
 
 
+def _enlarged_picture(image, result, class_names, min_side=256):
+    """Detections drawn on the image enlarged (nearest) to at least `min_side` px, so labels stay legible."""
+    from kdet.visualize import draw_detections
+    factor = max(1, -(-min_side // max(image.shape[:2])))
+    big = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    return draw_detections(big, np.asarray(result["boxes"], np.float32).reshape(-1, 4) * factor,
+                           result["classes"], result["scores"], class_names)
+
+
 def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
-    from kdet.data.images import read_image
     from kdet.export.runners import load_runner
     from kdet.visualize import save_png
     config = load_config(config_path, overrides)
@@ -79,7 +87,7 @@ def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
 
     print("== predict")
     results = api.predict(config, inputs, out_dir=out / "predictions")
-    pictures = [read_image(out / "predictions" / f"{Path(p).stem}.png") for p in inputs]
+    pictures = [_enlarged_picture(image, result, test.class_names) for image, result in zip(images, results)]
     save_png(_grid(pictures), out / "predictions.png")
     summary = {"figures": {k: v for k, v in figures.items() if isinstance(v, (int, float))}, "exports": paths,
                "timings_s": timings, "predictions": results}

@@ -67,3 +67,25 @@ def test_resume_weights_equal_the_checkpoint(tmp_path):
     restore(fresh, config)
     for a, b in zip(trained.weights, fresh.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"])
+def test_mixed_precision_and_evaluation_during_fit(tmp_path, policy):
+    import math
+
+    import keras
+
+    import kdet
+    from kdet.config import load_config
+    config = load_config(os.path.join(REPO, "configs/classloc_shapes.yaml"),
+                         [s for s in SMALL if s != "--set"] + [f"train.output_dir={tmp_path}", "train.epochs=1",
+                                                              f"train.mixed_precision={policy}",
+                                                              "train.steps_per_epoch=3", "train.eval_every=1"])
+    result = kdet.train(config, verbose=0)
+    assert result["model"].dtype_policy.name == policy
+    assert result["model"].backbone.weights[0].dtype == "float32"  # variables stay float32
+    assert math.isfinite(result["history"][-1]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    # COCO evaluation ran inside fit and reached the history (and so TensorBoard, which runs after it)
+    assert 0.0 <= result["history"][-1]["val_AP"] <= 1.0 and "val_AP50" in result["history"][-1]
