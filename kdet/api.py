@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kdet import training
 from kdet.config import load_config
+from kdet.data.augment import resize_image
 from kdet.data.pipeline import make_tf_dataset
 from kdet.errors import ConfigError, DataError
 from kdet.models import MODELS
@@ -175,13 +176,13 @@ def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None
     results = []
     for path in images:
         image = read_image(path)
-        height, width = image.shape[:2]
-        resized = tf.image.resize(tf.cast(image, tf.float32), config.model.image_size)[None]
-        det = {k: v.numpy()[0] for k, v in model.detect(resized).items()}
+        element = resize_image({"images": tf.cast(image, tf.float32), "bounding_boxes": {
+            "boxes": tf.zeros([0, 4]), "labels": tf.zeros([0], tf.int32)}}, config.model.image_size,
+            config.data.resize)
+        det = {k: v.numpy()[0] for k, v in model.detect(element["images"][None]).items()}
         n = int(det["num_detections"])
         keep = det["scores"][:n] >= score_threshold
-        scale = np.array([height, width, height, width], np.float32) / np.tile(config.model.image_size, 2)
-        boxes = det["boxes"][:n][keep] * scale
+        boxes = det["boxes"][:n][keep] / np.tile(element["scale"].numpy(), 2)  # back to the image's own pixels
         classes = det["classes"][:n][keep]
         result = {"image": str(path), "boxes": boxes.round(2).tolist(), "scores": det["scores"][:n][keep].tolist(),
                   "classes": classes.tolist(), "names": [class_names[c] for c in classes],

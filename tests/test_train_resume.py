@@ -52,6 +52,21 @@ def test_kill_then_resume_continues_from_the_last_checkpoint(tmp_path):
     figures = json.loads((tmp_path / "eval.json").read_text())
     assert 0.0 <= figures["AP"] <= 1.0 and figures["num_images"] == 32
 
+    # predict on a file of another size: boxes come back in that image's own pixels, with a PNG and a JSON
+    from kdet.data.shapes import make_shapes
+    from kdet.visualize import save_png
+    image = make_shapes(1, image_size=(80, 120), max_objects=1, seed=5).records[0].image
+    save_png(image, tmp_path / "wide.png")
+    predicted = _kdet("predict", "--config", "configs/classloc_shapes.yaml", *SMALL, "--set",
+                      f"train.output_dir={out}", str(tmp_path / "wide.png"), "--out", str(tmp_path / "pred"),
+                      "--score-threshold", "0")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    result = json.loads((tmp_path / "pred" / "wide.json").read_text())
+    assert len(result["boxes"]) == 1 and result["names"][0] in ("circle", "square", "triangle")
+    y1, x1, y2, x2 = result["boxes"][0]
+    assert -1 <= y1 < y2 <= 81 and -1 <= x1 < x2 <= 121
+    assert (tmp_path / "pred" / "wide.png").stat().st_size > 1000
+
 
 def test_resume_weights_equal_the_checkpoint(tmp_path):
     import numpy as np
