@@ -1,6 +1,8 @@
 """Architectures. `MODELS` maps the `model.name` of a config to its class; no registry, no import side effects."""
 from kdet.models.classloc import ClassLocModel
+from kdet.models.retinanet import RetinaNet
 
 MODELS = {
     "classloc": ClassLocModel,
+    "retinanet": RetinaNet,
 }

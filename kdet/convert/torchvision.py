@@ -1,0 +1,252 @@
+"""torchvision state dict -> kdet model, through one table per architecture.
+
+A table is a list of `Entry(torch_name, variable, kind, permutation)`: which torchvision tensor fills which Keras
+variable, and how its layout changes:
+  * "conv": OIHW -> HWIO;  "depthwise": (C, 1, kh, kw) -> (kh, kw, C, 1);  "linear": (out, in) -> (in, out);
+  * "vector": as is (biases, BatchNorm weight / bias / running_mean / running_var, scales);
+  * permutation: an optional reordering of the output channels (dimension 0 in torch), e.g. torchvision's box
+    deltas (dx, dy, dw, dh) per anchor -> kdet's (dy, dx, dh, dw).
+Tables are built from small pieces (`conv_entries`, `batch_norm_entries`, `resnet_entries`, `fpn_entries`, ...)
+so another architecture (Faster R-CNN) composes its own from the same pieces, and either passes it to
+`load_state_dict(model, state, table=...)` or adds its builder to the plain dict `TABLES` (model class name ->
+builder).
+
+`load_state_dict` refuses a state dict that does not fit exactly: it lists the torch names the table expects but
+the state lacks (missing), the names the state has but the table does not use (unexpected; BatchNorm's
+num_batches_tracked is never needed) and shape mismatches, before changing any variable.
+"""
+import dataclasses
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from kdet.errors import ConfigError, KdetError
+
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+KINDS = ("conv", "depthwise", "linear", "vector")
+
+
+@dataclasses.dataclass
+class Entry:
+    torch_name: str
+    variable: object          # a keras.Variable
+    kind: str = "vector"      # one of KINDS
+    permutation: tuple = None  # reorders torch dimension 0 (output channels) before the layout change
+
+    def to_keras(self, array):
+        array = np.asarray(array, np.float32)
+        if self.permutation is not None:
+            array = array[list(self.permutation)]
+        if self.kind == "conv":
+            return array.transpose(2, 3, 1, 0)
+        if self.kind == "depthwise":
+            return array.transpose(2, 3, 0, 1)
+        if self.kind == "linear":
+            return array.T
+        return array
+
+    def torch_shape(self):
+        shape = tuple(self.variable.shape)
+        if self.kind == "conv":
+            return (shape[3], shape[2], shape[0], shape[1])
+        if self.kind == "depthwise":
+            return (shape[2], shape[3], shape[0], shape[1])
+        if self.kind == "linear":
+            return (shape[1], shape[0])
+        return shape
+
+
+# -- table pieces ---------------------------------------------------------------------------------------------------
+def conv_entries(prefix, layer, permutation=None, kind="conv"):
+    """A Conv2D (or DepthwiseConv2D with kind="depthwise"): `<prefix>.weight` and, if it has one, `<prefix>.bias`."""
+    kernel = layer.depthwise_kernel if kind == "depthwise" else layer.kernel
+    entries = [Entry(f"{prefix}.weight", kernel, kind, permutation)]
+    if layer.use_bias:
+        entries.append(Entry(f"{prefix}.bias", layer.bias, "vector", permutation))
+    return entries
+
+
+def batch_norm_entries(prefix, layer):
+    """A BatchNormalization: torch weight / bias / running_mean / running_var."""
+    return [Entry(f"{prefix}.weight", layer.gamma), Entry(f"{prefix}.bias", layer.beta),
+            Entry(f"{prefix}.running_mean", layer.moving_mean), Entry(f"{prefix}.running_var", layer.moving_variance)]
+
+
+def join(prefix, name):
+    """"backbone.body" + "conv1" -> "backbone.body.conv1"; an empty prefix gives the bare name."""
+    return f"{prefix}.{name}" if prefix else name
+
+
+def resnet_entries(resnet, prefix="backbone.body"):
+    """kdet.backbones.resnet.ResNet <- torchvision.models.resnet names (conv1, bn1, layer1.0.conv1, ...).
+
+    prefix "" maps a bare torchvision.models.resnet<depth> state dict (whose fc.* are then unexpected)."""
+    entries = conv_entries(join(prefix, "conv1"), resnet.conv1[-1]) + batch_norm_entries(join(prefix, "bn1"),
+                                                                                         resnet.bn1)
+    for i, blocks in enumerate(resnet.stages):
+        for j, block in enumerate(blocks):
+            name = join(prefix, f"layer{i + 1}.{j}")
+            convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+            norms = [block.bn1, block.bn2] + ([block.bn3] if hasattr(block, "bn3") else [])
+            for k, (conv, norm) in enumerate(zip(convs, norms)):
+                entries += conv_entries(f"{name}.conv{k + 1}", conv[-1])
+                entries += batch_norm_entries(f"{name}.bn{k + 1}", norm)
+            if block.downsample_conv is not None:
+                entries += conv_entries(f"{name}.downsample.0", block.downsample_conv)
+                entries += batch_norm_entries(f"{name}.downsample.1", block.downsample_bn)
+    return entries
+
+
+def fpn_entries(fpn, prefix="backbone.fpn"):
+    """kdet.necks.fpn.FPN <- torchvision.ops.FeaturePyramidNetwork (Conv2dNormActivation wrappers add a ".0")."""
+    entries = []
+    for i, (inner, layer) in enumerate(zip(fpn.inner_blocks, fpn.layer_blocks)):
+        entries += conv_entries(f"{prefix}.inner_blocks.{i}.0", inner)
+        entries += conv_entries(f"{prefix}.layer_blocks.{i}.0", layer)
+    if fpn.extra_block == "p6p7":
+        entries += conv_entries(f"{prefix}.extra_blocks.p6", fpn.p6[-1])
+        entries += conv_entries(f"{prefix}.extra_blocks.p7", fpn.p7[-1])
+    return entries
+
+
+def box_delta_permutation(num_anchors):
+    """torchvision box outputs are (dx, dy, dw, dh) per anchor; kdet's are (dy, dx, dh, dw)."""
+    return tuple(4 * a + k for a in range(num_anchors) for k in (1, 0, 3, 2))
+
+
+def retina_head_entries(head, prefix="head"):
+    """kdet.heads.retina_head.RetinaHead <- torchvision RetinaNetHead (v2 layout: conv.{i}.0)."""
+    entries = []
+    for subnet, torch_name, output in ((head.classification, "classification_head", "cls_logits"),
+                                       (head.regression, "regression_head", "bbox_reg")):
+        for i, conv in enumerate(subnet.convs):
+            entries += conv_entries(f"{prefix}.{torch_name}.conv.{i}.0", conv)
+        permutation = box_delta_permutation(head.num_anchors) if output == "bbox_reg" else None
+        entries += conv_entries(f"{prefix}.{torch_name}.{output}", subnet.output_conv, permutation)
+    return entries
+
+
+def retinanet_table(model):
+    """kdet RetinaNet <- torchvision retinanet_resnet50_fpn (and the ResNet-18/34/101 variants built alike)."""
+    return resnet_entries(model.backbone) + fpn_entries(model.fpn) + retina_head_entries(model.head)
+
+
+TABLES = {"RetinaNet": retinanet_table}
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+def read_state_dict(source):
+    """A state dict as {name: float32 numpy}: from a dict (numpy arrays or torch tensors), an .npz, or a .pth/.pt
+    file (read with torch, which must then be installed; a checkpoint {"model": state} is unwrapped)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such state dict file")
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                return {k: np.asarray(data[k]) for k in data.files}
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError(f"{path}: reading a .pth needs torch; convert it to .npz where torch is installed "
+                              "(np.savez(out, **{k: v.numpy() for k, v in state.items()}))") from None
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(source, dict) and isinstance(source.get("model"), dict):
+            source = source["model"]
+    if not isinstance(source, dict):
+        raise ConfigError(f"state dict must be a mapping of names to arrays, got {type(source).__name__}")
+    out = {}
+    for name, value in source.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        out[name] = np.asarray(value)
+    return out
+
+
+def table_for(model, table=None):
+    """The model's entries: `table` (a list or a builder) or the builder in TABLES for its class name."""
+    if table is None:
+        name = type(model).__name__
+        if name not in TABLES:
+            raise ConfigError(f"no torchvision table for {name}; known: {', '.join(sorted(TABLES))}")
+        table = TABLES[name]
+    if callable(table):
+        if not model.built:
+            model(np.zeros((1, *model.image_size, 3), np.float32))
+        table = table(model)
+    return list(table)
+
+
+def torch_shapes(model, table=None):
+    """{torch name: torch shape} the model's table expects (what a matching state dict holds)."""
+    return {e.torch_name: e.torch_shape() for e in table_for(model, table)}
+
+
+def load_state_dict(model, state_dict, table=None):
+    """Copy a torchvision state dict into a kdet model.
+
+    Args:
+        model: a kdet model whose class has a table (or pass `table`).
+        state_dict: {name: array / torch tensor}, or a path to an .npz / .pth file.
+        table: optional list of Entry, or a builder `table(model) -> [Entry]`.
+    Returns:
+        the number of tensors copied.
+    Raises:
+        KdetError listing missing / unexpected names and shape mismatches; no variable is changed then.
+    """
+    state = read_state_dict(state_dict)
+    entries = table_for(model, table)
+    used = {e.torch_name for e in entries}
+    if len(used) != len(entries):
+        raise KdetError("torchvision table maps one torch name to several variables")
+    missing = sorted(used - set(state))
+    unexpected = sorted(n for n in state if n not in used and not n.endswith(IGNORED_SUFFIXES))
+    mismatched = [f"{e.torch_name}: state {tuple(state[e.torch_name].shape)} != expected {e.torch_shape()}"
+                  for e in entries if e.torch_name in state and tuple(state[e.torch_name].shape) != e.torch_shape()]
+    if missing or unexpected or mismatched:
+        raise KdetError(f"state dict does not fit {type(model).__name__}: " + "; ".join(
+            f"{label} ({len(names)}): {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if names))
+    for entry in entries:
+        entry.variable.assign(entry.to_keras(state[entry.torch_name]))
+    return len(entries)
+
+
+# -- seeded weights for numerical twins ------------------------------------------------------------------------------
+def seeded_state_dict(shapes, seed=0):
+    """Deterministic random weights with torch-like statistics, for twin tests without committing weights.
+
+    Each tensor comes from its own generator seeded by (seed, crc32(name)), so the values do not depend on the
+    order of the names: the torch side (from `model.state_dict()` shapes) and the kdet side (from `torch_shapes`)
+    produce identical arrays. Conv / linear weights ~ N(0, 1 / fan_in) (activations keep their scale through deep
+    nets); BatchNorm gamma ~ U(0.5, 1), beta and biases ~ N(0, 0.05), running mean ~ N(0, 0.1), running var
+    ~ U(0.5, 1.5); a 1-D "scale_weight" (SSD's L2Norm) ~ U(10, 30). BatchNorm's num_batches_tracked is skipped.
+
+    Args:
+        shapes: {torch name: shape}.
+    Returns:
+        {torch name: float32 numpy array}.
+    """
+    state = {}
+    for name, shape in shapes.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        shape = tuple(int(s) for s in shape)
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.normal(0.0, np.sqrt(1.0 / fan_in), shape)
+        elif name.endswith("running_var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith("running_mean"):
+            value = rng.normal(0.0, 0.1, shape)
+        elif name.endswith("scale_weight"):
+            value = rng.uniform(10.0, 30.0, shape)
+        elif name.endswith("weight"):
+            value = rng.uniform(0.5, 1.0, shape)
+        else:
+            value = rng.normal(0.0, 0.05, shape)
+        state[name] = value.astype(np.float32)
+    return state

@@ -1,0 +1,179 @@
+"""RetinaNet (Lin et al. 2017, "Focal Loss for Dense Object Detection"): ResNet + FPN P3-P7 + class/box subnets.
+
+The defaults are torchvision's `retinanet_resnet50_fpn` (v1), so its state dict loads with
+`kdet.convert.torchvision.load_state_dict` and the two give the same detections:
+  * 9 anchors per location: sizes (32, 64, 128, 256, 512) on P3-P7 times scales 2^0, 2^(1/3), 2^(2/3) (truncated
+    to integers, as torchvision does: 32, 40, 50), ratios 0.5, 1, 2;
+  * matching: IoU >= 0.5 positive, < 0.4 negative, in between ignored, plus each object's best anchors;
+  * loss: focal loss (alpha 0.25, gamma 2) summed over anchors and classes, L1 on the box deltas, each divided
+    by the image's number of positive anchors, averaged over images;
+  * decoding: per level the top 1000 (anchor, class) scores above 0.05, boxes clipped to the image, per-class
+    NMS at 0.5, the best `max_detections` kept (torchvision keeps 300 by default, the paper 100).
+Input: images 0..255, normalised inside with the ImageNet mean / std on the 0..1 scale, as torchvision's transform.
+"""
+import math
+
+import keras
+import tensorflow as tf
+
+from kdet.backbones.resnet import ResNet
+from kdet.data.anchor_targets import anchor_targets
+from kdet.heads.retina_head import RetinaHead
+from kdet.losses.focal import AnchorClassificationLoss
+from kdet.models.base import Detector
+from kdet.necks.fpn import FPN
+from kdet.ops import clip_boxes, combined_nms, decode_boxes, multilevel_anchors
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BOX_LOSSES = ("l1", "smooth_l1")
+
+
+def retinanet_anchor_sizes(base_sizes, scales):
+    """Per-level anchor sizes, torchvision's rule: int(size * scale) (so 2^(1/3) * 32 gives 40, not 40.3)."""
+    return tuple(tuple(int(size * scale) for scale in scales) for size in base_sizes)
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class RetinaNet(Detector):
+    """Args:
+        num_classes: K foreground classes (sigmoid per class; torchvision's COCO twin uses 91).
+        image_size: (H, W) of the network input; any size (sizes that are not multiples of 128 get P7 cells of
+            H // ceil(H / 128) pixels, as torchvision's anchor generator computes them).
+        max_detections: detections kept after NMS (100).
+        depth, base_width, frozen_stages, frozen_bn: the ResNet backbone (kdet.backbones.resnet.ResNet).
+        fpn_channels: FPN and head width (256); head_convs: 3x3 convs per subnet (4).
+        p6_from: "p5" (torchvision v1) or "c5" (the paper, torchvision v2).
+        anchor_sizes: base anchor size per level P3-P7; anchor_scales, aspect_ratios (height / width): per level.
+        fg_iou_threshold, bg_iou_threshold: matching thresholds (0.5, 0.4).
+        classification_loss: "focal" or "cross_entropy" (the paper's ablation baseline); focal_alpha, focal_gamma.
+        box_loss: "l1" (torchvision) or "smooth_l1" (Huber with delta 1).
+        prior_probability: initial foreground probability of every anchor (0.01).
+        score_threshold, nms_iou_threshold, topk_candidates: decoding (0.05, 0.5, 1000 per level).
+        image_mean, image_std: normalisation on the 0..1 scale.
+
+    call(images [B, H, W, 3] 0..255) -> {"cls_logits": [B, N, K], "box_regression": [B, N, 4]}, N = number of
+    anchors (`self.anchors`, [N, 4] yxyx pixels, same order).
+    """
+
+    loss_names = ("classification", "box_regression")
+
+    def __init__(self, num_classes, image_size=(512, 512), max_detections=100, depth=50, base_width=64,
+                 frozen_stages=0, frozen_bn=False, fpn_channels=256, head_convs=4, p6_from="p5",
+                 anchor_sizes=(32, 64, 128, 256, 512), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+                 aspect_ratios=(0.5, 1.0, 2.0), fg_iou_threshold=0.5, bg_iou_threshold=0.4,
+                 classification_loss="focal", focal_alpha=0.25, focal_gamma=2.0, box_loss="l1",
+                 prior_probability=0.01, score_threshold=0.05, nms_iou_threshold=0.5, topk_candidates=1000,
+                 image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        if box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
+        if len(anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs one size per level P3-P7, got {anchor_sizes}")
+        self.depth, self.base_width = int(depth), int(base_width)
+        self.frozen_stages, self.frozen_bn = int(frozen_stages), bool(frozen_bn)
+        self.fpn_channels, self.head_convs, self.p6_from = int(fpn_channels), int(head_convs), p6_from
+        self.anchor_sizes = tuple(int(s) for s in anchor_sizes)
+        self.anchor_scales = tuple(float(s) for s in anchor_scales)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.fg_iou_threshold, self.bg_iou_threshold = float(fg_iou_threshold), float(bg_iou_threshold)
+        self.classification_loss = classification_loss
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
+        self.box_loss = box_loss
+        self.prior_probability = float(prior_probability)
+        self.score_threshold, self.nms_iou_threshold = float(score_threshold), float(nms_iou_threshold)
+        self.topk_candidates = int(topk_candidates)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+
+        self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn, name="backbone")
+        self.fpn = FPN((3, 4, 5), self.fpn_channels, "p6p7", p6_from, name="fpn")
+        self.levels = self.fpn.output_levels  # (3, 4, 5, 6, 7)
+        sizes = retinanet_anchor_sizes(self.anchor_sizes, self.anchor_scales)
+        self.num_anchors_per_location = len(self.anchor_scales) * len(self.aspect_ratios)
+        self.head = RetinaHead(self.num_anchors_per_location, self.num_classes, self.fpn_channels, self.head_convs,
+                               self.prior_probability, name="head")
+        feature_sizes = sizes_of_levels(self.image_size, self.levels)
+        self.anchors = multilevel_anchors(self.image_size, [2 ** level for level in self.levels], sizes,
+                                          self.aspect_ratios, feature_sizes).numpy()
+        self.anchors_per_level = [h * w * self.num_anchors_per_location for h, w in feature_sizes]
+        self.classification_loss_fn = AnchorClassificationLoss(classification_loss, self.focal_alpha,
+                                                               self.focal_gamma)
+
+    def normalize(self, images):
+        x = tf.cast(images, self.compute_dtype) / 255.0
+        return (x - tf.constant(self.image_mean, x.dtype)) / tf.constant(self.image_std, x.dtype)
+
+    def call(self, images, training=False):
+        features = self.backbone(self.normalize(images), training=training)
+        pyramid = self.fpn(features)
+        outputs = self.head([pyramid[f"P{level}"] for level in self.levels])
+        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+    def encode_targets(self, batch):
+        """Padded batch -> {"labels": [B, N] class / -1 negative / -2 ignored, "box_targets": [B, N, 4]}."""
+        return anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
+                              "retinanet", self.fg_iou_threshold, self.bg_iou_threshold)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = y["labels"]
+        positive = labels >= 0
+        counted = labels >= -1  # positives and negatives; -2 is the ignored band
+        num_positive = tf.maximum(tf.reduce_sum(tf.cast(positive, tf.float32), axis=1), 1.0)  # [B]
+        targets = tf.one_hot(labels, self.num_classes)  # negatives (-1) and ignored (-2) give all-zero rows
+        per_anchor = self.classification_loss_fn(targets, y_pred["cls_logits"])
+        classification = tf.reduce_sum(tf.where(counted, per_anchor, 0.0), axis=1) / num_positive
+        error = y_pred["box_regression"] - y["box_targets"]
+        if self.box_loss == "l1":
+            per_anchor_box = tf.reduce_sum(tf.abs(error), axis=-1)
+        else:
+            absolute = tf.abs(error)
+            per_anchor_box = tf.reduce_sum(tf.where(absolute < 1.0, 0.5 * error ** 2, absolute - 0.5), axis=-1)
+        box_regression = tf.reduce_sum(tf.where(positive, per_anchor_box, 0.0), axis=1) / num_positive
+        classification, box_regression = tf.reduce_mean(classification), tf.reduce_mean(box_regression)
+        self.track_loss("classification", classification)
+        self.track_loss("box_regression", box_regression)
+        return classification + box_regression
+
+    def decode(self, outputs):
+        """Per level top-k (anchor, class) pairs above the score threshold -> boxes -> per-class NMS."""
+        height, width = self.image_size
+        logits = tf.split(outputs["cls_logits"], self.anchors_per_level, axis=1)
+        deltas = tf.split(outputs["box_regression"], self.anchors_per_level, axis=1)
+        anchors = tf.split(tf.constant(self.anchors), self.anchors_per_level, axis=0)
+        boxes, scores, classes = [], [], []
+        for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, self.anchors_per_level):
+            batch = tf.shape(level_logits)[0]
+            flat = tf.reshape(tf.sigmoid(level_logits), [batch, count * self.num_classes])
+            top_scores, top = tf.math.top_k(flat, k=min(self.topk_candidates, count * self.num_classes))
+            anchor_index = top // self.num_classes
+            level_boxes = decode_boxes(tf.gather(level_deltas, anchor_index, batch_dims=1),
+                                       tf.gather(level_anchors, anchor_index))
+            boxes.append(clip_boxes(level_boxes, height, width))
+            scores.append(tf.where(top_scores > self.score_threshold, top_scores, 0.0))
+            classes.append(top % self.num_classes)
+        boxes, scores, classes = (tf.concat(v, axis=1) for v in (boxes, scores, classes))
+        # Each candidate is one (anchor, class) pair: its score goes in its class column, zeros elsewhere, which
+        # the score threshold of the NMS then drops. Per-class NMS + best K overall = torchvision's batched_nms.
+        class_scores = tf.one_hot(classes, self.num_classes) * scores[..., None]
+        return combined_nms(boxes, class_scores, self.max_detections, self.nms_iou_threshold, self.score_threshold)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(depth=self.depth, base_width=self.base_width, frozen_stages=self.frozen_stages,
+                      frozen_bn=self.frozen_bn, fpn_channels=self.fpn_channels, head_convs=self.head_convs,
+                      p6_from=self.p6_from, anchor_sizes=list(self.anchor_sizes),
+                      anchor_scales=list(self.anchor_scales), aspect_ratios=list(self.aspect_ratios),
+                      fg_iou_threshold=self.fg_iou_threshold, bg_iou_threshold=self.bg_iou_threshold,
+                      classification_loss=self.classification_loss, focal_alpha=self.focal_alpha,
+                      focal_gamma=self.focal_gamma, box_loss=self.box_loss,
+                      prior_probability=self.prior_probability, score_threshold=self.score_threshold,
+                      nms_iou_threshold=self.nms_iou_threshold, topk_candidates=self.topk_candidates,
+                      image_mean=list(self.image_mean), image_std=list(self.image_std))
+        return config
+
+
+def sizes_of_levels(image_size, levels=(3, 4, 5, 6, 7)):
+    """(H, W) of each pyramid level for an input size: ceil(size / 2^level) (stride-2 convs with padding 1)."""
+    return [tuple(math.ceil(s / 2 ** level) for s in image_size) for level in levels]
+

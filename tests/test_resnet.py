@@ -1,0 +1,97 @@
+"""ResNet backbone: torch-equal padding and sizes, BasicBlock numerics against torchvision (fixture), freezing."""
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.backbones.resnet import ResNet
+from kdet.convert.torchvision import load_state_dict, resnet_entries, seeded_state_dict
+
+FIXTURE = Path(__file__).parent / "fixtures" / "retinanet_twin.npz"
+
+
+@pytest.mark.parametrize("depth,size", [(18, (33, 50)), (50, (97, 131))])
+def test_feature_sizes_are_ceil_of_stride(depth, size):
+    resnet = ResNet(depth, base_width=4)
+    features = resnet(tf.zeros([1, *size, 3]))
+    expansion = 4 if depth >= 50 else 1
+    for level in (2, 3, 4, 5):
+        expected = (1, math.ceil(size[0] / 2 ** level), math.ceil(size[1] / 2 ** level),
+                    4 * 2 ** (level - 2) * expansion)
+        assert tuple(features[f"C{level}"].shape) == expected
+        assert resnet.out_channels[f"C{level}"] == expected[-1]
+
+
+def test_block_counts_match_torchvision():
+    # torchvision resnet50 has 3 + 4 + 6 + 3 bottlenecks, resnet101 3 + 4 + 23 + 3, resnet18 2 x 4 basic blocks.
+    assert [len(s) for s in ResNet(50, base_width=4).stages] == [3, 4, 6, 3]
+    assert [len(s) for s in ResNet(101, base_width=4).stages] == [3, 4, 23, 3]
+    assert [len(s) for s in ResNet(18, base_width=4).stages] == [2, 2, 2, 2]
+
+
+def test_stride_two_conv_pads_symmetrically_like_torch():
+    # A 3x3 stride-2 conv of ones over an all-ones image counts the real pixels under each window: with torch's
+    # symmetric padding the top-left output sees 4 pixels and the bottom-right of a 6x6 image sees 9 (TF "same"
+    # would pad only bottom/right and give 9 top-left, 6 bottom-right).
+    resnet = ResNet(18, base_width=1)
+    resnet(tf.zeros([1, 32, 32, 3]))
+    block = resnet.stages[1][0]
+    pad, conv = block.conv1
+    conv.kernel.assign(np.ones(conv.kernel.shape, np.float32))
+    out = conv(pad(tf.ones([1, 6, 6, 1]))).numpy()[0, :, :, 0]
+    np.testing.assert_array_equal(out, [[4, 6, 6], [6, 9, 9], [6, 9, 9]])
+
+
+def test_batch_norm_epsilon_is_torch_default():
+    resnet = ResNet(18, base_width=2)
+    resnet(tf.zeros([1, 32, 32, 3]))
+    assert resnet.bn1.epsilon == 1e-5 and resnet.stages[0][0].bn2.epsilon == 1e-5
+
+
+def test_basic_block_resnet18_matches_torchvision_fixture():
+    with np.load(FIXTURE) as data:
+        fixture = dict(data)
+    resnet = ResNet(18)
+    images = tf.constant(fixture["images"], tf.float32)
+    resnet(images)
+    entries = resnet_entries(resnet, prefix="")
+    state = seeded_state_dict({e.torch_name: e.torch_shape() for e in entries}, int(fixture["weight_seed"]))
+    load_state_dict(resnet, state, table=entries)
+    features = resnet((images / 255.0 - 0.5) / 0.25)
+    for level in (2, 3, 4, 5):
+        expected = fixture[f"resnet18_C{level}"]
+        result = features[f"C{level}"].numpy()[..., :expected.shape[-1]]
+        assert np.max(np.abs(result - expected)) <= 1e-4 * np.max(np.abs(expected)), f"C{level}"
+
+
+def test_frozen_stages_and_frozen_batch_norm():
+    resnet = ResNet(18, base_width=4, frozen_stages=2)
+    resnet(tf.zeros([1, 32, 32, 3]))
+    assert not resnet.conv1[-1].trainable and not resnet.bn1.trainable
+    assert all(not block.trainable for block in resnet.stages[0])
+    assert all(block.trainable for block in resnet.stages[1])
+    unfrozen = ResNet(18, base_width=4)
+    unfrozen(tf.zeros([1, 32, 32, 3]))
+    # stem: conv1 kernel + bn1 gamma/beta; layer1: 2 blocks x (2 kernels + 2 x gamma/beta)
+    assert len(unfrozen.trainable_weights) - len(resnet.trainable_weights) == 3 + 2 * 6
+
+    frozen_bn = ResNet(18, base_width=4, frozen_bn=True)
+    x = tf.random.stateless_normal([2, 32, 32, 3], seed=[1, 2]) * 3.0 + 1.0
+    # Frozen BN uses the running statistics even in training mode: training and inference agree.
+    np.testing.assert_allclose(frozen_bn(x, training=True)["C5"].numpy(), frozen_bn(x, training=False)["C5"].numpy(),
+                               atol=1e-6)
+    trainable = ResNet(18, base_width=4)
+    difference = trainable(x, training=True)["C5"].numpy() - trainable(x, training=False)["C5"].numpy()
+    assert np.max(np.abs(difference)) > 1e-3
+    assert all(isinstance(w, keras.Variable) for w in frozen_bn.trainable_weights)
+    assert not any("gamma" in w.path or "beta" in w.path for w in frozen_bn.trainable_weights)
+
+
+def test_bad_depth_is_refused():
+    with pytest.raises(ValueError, match="depth"):
+        ResNet(42)
+    with pytest.raises(ValueError, match="frozen_stages"):
+        ResNet(18, frozen_stages=6)

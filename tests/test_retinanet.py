@@ -1,0 +1,223 @@
+"""RetinaNet: anchors per level, loss and decoding against numpy references, bad input, training and export."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.data.shapes import make_shapes
+from kdet.models import MODELS
+from kdet.models.retinanet import RetinaNet, retinanet_anchor_sizes
+from tests.testing import check_export_parity, random_images
+
+TINY = dict(depth=18, base_width=8, fpn_channels=16, head_convs=2)
+
+
+def tiny(num_classes=3, image_size=(128, 160), **kwargs):
+    return RetinaNet(num_classes, image_size=image_size, max_detections=kwargs.pop("max_detections", 20),
+                     **dict(TINY, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    m = tiny()
+    m(tf.zeros([1, 128, 160, 3]))
+    return m
+
+
+def test_anchor_count_and_order_per_level(model):
+    sizes = retinanet_anchor_sizes((32, 64, 128, 256, 512), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
+    assert sizes[0] == (32, 40, 50) and sizes[4] == (512, 645, 812)
+    start = 0
+    for level, (base_sizes, count) in enumerate(zip(sizes, model.anchors_per_level)):
+        feat_h, feat_w = math.ceil(128 / 2 ** (level + 3)), math.ceil(160 / 2 ** (level + 3))
+        # torchvision's cell size is image // cells: 160 px over ceil(160 / 64) = 3 P6 cells is 53 px, not 64
+        stride_y, stride_x = 128 // feat_h, 160 // feat_w
+        assert count == feat_h * feat_w * 9
+        level_anchors = model.anchors[start:start + count].reshape(feat_h, feat_w, 9, 4)
+        first = level_anchors[0, 0]
+        heights, widths = first[:, 2] - first[:, 0], first[:, 3] - first[:, 1]
+        # ratio (h / w) outer, scale inner; half sizes rounded: h = 2 * round(s * sqrt(r) / 2)
+        expected = [(2 * np.round(s * np.sqrt(r) / 2), 2 * np.round(s / np.sqrt(r) / 2))
+                    for r in (0.5, 1.0, 2.0) for s in base_sizes]
+        np.testing.assert_allclose(np.stack([heights, widths], 1), expected, atol=1.0)
+        np.testing.assert_allclose((first[:, 0] + first[:, 2]) / 2, 0.0, atol=0.5)  # centred on the cell corner
+        if feat_w > 1:  # next column: shifted by the stride, same shapes
+            np.testing.assert_allclose(level_anchors[0, 1] - first, [[0, stride_x, 0, stride_x]] * 9)
+        if feat_h > 1:
+            np.testing.assert_allclose(level_anchors[1, 0] - first, [[stride_y, 0, stride_y, 0]] * 9)
+        start += count
+    assert start == len(model.anchors)
+    outputs = model(tf.zeros([2, 128, 160, 3]))
+    assert outputs["cls_logits"].shape == (2, len(model.anchors), 3)
+    assert outputs["box_regression"].shape == (2, len(model.anchors), 4)
+
+
+def test_class_bias_starts_at_prior(model):
+    bias = model.head.classification.output_conv.bias.numpy()
+    np.testing.assert_allclose(bias, -math.log(0.99 / 0.01), rtol=1e-6)
+    probabilities = tf.sigmoid(model(random_images(model, 1))["cls_logits"]).numpy()
+    assert abs(np.median(probabilities) - 0.01) < 0.005
+
+
+def loss_reference(labels, box_targets, logits, deltas, num_classes, alpha=0.25, gamma=2.0):
+    total_cls, total_box = 0.0, 0.0
+    for b in range(labels.shape[0]):
+        pos = labels[b] >= 0
+        counted = labels[b] >= -1
+        t = np.zeros_like(logits[b], np.float64)
+        t[pos, labels[b][pos]] = 1
+        x = logits[b].astype(np.float64)
+        p = 1 / (1 + np.exp(-x))
+        ce = np.logaddexp(0, x) - t * x
+        p_t = t * p + (1 - t) * (1 - p)
+        focal = (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma * ce
+        n = max(pos.sum(), 1)
+        total_cls += focal[counted].sum() / n
+        total_box += np.abs(deltas[b][pos] - box_targets[b][pos]).sum() / n
+    return total_cls / labels.shape[0], total_box / labels.shape[0]
+
+
+def test_loss_matches_numpy_reference(model):
+    rng = np.random.default_rng(0)
+    n = len(model.anchors)
+    labels = rng.choice([-2, -1, -1, -1, 0, 1, 2], size=(2, n)).astype(np.int32)
+    labels[1] = -1  # an image without objects contributes its negatives, normalised by 1
+    box_targets = np.where(labels[..., None] >= 0, rng.normal(size=(2, n, 4)), 0).astype(np.float32)
+    y_pred = {"cls_logits": rng.normal(-2, 2, (2, n, 3)).astype(np.float32),
+              "box_regression": rng.normal(size=(2, n, 4)).astype(np.float32)}
+    total = model.compute_loss(y={"labels": labels, "box_targets": box_targets}, y_pred=y_pred).numpy()
+    cls, box = loss_reference(labels, box_targets, y_pred["cls_logits"], y_pred["box_regression"], 3)
+    np.testing.assert_allclose(total, cls + box, rtol=1e-5)
+
+
+def nms_reference(boxes, scores, threshold):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        if all(iou(boxes[i], boxes[k]) <= threshold for k in keep):
+            keep.append(i)
+    return keep
+
+
+def iou(a, b):
+    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ih * iw
+    return ih * iw / union if union > 0 else 0.0
+
+
+def decode_reference(model, logits, deltas):
+    """torchvision RetinaNet.postprocess_detections for one image, in numpy."""
+    height, width = model.image_size
+    boxes, scores, labels, start = [], [], [], 0
+    for count in model.anchors_per_level:
+        flat = (1 / (1 + np.exp(-logits[start:start + count].astype(np.float64)))).reshape(-1)
+        candidates = np.flatnonzero(flat > model.score_threshold)
+        candidates = candidates[np.argsort(-flat[candidates], kind="stable")][:model.topk_candidates]
+        for c in candidates:
+            a, k = divmod(int(c), model.num_classes)
+            anchor, d = model.anchors[start + a], deltas[start + a]
+            ah, aw = anchor[2] - anchor[0], anchor[3] - anchor[1]
+            cy, cx = anchor[0] + ah / 2 + d[0] * ah, anchor[1] + aw / 2 + d[1] * aw
+            h, w = ah * np.exp(min(d[2], np.log(1000 / 16))), aw * np.exp(min(d[3], np.log(1000 / 16)))
+            box = np.clip([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 0, [height, width, height, width])
+            boxes.append(box), scores.append(flat[c]), labels.append(k)
+        start += count
+    keep = []
+    for k in set(labels):
+        members = [i for i in range(len(labels)) if labels[i] == k]
+        keep += [members[i] for i in nms_reference([boxes[m] for m in members], [scores[m] for m in members],
+                                                   model.nms_iou_threshold)]
+    keep = sorted(keep, key=lambda i: -scores[i])[:model.max_detections]
+    return np.array([boxes[i] for i in keep]).reshape(-1, 4), np.array([scores[i] for i in keep]), \
+        np.array([labels[i] for i in keep])
+
+
+def test_decode_matches_numpy_reference():
+    keras.utils.set_random_seed(1)
+    m = tiny(num_classes=4, image_size=(96, 128), max_detections=15, topk_candidates=50)  # decode needs no weights
+    rng = np.random.default_rng(2)
+    n = len(m.anchors)
+    outputs = {"cls_logits": rng.normal(-4.5, 1.2, (2, n, 4)).astype(np.float32),
+               "box_regression": rng.normal(0, 0.3, (2, n, 4)).astype(np.float32)}
+    outputs["box_regression"][0, :5, 2:] = 20.0  # huge deltas: clamped before exp, then clipped to the image
+    result = {k: v.numpy() for k, v in m.decode(outputs).items()}
+    for b in range(2):
+        boxes, scores, labels = decode_reference(m, outputs["cls_logits"][b], outputs["box_regression"][b])
+        count = int(result["num_detections"][b])
+        assert count == len(scores) and 0 < count <= 15
+        order = np.argsort(-result["scores"][b, :count], kind="stable")
+        np.testing.assert_allclose(result["scores"][b, :count][order], scores, rtol=1e-5)
+        np.testing.assert_allclose(result["boxes"][b, :count][order], boxes, atol=1e-3)
+        np.testing.assert_array_equal(result["classes"][b, :count][order], labels)
+        assert not result["boxes"][b, count:].any()
+
+
+def test_input_size_not_divisible_by_128():
+    m = tiny(image_size=(200, 300), base_width=4, fpn_channels=8, head_convs=1)
+    out = m(tf.zeros([1, 200, 300, 3]))
+    assert out["cls_logits"].shape[1] == len(m.anchors) == sum(m.anchors_per_level)
+    # P7 is ceil(200 / 128) x ceil(300 / 128) = 2 x 3 cells; torchvision's anchor stride there is 200 // 2 = 100.
+    p7 = m.anchors[-m.anchors_per_level[-1]:].reshape(2, 3, 9, 4)
+    np.testing.assert_allclose(p7[1, 2, 0] - p7[0, 0, 0], [100, 200, 100, 200])
+    assert m.detect(tf.zeros([1, 200, 300, 3]))["boxes"].shape == (1, 20, 4)
+
+
+def test_degenerate_boxes_and_empty_images_in_a_training_batch(model):
+    batch = {"bounding_boxes": {
+        "boxes": tf.constant([[[10, 10, 10, 60], [30, 40, 20, 50], [0, 0, 0, 0]],     # only degenerate boxes
+                              [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],             # no objects at all
+                              [[20, 30, 90, 100], [5, 5, 5.5, 5.5], [0, 0, 0, 0]]], tf.float32),
+        "labels": tf.constant([[0, 1, -1], [-1, -1, -1], [2, 1, -1]], tf.int32)}}
+    y = model.encode_targets(batch)
+    labels = y["labels"].numpy()
+    assert (labels[0] == -1).all() and (labels[1] == -1).all()
+    assert set(np.unique(labels[2])) >= {-1, 2}
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(y=y, y_pred=model(tf.zeros([3, 128, 160, 3]), training=True))
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert np.isfinite(loss.numpy()) and all(np.isfinite(g.numpy()).all() for g in gradients if g is not None)
+
+
+def test_config_round_trip_and_registry(model):
+    assert MODELS["retinanet"] is RetinaNet
+    clone = RetinaNet.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    with pytest.raises(ValueError, match="box_loss"):
+        tiny(box_loss="l2")
+
+
+def shapes_batches(model, count=16, batch_size=8, seed=0):
+    data = make_shapes(count, image_size=model.image_size, max_objects=3, seed=seed)
+    images = np.stack([r.image for r in data.records]).astype(np.float32)
+    boxes = np.zeros((count, 3, 4), np.float32)
+    labels = -np.ones((count, 3), np.int32)
+    for i, r in enumerate(data.records):
+        boxes[i, :len(r.boxes)], labels[i, :len(r.labels)] = r.boxes, r.labels
+    batch = {"bounding_boxes": {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}}
+    return tf.data.Dataset.from_tensor_slices((images, model.encode_targets(batch))).batch(batch_size), images
+
+
+@pytest.mark.slow
+def test_training_on_shapes_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    m = tiny(image_size=(64, 64), head_convs=1)
+    dataset, _ = shapes_batches(m, count=8, batch_size=8)
+    m.compile(optimizer=keras.optimizers.Adam(2e-3))
+    history = m.fit(dataset, epochs=12, verbose=0).history  # one batch per epoch: 12 steps
+    assert history["loss"][-1] < 0.6 * history["loss"][0], history
+    assert history["classification"][-1] < history["classification"][0]
+
+
+@pytest.mark.slow
+def test_export_parity(tmp_path):
+    keras.utils.set_random_seed(3)
+    m = tiny(image_size=(64, 96), max_detections=10, topk_candidates=100)
+    images = random_images(m, 2, seed=3)
+    scores = tf.sigmoid(m(images)["cls_logits"]).numpy()
+    m.score_threshold = float(np.quantile(scores, 0.999))  # a few detections per image, different counts
+    reports = check_export_parity(m, images, tmp_path, formats=("keras", "saved_model", "tflite", "onnx"))
+    assert reports["tflite"]["detections"] > 0
