@@ -60,8 +60,7 @@ class Entry:
 # -- table pieces ---------------------------------------------------------------------------------------------------
 def conv_entries(prefix, layer, permutation=None, kind="conv"):
     """A Conv2D (or DepthwiseConv2D with kind="depthwise"): `<prefix>.weight` and, if it has one, `<prefix>.bias`."""
-    kernel = layer.depthwise_kernel if kind == "depthwise" else layer.kernel
-    entries = [Entry(f"{prefix}.weight", kernel, kind, permutation)]
+    entries = [Entry(f"{prefix}.weight", layer.kernel, kind, permutation)]  # Keras 3 depthwise: kernel (kh, kw, C, 1)
     if layer.use_bias:
         entries.append(Entry(f"{prefix}.bias", layer.bias, "vector", permutation))
     return entries

@@ -1,0 +1,125 @@
+"""kdet.convert.torchvision: state dict checks, layouts, seeded weights, and the retinanet_resnet50_fpn twin.
+
+The twin fixture comes from tests/reference/make_retinanet_twin_fixtures.py (torch needed there, not here).
+"""
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.backbones.resnet import ResNet
+from kdet.convert.torchvision import (Entry, box_delta_permutation, load_state_dict, resnet_entries,
+                                      seeded_state_dict, torch_shapes)
+from kdet.errors import ConfigError, KdetError
+from kdet.models.retinanet import RetinaNet
+
+FIXTURE = Path(__file__).parent / "fixtures" / "retinanet_twin.npz"
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = ResNet(18, base_width=2)
+    model(tf.zeros([1, 32, 32, 3]))
+    return model
+
+
+def test_layouts():
+    conv = keras.layers.Conv2D(5, (3, 2), use_bias=False)
+    conv.build((None, 8, 8, 4))
+    oihw = np.arange(5 * 4 * 3 * 2, dtype=np.float32).reshape(5, 4, 3, 2)
+    entry = Entry("w", conv.kernel, "conv")
+    assert entry.torch_shape() == (5, 4, 3, 2)
+    hwio = entry.to_keras(oihw)
+    assert hwio[1, 0, 2, 4] == oihw[4, 2, 1, 0]
+    depthwise = keras.layers.DepthwiseConv2D(3)
+    depthwise.build((None, 8, 8, 6))
+    assert Entry("w", depthwise.kernel, "depthwise").torch_shape() == (6, 1, 3, 3)
+    dense = keras.layers.Dense(3)
+    dense.build((None, 7))
+    assert Entry("w", dense.kernel, "linear").torch_shape() == (3, 7)
+    # torchvision (dx, dy, dw, dh) per anchor -> kdet (dy, dx, dh, dw)
+    assert box_delta_permutation(2) == (1, 0, 3, 2, 5, 4, 7, 6)
+
+
+def test_missing_unexpected_and_mismatched_names_are_listed(resnet):
+    entries = resnet_entries(resnet, prefix="")
+    state = seeded_state_dict({e.torch_name: e.torch_shape() for e in entries}, seed=1)
+    before = [w.numpy().copy() for w in resnet.weights]
+    broken = dict(state)
+    del broken["layer2.0.conv1.weight"]
+    broken["fc.weight"] = np.zeros((10, 16), np.float32)
+    broken["layer1.0.bn1.num_batches_tracked"] = np.array(3)  # never needed, never reported
+    broken["conv1.weight"] = np.zeros((2, 3, 5, 5), np.float32)
+    with pytest.raises(KdetError) as error:
+        load_state_dict(resnet, broken, table=entries)
+    message = str(error.value)
+    assert "missing (1): layer2.0.conv1.weight" in message
+    assert "unexpected (1): fc.weight" in message
+    assert "conv1.weight: state (2, 3, 5, 5) != expected (2, 3, 7, 7)" in message
+    assert "num_batches_tracked" not in message
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, resnet.weights)), "nothing may change"
+
+
+def test_npz_round_trip_and_values_land_in_place(resnet, tmp_path):
+    entries = resnet_entries(resnet, prefix="")
+    state = seeded_state_dict({e.torch_name: e.torch_shape() for e in entries}, seed=2)
+    np.savez(tmp_path / "state.npz", **state)
+    assert load_state_dict(resnet, tmp_path / "state.npz", table=entries) == len(entries)
+    np.testing.assert_array_equal(resnet.conv1[-1].kernel.numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(resnet.stages[1][0].downsample_bn.moving_variance.numpy(),
+                                  state["layer2.0.downsample.1.running_var"])
+    with pytest.raises(ConfigError, match="no such state dict"):
+        load_state_dict(resnet, tmp_path / "absent.pth", table=entries)
+
+
+def test_seeded_weights_do_not_depend_on_name_order():
+    shapes = {"a.weight": (4, 3, 3, 3), "a.bias": (4,), "bn.running_var": (4,), "bn.weight": (4,)}
+    forward = seeded_state_dict(shapes, seed=5)
+    backward = seeded_state_dict(dict(reversed(list(shapes.items()))), seed=5)
+    assert all(np.array_equal(forward[k], backward[k]) for k in shapes)
+    assert not np.array_equal(forward["a.weight"], seeded_state_dict(shapes, seed=6)["a.weight"])
+    assert forward["bn.running_var"].min() >= 0.5
+    np.testing.assert_allclose(forward["a.weight"].std(), np.sqrt(1 / 27), rtol=0.5)
+
+
+def relative_error(result, expected):
+    return float(np.max(np.abs(result - expected)) / np.max(np.abs(expected)))
+
+
+def test_retinanet_resnet50_fpn_twin():
+    with np.load(FIXTURE) as data:
+        fixture = dict(data)
+    height, width = fixture["images"].shape[1:3]
+    model = RetinaNet(int(fixture["num_classes"]), image_size=(height, width), max_detections=100)
+    shapes = torch_shapes(model)
+    expected_shapes = {name: tuple(eval(shape)) for name, shape in zip(fixture["torch_names"], fixture["torch_shapes"])
+                       if not name.endswith("num_batches_tracked")}
+    assert shapes == expected_shapes, "kdet's RetinaNet no longer has torchvision's structure"
+    state = seeded_state_dict(shapes, int(fixture["weight_seed"]))
+    state["head.classification_head.cls_logits.weight"] *= fixture["cls_weight_scale"]
+    state["head.classification_head.cls_logits.bias"][:] = fixture["cls_bias"]
+    load_state_dict(model, state)
+
+    images = tf.constant(fixture["images"])
+    features = model.backbone(model.normalize(images))
+    pyramid = model.fpn(features)
+    for name, value in list(features.items())[1:] + list(pyramid.items()):
+        expected = fixture[name]
+        assert relative_error(value.numpy()[..., :expected.shape[-1]], expected) <= 1e-3, name
+    outputs = model(images)
+    keep = fixture["anchor_index"]
+    assert len(model.anchors) == int(fixture["num_anchors"])
+    np.testing.assert_array_equal(model.anchors[keep], fixture["anchors"])
+    assert relative_error(outputs["cls_logits"].numpy()[:, keep], fixture["cls_logits"]) <= 1e-3
+    assert relative_error(outputs["box_regression"].numpy()[:, keep], fixture["box_regression"]) <= 1e-3
+
+    detections = {k: v.numpy() for k, v in model.decode(outputs).items()}
+    for i in range(len(images)):
+        count = int(detections["num_detections"][i])
+        assert count == len(fixture[f"det{i}_scores"]) > 0
+        # torchvision returns detections by descending score, as kdet does
+        assert np.max(np.abs(detections["boxes"][i, :count] - fixture[f"det{i}_boxes"])) <= 0.5
+        np.testing.assert_array_equal(detections["classes"][i, :count], fixture[f"det{i}_labels"])
+        np.testing.assert_allclose(detections["scores"][i, :count], fixture[f"det{i}_scores"], atol=1e-5)
