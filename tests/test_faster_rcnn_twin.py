@@ -1,0 +1,125 @@
+"""kdet's Faster R-CNN against torchvision's fasterrcnn_resnet50_fpn, through the committed fixture.
+
+tests/reference/make_faster_rcnn_twin_fixtures.py ran torchvision on seeded weights; here the same weights are rebuilt
+from the seed in numpy, loaded through the converter's table, and every stage is compared: backbone and FPN features,
+RPN outputs and anchors, proposals, box-head outputs for torchvision's own proposals, and the final detections.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdet.convert.faster_rcnn_mapping import faster_rcnn_table, load_faster_rcnn_state_dict
+from kdet.convert.torchvision import seeded_state_dict, torch_shapes
+from kdet.errors import KdetError
+from kdet.models.faster_rcnn import FasterRCNN
+
+FIXTURE = Path(__file__).parent / "fixtures" / "faster_rcnn_twin.npz"
+pytestmark = pytest.mark.slow
+
+
+def relative_error(actual, expected):
+    return float(np.max(np.abs(np.asarray(actual) - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def data():
+    with np.load(FIXTURE) as fixture:
+        return {k: fixture[k] for k in fixture.files}
+
+
+@pytest.fixture(scope="module")
+def state(data):
+    names = [str(n) for n in data["torch_names"]]
+    shapes = {n: tuple(int(v) for v in s.strip("[]").split(",") if v.strip())
+              for n, s in zip(names, data["torch_shapes"])}
+    state = seeded_state_dict(shapes, int(data["weight_seed"]))
+    state["roi_heads.box_predictor.cls_score.weight"] *= data["cls_weight_scale"]
+    state["roi_heads.box_predictor.cls_score.bias"][:] = data["cls_bias"]
+    state["roi_heads.box_predictor.cls_score.bias"][0] = data["background_bias"]
+    return state
+
+
+@pytest.fixture(scope="module")
+def model(data, state):
+    height, width = data["images"].shape[1:3]
+    model = FasterRCNN(num_classes=int(data["num_classes"]) - 1, image_size=(height, width))
+    model(data["images"][:1].astype(np.float32))
+    assert load_faster_rcnn_state_dict(model, state) == len(torch_shapes(model, faster_rcnn_table))
+    return model
+
+
+def test_same_parameters_as_torchvision(data, model):
+    expected = {str(n): s for n, s in zip(data["torch_names"], data["torch_shapes"])
+                if not str(n).endswith("num_batches_tracked")}
+    ours = {n: str(list(s)) for n, s in torch_shapes(model, faster_rcnn_table).items()}
+    assert ours == expected
+
+
+def test_state_dict_that_does_not_fit_changes_nothing(model, state):
+    before = model.rpn_head.cls_logits.kernel.numpy().copy()
+    broken = dict(state)
+    broken.pop("rpn.head.bbox_pred.bias")
+    broken["roi_heads.mask_head.weight"] = np.zeros(3, np.float32)
+    broken["rpn.head.cls_logits.weight"] = np.zeros((1, 256, 1, 1), np.float32)
+    with pytest.raises(KdetError, match=r"missing \(1\): rpn.head.bbox_pred.bias.*unexpected \(1\): "
+                                        r"roi_heads.mask_head.weight.*shape mismatch"):
+        load_faster_rcnn_state_dict(model, broken)
+    np.testing.assert_array_equal(model.rpn_head.cls_logits.kernel.numpy(), before)
+
+
+def test_backbone_and_fpn_features(data, model):
+    channels = int(data["feature_channels"])
+    features = model.backbone(model.normalize(data["images"].astype(np.float32)))
+    pyramid = model.fpn(features)
+    for level in (2, 3, 4, 5):
+        assert relative_error(features[f"C{level}"][..., :channels], data[f"C{level}"]) <= 1e-3, level
+    for level in (2, 3, 4, 5, 6):
+        assert relative_error(pyramid[f"P{level}"][..., :channels], data[f"P{level}"]) <= 1e-3, level
+
+
+def test_anchors_and_rpn_outputs(data, model):
+    keep = data["anchor_index"]
+    assert model.anchors.shape[0] == int(data["num_anchors"])
+    np.testing.assert_allclose(model.anchors[keep], data["anchors"], atol=1e-5)
+    outputs = model(data["images"].astype(np.float32))
+    assert relative_error(outputs["rpn_objectness"].numpy()[:, keep], data["rpn_objectness"]) <= 1e-3
+    assert relative_error(outputs["rpn_box_deltas"].numpy()[:, keep], data["rpn_box_deltas"]) <= 1e-3
+
+
+def test_proposals(data, model):
+    outputs = model(data["images"].astype(np.float32))
+    for i in range(len(data["images"])):
+        expected = data[f"proposals{i}"]
+        valid = outputs["proposal_valid"][i].numpy()
+        ours = outputs["proposals"][i].numpy()[valid]
+        assert len(ours) == len(expected), (i, len(ours), len(expected))
+        np.testing.assert_allclose(ours, expected, atol=0.05)
+
+
+def test_box_head_on_torchvision_proposals(data, model):
+    features = model.extract_features(data["images"].astype(np.float32))[1]
+    count = max(len(data[f"proposals{i}"]) for i in range(len(data["images"])))
+    rois = np.zeros((len(data["images"]), count, 4), np.float32)
+    for i in range(len(data["images"])):
+        rois[i, :len(data[f"proposals{i}"])] = data[f"proposals{i}"]
+    class_logits, box_regression = model.box_head_outputs(features, rois)
+    rows, classes = data["roi_rows"], data["roi_classes"]
+    assert relative_error(class_logits.numpy()[:, rows], data["roi_class_logits"]) <= 1e-3
+    assert relative_error(box_regression.numpy()[:, rows][:, :, classes], data["roi_box_regression"]) <= 1e-3
+
+
+def test_final_detections(data, model):
+    detections = {k: v.numpy() for k, v in model.detect(data["images"].astype(np.float32)).items()}
+    for i in range(len(data["images"])):
+        boxes, scores, labels = data[f"det{i}_boxes"], data[f"det{i}_scores"], data[f"det{i}_labels"]
+        n = int(detections["num_detections"][i])
+        assert n == len(boxes), (i, n, len(boxes))
+        # Rows pair by position: both sort by descending score; a near-tie may swap two rows, so match greedily.
+        free = list(range(n))
+        for box, score, label in zip(boxes, scores, labels):
+            candidates = [j for j in free if detections["classes"][i, j] + 1 == label
+                          and abs(detections["scores"][i, j] - score) <= 1e-3
+                          and np.max(np.abs(detections["boxes"][i, j] - box)) <= 0.5]
+            assert candidates, (i, box, score, label)
+            free.remove(candidates[0])
