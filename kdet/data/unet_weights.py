@@ -30,37 +30,40 @@ def instance_label_image(masks):
     return tf.reduce_max(labelled, axis=1)
 
 
-def _shifted(x, offset, axis, fill):
-    """x shifted by `offset` along `axis` (1 = rows, 2 = columns) so out[i] = x[i + offset], `fill` outside."""
-    size = tf.shape(x)[axis]
-    pad = [[0, 0]] * x.shape.rank
-    pad[axis] = [max(-offset, 0), max(offset, 0)]
-    padded = tf.pad(x, pad, constant_values=fill)
-    begin = [0] * x.shape.rank
-    begin[axis] = max(offset, 0)
-    sizes = [-1] * x.shape.rank
-    sizes[axis] = size
-    return tf.slice(padded, begin, sizes)
+def _windows(channels, fills, axis, radius):
+    """[B, H, W] tensors -> [B, H, W, 2r + 1, n]: each at offsets -r..r along `axis` (1 = rows, 2 = columns), with
+    its `fill` outside the image. One extract_patches for all of them (a loop of shifted slices makes a graph that
+    takes tf.data seconds to build, and one call per tensor is slower)."""
+    pad = [[0, 0], [0, 0], [0, 0]]
+    pad[axis] = [radius, radius]
+    padded = tf.stack([tf.pad(x, pad, constant_values=fill) for x, fill in zip(channels, fills)], axis=-1)
+    size = [1, 1, 1, 1]
+    size[axis] = 2 * radius + 1
+    patches = tf.image.extract_patches(padded, sizes=size, strides=[1, 1, 1, 1], rates=[1, 1, 1, 1], padding="VALID")
+    shape = tf.shape(channels[0])
+    return tf.reshape(patches, [shape[0], shape[1], shape[2], 2 * radius + 1, len(channels)])
 
 
 def _two_nearest_pass(dist1, label1, dist2, label2, axis, radius):
-    """One separable pass: candidates at offsets -radius..radius along `axis` -> the two best distinct labels."""
-    candidates_d, candidates_l = [], []
-    for offset in range(-radius, radius + 1):
-        square = float(offset * offset)
-        for d, lab in ((dist1, label1), (dist2, label2)):
-            candidates_d.append(_shifted(d, offset, axis, _FAR) + square)
-            candidates_l.append(_shifted(lab, offset, axis, -1))
-    cand_d = tf.stack(candidates_d, axis=-1)  # [B, H, W, 2 * (2r + 1)]
-    cand_l = tf.stack(candidates_l, axis=-1)
-    best = tf.argmin(cand_d, axis=-1, output_type=tf.int32)
-    new_d1 = tf.reduce_min(cand_d, axis=-1)
-    new_l1 = tf.gather(cand_l, best, batch_dims=3)
-    other = tf.where(tf.equal(cand_l, new_l1[..., None]), _FAR, cand_d)
-    second = tf.argmin(other, axis=-1, output_type=tf.int32)
-    new_d2 = tf.reduce_min(other, axis=-1)
-    new_l2 = tf.gather(cand_l, second, batch_dims=3)
+    """One separable pass: candidates at offsets -radius..radius along `axis` -> the two best distinct labels.
+
+    Distances are squared; labels ride along as float32 (exact for ids below 2^24).
+    """
+    windows = _windows([dist1, dist2, label1, label2], [_FAR, _FAR, -1.0, -1.0], axis, radius)
+    squares = tf.square(tf.range(-radius, radius + 1, dtype=tf.float32))[:, None]
+    cand_d = tf.reshape(windows[..., :2] + squares, tf.concat([tf.shape(dist1), [-1]], 0))  # [B, H, W, 2(2r+1)]
+    cand_l = tf.reshape(windows[..., 2:], tf.shape(cand_d))
+    new_d1, new_l1 = _nearest(cand_d, cand_l)
+    other = tf.where(tf.equal(cand_l, new_l1[..., None]), _FAR, cand_d)  # the second must be another object
+    new_d2, new_l2 = _nearest(other, cand_l)
     return new_d1, new_l1, new_d2, new_l2
+
+
+def _nearest(distances, labels):
+    """The smallest distance over the last axis and a label that has it (the largest, on ties)."""
+    smallest = tf.reduce_min(distances, axis=-1)
+    label = tf.reduce_max(tf.where(tf.equal(distances, smallest[..., None]), labels, -3.0), axis=-1)
+    return smallest, label
 
 
 def two_nearest_distances(instances, radius):
@@ -72,9 +75,9 @@ def two_nearest_distances(instances, radius):
     instances = tf.cast(instances, tf.int32)
     inside = instances > 0
     dist1 = tf.where(inside, 0.0, _FAR)
-    label1 = tf.where(inside, instances, -1)
+    label1 = tf.where(inside, tf.cast(instances, tf.float32), -1.0)
     dist2 = tf.fill(tf.shape(dist1), _FAR)
-    label2 = tf.fill(tf.shape(instances), -2)
+    label2 = tf.fill(tf.shape(dist1), -2.0)
     state = (dist1, label1, dist2, label2)
     for axis in (2, 1):  # along rows, then along columns
         state = _two_nearest_pass(*state, axis=axis, radius=radius)

@@ -1,0 +1,152 @@
+"""What every kdet semantic segmentation model shares: targets, the weighted pixel loss, decoding, overlap-tile
+prediction.
+
+Classes: a semantic model predicts `num_classes + 1` channels, channel 0 = background, channel k = class k - 1,
+which is the value convention of the masks (VOC SegmentationClass, shapes, nuclei): 0 background, k the k-th class
+name, 255 ignore. `num_classes` stays the number of class names, as for the detectors (and the config check).
+
+Subclasses implement `call(images) -> {"logits": [B, H, W, C]}` at the input size; the base does the rest:
+    encode_targets(batch)  -> {"labels": [B, H, W] int32} (+ "weights" [B, H, W] in U-Net)
+    compute_loss           -> weighted pixel cross-entropy, ignore 255 (kdet.losses.segmentation), tracked as
+                              "pixel_loss"; pixel accuracy of the labelled pixels as "pixel_accuracy"
+    decode(outputs)        -> {"masks": [B, H, W] int32 argmax, "probabilities": [B, H, W, C] softmax}
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet.errors import ConfigError
+from kdet.losses.segmentation import WEIGHTING_METHODS, pixel_cross_entropy
+from kdet.models.base import Detector
+
+
+class SemanticSegmenter(Detector):
+    """Base of FCN, the encoder-decoder (SegNet) and U-Net.
+
+    Args:
+        num_classes: foreground classes; the model predicts num_classes + 1 channels (0 = background).
+        image_size: (H, W) of the network input and output.
+        class_weights: None (plain mean), a list of num_classes + 1 weights, or "inverse" / "median": computed
+            from the training masks before training, by `set_class_weights(class_weights_from_dataset(...))`
+            (kdet.data.label_image); until then they are 1.
+        ignore_index: label value that counts nowhere (255).
+    """
+
+    task = "semantic"
+    loss_names = ("pixel_loss",)
+    uses_instance_masks = False  # True when encode_targets needs batch["masks"] (make_tf_dataset(with_masks=True))
+    context_margin = 0           # input pixels each side the network consumes without predicting them (U-Net valid)
+
+    def __init__(self, num_classes, image_size=(128, 128), max_detections=100, class_weights=None, ignore_index=255,
+                 **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        self.num_mask_classes = self.num_classes + 1
+        self.ignore_index = int(ignore_index)
+        if isinstance(class_weights, str) and class_weights not in WEIGHTING_METHODS:
+            raise ConfigError(f"class_weights = {class_weights!r}; give a list of {self.num_mask_classes} weights "
+                              f"or one of {', '.join(WEIGHTING_METHODS)}")
+        if isinstance(class_weights, (list, tuple)) and len(class_weights) != self.num_mask_classes:
+            raise ConfigError(f"class_weights has {len(class_weights)} values; the model has "
+                              f"{self.num_mask_classes} classes (background + {self.num_classes})")
+        self.class_weights = list(class_weights) if isinstance(class_weights, (list, tuple)) else class_weights
+        self.class_weight_vector = None
+        if class_weights is not None:
+            initial = np.ones(self.num_mask_classes, np.float32) if isinstance(class_weights, str) else \
+                np.asarray(class_weights, np.float32)
+            # A variable (not a constant) so that weights computed from the data later are saved with the model.
+            self.class_weight_vector = self.add_weight(
+                shape=(self.num_mask_classes,), initializer=keras.initializers.Constant(initial), trainable=False,
+                name="class_weights")
+        self.accuracy_tracker = keras.metrics.Mean(name="pixel_accuracy")
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def set_class_weights(self, weights):
+        """weights: [num_classes + 1] floats (e.g. `class_weights_from_dataset(train, model.num_mask_classes)`)."""
+        if self.class_weight_vector is None:
+            raise ConfigError("the model was built with class_weights=None; pass class_weights='median', "
+                              "'inverse' or a list to train with class weights")
+        weights = np.asarray(weights, np.float32).reshape(-1)
+        if weights.shape != (self.num_mask_classes,):
+            raise ConfigError(f"{weights.size} class weights for a model with {self.num_mask_classes} classes")
+        self.class_weight_vector.assign(weights)
+
+    def encode_targets(self, batch):
+        """{"labels": [B, H, W] int32} from the batch's segmentation_masks [B, H, W, 1] (255 = ignore / padding)."""
+        if "segmentation_masks" not in batch:
+            raise ConfigError(f"{type(self).__name__} trains on semantic masks: build the dataset with "
+                              "make_tf_dataset(..., with_segmentation=True)")
+        return {"labels": tf.cast(batch["segmentation_masks"][..., 0], tf.int32)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels, logits = y["labels"], y_pred["logits"]
+        loss = pixel_cross_entropy(labels, logits, class_weights=self.class_weight_vector,
+                                   pixel_weights=y.get("weights"), ignore_index=self.ignore_index)
+        self.track_loss("pixel_loss", loss)
+        valid = tf.not_equal(labels, self.ignore_index)
+        correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        self.accuracy_tracker.update_state(tf.cast(correct, tf.float32), sample_weight=tf.cast(valid, tf.float32))
+        return loss
+
+    @property
+    def metrics(self):
+        return super().metrics + [self.accuracy_tracker]
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def decode(self, outputs):
+        probabilities = tf.nn.softmax(tf.cast(outputs["logits"], tf.float32), axis=-1)
+        return {"masks": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
+
+    def logits_from_context(self, windows):
+        """windows [B, H + 2m, W + 2m, 3] raw images holding `context_margin` = m pixels of real context on each
+        side -> logits [B, H, W, C] of the central H x W (H, W = image_size). Models without a margin just run."""
+        return self(windows, training=False)["logits"]
+
+    def get_config(self):
+        return dict(super().get_config(), class_weights=self.class_weights, ignore_index=self.ignore_index)
+
+
+def predict_tiled(model, image, overlap=0, batch_size=4):
+    """Overlap-tile prediction (U-Net, section 2) of an image of any size with a model of fixed `image_size`.
+
+    The image is cut into output tiles of the model's size (stepping by size - 2 * overlap and keeping each tile's
+    centre, so tile seams see context on both sides); each tile's input carries `model.context_margin` pixels of
+    the real neighbouring image, and where a tile reaches past the image border the missing context is the image
+    mirrored (numpy "reflect"), as in the paper.
+
+    Args:
+        model: a SemanticSegmenter.
+        image: uint8 / float 0..255 [H, W, 3], any H, W.
+        overlap: pixels cut from each side of a tile's output (0 = plain tiling).
+    Returns:
+        {"masks": int32 [H, W], "probabilities": float32 [H, W, C]}.
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ConfigError(f"predict_tiled takes one [H, W, 3] image, got shape {image.shape}")
+    height, width = image.shape[:2]
+    tile_h, tile_w = model.image_size
+    step_h, step_w = tile_h - 2 * overlap, tile_w - 2 * overlap
+    if step_h <= 0 or step_w <= 0:
+        raise ConfigError(f"overlap {overlap} leaves nothing of a {tile_h}x{tile_w} tile")
+    margin = model.context_margin
+    rows = -(-height // step_h)
+    cols = -(-width // step_w)
+    # Padded so that every window [y * step - overlap - margin, ... + tile + 2 * margin) exists.
+    before = overlap + margin
+    after_h = rows * step_h + overlap + margin - height
+    after_w = cols * step_w + overlap + margin - width
+    padded = np.pad(image, [[before, after_h], [before, after_w], [0, 0]], mode="reflect")
+    origins = [(r * step_h, c * step_w) for r in range(rows) for c in range(cols)]
+    logits = None
+    run = tf.function(model.logits_from_context, reduce_retracing=True)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        windows = np.stack([padded[y:y + tile_h + 2 * margin, x:x + tile_w + 2 * margin] for y, x in chunk])
+        out = run(tf.constant(windows)).numpy()
+        if logits is None:
+            logits = np.zeros((rows * step_h, cols * step_w, out.shape[-1]), np.float32)
+        for (y, x), tile in zip(chunk, out):
+            logits[y:y + step_h, x:x + step_w] = tile[overlap:overlap + step_h, overlap:overlap + step_w]
+    logits = logits[:height, :width]
+    probabilities = tf.nn.softmax(logits, axis=-1).numpy()
+    return {"masks": probabilities.argmax(-1).astype(np.int32), "probabilities": probabilities}
