@@ -4,10 +4,14 @@ frame (ignore 255), and for instance-labelled data the instance AP@0.5 of the pr
     evaluate_semantic(model, dataset)                 -> {"mIoU", "pixel_accuracy", "per_class_iou": {name: iou}}
     instance_metrics(pred_instances, gt_instances)    -> {"AP50", "precision", "recall", "merged", ...}
     connected_components(foreground)                  -> int32 [H, W] component ids
+    predict_files(model, paths, out_dir)              -> colour overlays + class-id PNGs (what `kdet predict` writes)
 
 The model runs at its own size; its probabilities are cut to the image part of the input (letterbox) and resized
 bilinearly to the original size before the argmax, so the scores compare with the original masks, not resized ones.
 """
+import json
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -68,6 +72,48 @@ def _links(foreground, index, dy, dx):
     cols, cols_next = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
     both = foreground[rows, cols] & foreground[rows_next, cols_next]
     return index[rows, cols][both], index[rows_next, cols_next][both]
+
+
+def predict_image(model, image, tiled=False):
+    """uint8 [H, W, 3] -> {"masks": int32 [H, W], "probabilities": [H, W, C]} in the image's own size.
+
+    tiled=False resizes the image to the model size and the probabilities back (bilinear); tiled=True runs
+    overlap-tile prediction (U-Net) at the native resolution.
+    """
+    if tiled:
+        from kdet.models.segmentation_base import predict_tiled
+        return predict_tiled(model, image)
+    resized = tf.image.resize(tf.cast(image, tf.float32), model.image_size)[None]
+    probabilities = model.detect(resized)["probabilities"][0]
+    probabilities = tf.image.resize(probabilities, np.shape(image)[:2], method="bilinear").numpy()
+    return {"masks": probabilities.argmax(-1).astype(np.int32), "probabilities": probabilities}
+
+
+def predict_files(model, paths, out_dir, class_names=None, tiled=False, alpha=0.5):
+    """Segment image files; for each writes <stem>.png (VOC-palette colour overlay), <stem>_mask.png (palette PNG
+    of class ids, readable by kdet.data.images.read_segmentation) and <stem>.json (pixels per class).
+
+    class_names: names of the foreground classes (mask value k = class_names[k - 1]); tiled: see predict_image.
+    Returns the list of per-image result dicts.
+    """
+    from kdet.data.images import encode_png, read_image
+    from kdet.visualize import draw_segmentation, save_png
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["background"] + list(class_names or [str(i) for i in range(model.num_classes)])
+    results = []
+    for path in paths:
+        image = read_image(path)
+        mask = predict_image(model, image, tiled)["masks"]
+        stem = Path(path).stem
+        save_png(draw_segmentation(image, mask, model.num_mask_classes, alpha=alpha), out / f"{stem}.png")
+        (out / f"{stem}_mask.png").write_bytes(encode_png(mask.astype(np.uint8), palette=True))
+        counts = np.bincount(mask.ravel(), minlength=model.num_mask_classes)
+        result = {"image": str(path), "mask": str(out / f"{stem}_mask.png"),
+                  "pixels": {names[c]: int(n) for c, n in enumerate(counts) if n}}
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        results.append(result)
+    return results
 
 
 def connected_components(foreground, connectivity=4):

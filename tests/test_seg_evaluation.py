@@ -5,6 +5,7 @@ from collections import deque
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from kdet.data.records import DetectionDataset, Record
 from kdet.errors import DataError
@@ -133,3 +134,18 @@ def test_instance_metrics_count_merges_and_matches():
     empty = instance_metrics(np.zeros_like(truth), truth)
     assert empty["AP50"] == 0.0 and empty["fn"] == 3
     assert instance_metrics(np.zeros((4, 4)), np.zeros((4, 4)))["AP50"] == 1.0
+
+
+def test_predict_files_writes_overlays_and_class_id_pngs(tmp_path):
+    from kdet.data.images import read_segmentation
+    from kdet.evaluation_semantic import predict_files
+    image = np.zeros((30, 44, 3), np.uint8)
+    image[:, 22:, 0] = 200  # right half -> class 2
+    Image.fromarray(image).save(tmp_path / "in.png")
+    results = predict_files(RedChannelRule(2, image_size=(15, 22)), [tmp_path / "in.png"], tmp_path / "out",
+                            class_names=["a", "b"])
+    mask = read_segmentation(tmp_path / "out" / "in_mask.png")
+    assert mask.shape == (30, 44) and set(np.unique(mask)) == {0, 2}
+    assert results[0]["pixels"] == {"background": int((mask == 0).sum()), "b": int((mask == 2).sum())}
+    overlay = np.asarray(Image.open(tmp_path / "out" / "in.png"))
+    assert overlay.shape == (30, 44, 3) and (overlay[:, 30] != image[:, 30]).any()  # class 2 is coloured
