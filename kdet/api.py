@@ -120,25 +120,26 @@ def train(config, overrides=(), resume=False, verbose="auto"):
         def to_xy(batch):
             return batch["images"], model.encode_targets(batch)
 
+        needs = _pipeline_needs(model)
         train_ds = make_tf_dataset(train_data, size, t.batch_size, training=True, augment=config.data.augment,
-                                   resize=config.data.resize, seed=t.seed, drop_remainder=t.strategy != "none")
+                                   resize=config.data.resize, seed=t.seed, drop_remainder=t.strategy != "none",
+                                   **needs)
         train_ds = train_ds.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
         val_ds = None
         if val_data is not None and len(val_data):
-            val_ds = make_tf_dataset(val_data, size, t.batch_size, resize=config.data.resize).map(to_xy)
+            val_ds = make_tf_dataset(val_data, size, t.batch_size, resize=config.data.resize, **needs).map(to_xy)
         callbacks = [training.AtomicCheckpoint(out), training.HistoryLog(out / "history.jsonl")]
         if t.eval_every and val_data is not None:
-            from kdet.evaluation import evaluate_model
             callbacks.insert(0, training.EvaluationCallback(
-                lambda m: {k: v for k, v in evaluate_model(m, val_data, t.eval_metric, resize=config.data.resize,
-                                                             progress=False).items() if not isinstance(v, dict)},
-                every=t.eval_every))
+                lambda m: {k: v for k, v in _evaluate(m, val_data, config, t.eval_metric, progress=False).items()
+                           if not isinstance(v, dict)}, every=t.eval_every))
         callbacks.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
         if verbose == "auto":
             verbose = 1 if sys.stdout.isatty() else 2
         if start < t.epochs:
             model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=start,
-                      steps_per_epoch=t.steps_per_epoch, callbacks=callbacks, verbose=verbose)
+                      steps_per_epoch=t.steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # tf.data shuffles; Keras would only warn
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()] \
@@ -147,14 +148,28 @@ def train(config, overrides=(), resume=False, verbose="auto"):
             "model": model}
 
 
-def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both", progress=True):
-    """COCO AP (pycocotools) and VOC mAP@0.5 of the trained model on a split, boxes in each image's own frame."""
+def _pipeline_needs(model):
+    """What the model's targets are made from: semantic masks for segmenters, instance masks where asked."""
+    return {"with_segmentation": model.task == "semantic",
+            "with_masks": bool(getattr(model, "uses_instance_masks", False))}
+
+
+def _evaluate(model, dataset, config, metric="both", progress=True):
+    if model.task == "semantic":
+        from kdet.evaluation_semantic import evaluate_semantic
+        return evaluate_semantic(model, dataset, resize=config.data.resize, progress=progress)
     from kdet.evaluation import evaluate_model
+    return evaluate_model(model, dataset, metric, resize=config.data.resize, progress=progress)
+
+
+def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both", progress=True):
+    """Detectors: COCO AP (pycocotools) and VOC mAP@0.5 on a split, boxes in each image's own frame.
+    Semantic models: mIoU, per-class IoU and pixel accuracy (255 ignored)."""
     config = _config(config, overrides)
     model = build_model(config)
     restore(model, config, checkpoint)
     dataset = load_split(config, split)
-    results = evaluate_model(model, dataset, metric, resize=config.data.resize, progress=progress)
+    results = _evaluate(model, dataset, config, metric, progress=progress)
     results["num_images"] = len(dataset)
     results["skipped"] = dataset.report.summary()
     return results
@@ -171,6 +186,9 @@ def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None
     model = build_model(config)
     restore(model, config, checkpoint)
     class_names = _class_names(config)
+    if model.task == "semantic":
+        from kdet.evaluation_semantic import predict_files
+        return predict_files(model, images, out_dir, class_names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
