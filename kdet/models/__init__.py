@@ -5,6 +5,8 @@ from kdet.models.fcn import FCN
 from kdet.models.retinanet import RetinaNet
 from kdet.models.segnet import EncoderDecoder
 from kdet.models.unet import UNet
+from kdet.models.yolo_v1 import FastYOLO, YOLOv1
+from kdet.models.yolo_v2 import TinyYOLOv2, YOLOv2
 
 MODELS = {
     "classloc": ClassLocModel,
@@ -13,4 +15,8 @@ MODELS = {
     "retinanet": RetinaNet,
     "segnet": EncoderDecoder,
     "unet": UNet,
+    "yolo_v1": YOLOv1,
+    "fast_yolo": FastYOLO,
+    "yolo_v2": YOLOv2,
+    "tiny_yolo_v2": TinyYOLOv2,
 }
