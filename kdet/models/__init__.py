@@ -2,6 +2,7 @@
 from kdet.models.classloc import ClassLocModel
 from kdet.models.faster_rcnn import FasterRCNN
 from kdet.models.fcn import FCN
+from kdet.models.fcn_resnet import FCNResNet
 from kdet.models.retinanet import RetinaNet
 from kdet.models.segnet import EncoderDecoder
 from kdet.models.unet import UNet
@@ -12,6 +13,7 @@ MODELS = {
     "classloc": ClassLocModel,
     "faster_rcnn": FasterRCNN,
     "fcn": FCN,
+    "fcn_resnet": FCNResNet,
     "retinanet": RetinaNet,
     "segnet": EncoderDecoder,
     "unet": UNet,
