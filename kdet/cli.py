@@ -57,12 +57,13 @@ def _parser():
     _add_config(p)
     p.add_argument("--out", default="out", help="where predictions and the picture go")
 
-    p = sub.add_parser("serve", help="serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract")
-    p.add_argument("model_base_dir")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.add_parser("serve", help="serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract "
+                                 "(kdet serve --help)", add_help=False)
 
     data = sub.add_parser("data", help="inspect and convert datasets").add_subparsers(dest="data_command",
                                                                                         required=True)
+    data.add_parser("anchors", help="k-means anchor priors (1 - IoU distance) for YOLOv2 (kdet data anchors --help)",
+                    add_help=False)
     for name, text in (("check", "per-class counts, image sizes and every bad record"),
                        ("convert", "write a dataset in another format"),
                        ("show", "draw the ground truth of the first images to PNG")):
@@ -130,9 +131,6 @@ def _run(args):
     elif args.command == "run":
         from kdet.main_job import run_main_job
         run_main_job(args.config, args.overrides, args.out)
-    elif args.command == "serve":
-        from kdet.export.serving import main as serve_main
-        return serve_main([args.model_base_dir, *args.rest])
     elif args.command == "data":
         _run_data(args)
     return 0
@@ -160,10 +158,21 @@ def _run_data(args):
         print(f"wrote {min(args.num, len(dataset))} pictures to {out}/")
 
 
+# Commands whose options belong to another module's parser: handed their arguments untouched.
+_DELEGATED = {("serve",): ("kdet.export.serving", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
+                                                                                 "anchors_main")}
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    delegated = next(((prefix, target) for prefix, target in _DELEGATED.items()
+                      if tuple(argv[:len(prefix)]) == prefix), None)
     try:
-        return _run(args)
+        if delegated is not None:
+            import importlib
+            prefix, (module, function) = delegated
+            return getattr(importlib.import_module(module), function)(argv[len(prefix):])
+        return _run(_parser().parse_args(argv))
     except KdetError as error:
         print(f"kdet: error: {error}", file=sys.stderr)
         return 2
