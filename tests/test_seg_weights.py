@@ -190,3 +190,13 @@ def test_real_nuclei_tiles(shared_data):
     assert ((record.masks.sum(0) > 0) & (record.segmentation == 0)).sum() > 100  # touching nuclei split by gaps
     weights = class_weights_from_dataset(train, 2, "median")
     assert weights[1] > weights[0] > 0  # nuclei are the rarer class
+
+
+def test_label_image_dataset_from_a_directory(tmp_path):
+    from kdet.data.label_image import load_label_image_dataset
+    Image.fromarray(np.full((64, 64), 1000, np.uint16)).save(tmp_path / "img2d.tif")
+    write_label_image(np.zeros((64, 64), np.int32), tmp_path / "mask2d.tif")
+    data = load_label_image_dataset(tmp_path, "train", tile_size=32, stride=32, holdout=[0, 0, 32, 32])
+    assert len(data) == 3 and data.class_names == ["nucleus"] and not data.records[0].image.any()  # constant: 0
+    with pytest.raises(DataError, match="missing.tif"):
+        load_label_image_dataset(tmp_path, "test", labels="missing.tif")

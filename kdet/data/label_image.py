@@ -4,6 +4,7 @@ of semantic masks before training.
     read_label_image(path)                    -> int32 [H, W], 16-bit ids kept exactly (no wrap at 255)
     read_intensity_image(path)                -> uint8 [H, W, 3], 16-bit intensities stretched by their range
     load_instance_tiles(image, labels, ...)   -> DetectionDataset of tiles: the training tiles, or the held-out tile
+    load_label_image_dataset(root, split)     -> the same from a directory (a `load_dataset` format for configs)
     semantic_from_instances(labels)           -> 0 / 1 mask where touching instances are split by background
     segmentation_masks(dataset, num_classes)  -> (name, mask) of every record, sizes and class ids checked
     class_weights_from_dataset(dataset, C)    -> inverse / median frequency class weights from the training masks
@@ -128,6 +129,16 @@ def load_instance_tiles(image_path, label_path, split="train", tile_size=128, st
     if not records:
         raise ConfigError(f"no {tile_size}px tile fits outside the holdout {list(holdout)}")
     return DetectionDataset(records, [class_name], ReadReport())
+
+
+def load_label_image_dataset(root, split="train", image="img2d.tif", labels="mask2d.tif", tile_size=128, stride=64,
+                             holdout=(320, 0, 512, 192), class_name="nucleus") -> DetectionDataset:
+    """`load_instance_tiles` of root/image and root/labels (defaults: the stardist nuclei crop's file names).
+
+    The held-out default is the crop's bottom-left 192 x 192, where most touching nuclei are (27 nuclei).
+    """
+    root = Path(root)
+    return load_instance_tiles(root / image, root / labels, split, tile_size, stride, tuple(holdout), class_name)
 
 
 def segmentation_masks(dataset, num_classes=None, ignore_index=255):

@@ -1,0 +1,85 @@
+"""kdet's fcn_resnet50 vs torchvision's, same seeded weights, one process: latency at 512 x 512 and the ratio.
+
+    /tmp/tvenv/bin/python benchmarks/bench_seg_twin_speed.py            # needs torch + torchvision (see below)
+    /tmp/tvenv/bin/python benchmarks/bench_seg_twin_speed.py --size 256 --runs 10
+
+torch and torchvision are not kdet dependencies: run it in the venv of tests/reference/ (system site packages +
+torch 2.14.1 / torchvision 0.29.1). Both models get kdet.convert.torchvision.seeded_state_dict weights, run in
+inference mode on the same uint8 image (batch 1; torch on 2 intra-op threads like TensorFlow's default here), are
+warmed up once, then timed round-robin. Prints both medians, kdet / torchvision, and the largest logit difference.
+kdet runs `detect` (logits + softmax + argmax) under tf.function; torchvision runs model(x)["out"] + softmax +
+argmax, the normalisation included on both sides.
+"""
+import argparse
+import json
+import time
+
+# torch before TensorFlow: importing torch's triton after TensorFlow segfaults (measured with torch 2.14.1).
+import torch  # noqa: I001
+from torchvision.models.segmentation import fcn_resnet50
+
+import numpy as np
+import tensorflow as tf
+
+from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
+from kdet.models.fcn_resnet import FCNResNet, fcn_resnet_table
+
+SEED = 5
+
+
+def emit(name, value, unit, **extra):
+    print(json.dumps({"name": name, "value": float(f"{float(value):.5g}"), "unit": unit, **extra}), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    size = (args.size, args.size)
+
+    reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False).eval()
+    state = seeded_state_dict({k: tuple(v.shape) for k, v in reference.state_dict().items()}, SEED)
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    model = FCNResNet(20, size, aux_loss=False)
+    load_state_dict(model, seeded_state_dict(torch_shapes(model, fcn_resnet_table), SEED), table=fcn_resnet_table)
+
+    mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+
+    def run_torch(image):
+        with torch.inference_mode():
+            x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            logits = reference(x)["out"]
+            probabilities = torch.softmax(logits, dim=1)
+            return logits, probabilities.argmax(1)
+
+    detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
+                         input_signature=[tf.TensorSpec((None, *size, 3), tf.uint8)])
+    logits_fn = tf.function(lambda images: model(tf.cast(images, tf.float32))["logits"])
+
+    def run_kdet(image):
+        return {k: v.numpy() for k, v in detect(tf.constant(image)).items()}
+
+    image = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    torch_logits, torch_masks = run_torch(image)
+    ours = run_kdet(image)
+    difference = np.abs(logits_fn(tf.constant(image)).numpy() - torch_logits.numpy().transpose(0, 2, 3, 1)).max()
+    times = {"kdet": [], "torchvision": []}
+    for _ in range(args.runs):
+        for name, run in (("kdet", run_kdet), ("torchvision", run_torch)):
+            start = time.perf_counter()
+            run(image)
+            times[name].append((time.perf_counter() - start) * 1000)
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    extra = {"size": args.size, "runs": args.runs, "batch": 1}
+    emit("seg_twin/fcn_resnet50/kdet/median_latency", medians["kdet"], "ms", **extra)
+    emit("seg_twin/fcn_resnet50/torchvision/median_latency", medians["torchvision"], "ms", **extra)
+    emit("seg_twin/fcn_resnet50/kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "x", **extra)
+    emit("seg_twin/fcn_resnet50/max_logit_difference", difference, "abs")
+    emit("seg_twin/fcn_resnet50/mask_agreement", float((ours["masks"] == torch_masks.numpy()).mean()), "fraction")
+
+
+if __name__ == "__main__":
+    main()
