@@ -322,4 +322,5 @@ def _resnet_c4(resnet, x, training):
     for blocks in resnet.stages[:3]:
         for block in blocks:
             x = block(x, training=training)
+    resnet.built = True  # its sublayers are built; the ResNet layer itself is never called as a whole
     return x
