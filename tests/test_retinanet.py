@@ -215,9 +215,9 @@ def test_training_on_shapes_lowers_the_loss():
 @pytest.mark.slow
 def test_export_parity(tmp_path):
     keras.utils.set_random_seed(3)
-    m = tiny(image_size=(64, 96), max_detections=10, topk_candidates=100)
+    m = tiny(image_size=(64, 96), max_detections=50, topk_candidates=1000)  # caps above the candidate count
     images = random_images(m, 2, seed=3)
     scores = tf.sigmoid(m(images)["cls_logits"]).numpy()
     m.score_threshold = float(np.quantile(scores, 0.999))  # a few detections per image, different counts
-    reports = check_export_parity(m, images, tmp_path, formats=("keras", "saved_model", "tflite", "onnx"))
+    reports = check_export_parity(m, images, tmp_path, formats=("saved_model", "tflite", "onnx"))
     assert reports["tflite"]["detections"] > 0

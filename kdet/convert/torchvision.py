@@ -131,7 +131,57 @@ def retinanet_table(model):
     return resnet_entries(model.backbone) + fpn_entries(model.fpn) + retina_head_entries(model.head)
 
 
-TABLES = {"RetinaNet": retinanet_table}
+def vgg_entries(vgg, prefix="features", num_stages=5, start=0):
+    """kdet.backbones.vgg.VGGBackbone <- torchvision vgg16(_bn).features: one running index over conv (+ BN) +
+    ReLU layers and a max-pool per stage, e.g. conv1_1 = features.0, conv1_2 = features.2, conv2_1 = features.5.
+
+    num_stages: how many stages to map; start: the index of the first layer (for a slice of `features`).
+    """
+    entries, index = [], start
+    for convs, _ in vgg.stages[:num_stages]:
+        for conv, norm in convs:
+            entries += conv_entries(join(prefix, str(index)), conv)
+            if norm is not None:
+                entries += batch_norm_entries(join(prefix, str(index + 1)), norm)
+            index += 3 if norm is not None else 2
+        index += 1  # the stage's max-pool
+    return entries
+
+
+def ssd_vgg_entries(features, prefix="backbone"):
+    """kdet SSDVGGFeatures <- torchvision SSDFeatureExtractorVGG: features.* up to conv4_3, scale_weight, then
+    extra.0 = [maxpool4, conv5_1, relu, conv5_2, relu, conv5_3, relu, fc = [pool5, fc6, relu, fc7, relu]] and
+    extra.1-4 = [1x1, relu, 3x3, relu]."""
+    entries = vgg_entries(features.vgg, join(prefix, "features"), num_stages=4)
+    entries.append(Entry(join(prefix, "scale_weight"), features.l2norm.scale))
+    conv5 = [conv for conv, _ in features.vgg.stages[4][0]]
+    for conv, index in zip(conv5, (1, 3, 5)):
+        entries += conv_entries(join(prefix, f"extra.0.{index}"), conv)
+    entries += conv_entries(join(prefix, "extra.0.7.1"), features.fc6)
+    entries += conv_entries(join(prefix, "extra.0.7.3"), features.fc7)
+    for i, block in enumerate(features.extras):
+        convs = [layer for layer in block if hasattr(layer, "kernel")]
+        entries += conv_entries(join(prefix, f"extra.{i + 1}.0"), convs[0])
+        entries += conv_entries(join(prefix, f"extra.{i + 1}.2"), convs[1])
+    return entries
+
+
+def ssd_head_entries(head, prefix="head"):
+    """kdet SSDHead (plain 3x3 convs) <- torchvision SSDHead: {classification,regression}_head.module_list.{k}."""
+    entries = []
+    for k, (cls_layers, box_layers) in enumerate(zip(head.classification.levels, head.regression.levels)):
+        entries += conv_entries(join(prefix, f"classification_head.module_list.{k}"), cls_layers[-1])
+        entries += conv_entries(join(prefix, f"regression_head.module_list.{k}"), box_layers[-1],
+                                box_delta_permutation(head.num_anchors[k]))
+    return entries
+
+
+def ssd300_table(model):
+    """kdet SSD <- torchvision ssd300_vgg16."""
+    return ssd_vgg_entries(model.features) + ssd_head_entries(model.head)
+
+
+TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table}
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from kdet.models.fcn import FCN
 from kdet.models.fcn_resnet import FCNResNet
 from kdet.models.retinanet import RetinaNet
 from kdet.models.segnet import EncoderDecoder
+from kdet.models.ssd import SSD, SSDLite
 from kdet.models.unet import UNet
 from kdet.models.yolo_v1 import FastYOLO, YOLOv1
 from kdet.models.yolo_v2 import TinyYOLOv2, YOLOv2
@@ -15,6 +16,8 @@ MODELS = {
     "fcn": FCN,
     "fcn_resnet": FCNResNet,
     "retinanet": RetinaNet,
+    "ssd": SSD,
+    "ssdlite": SSDLite,
     "segnet": EncoderDecoder,
     "unet": UNet,
     "yolo_v1": YOLOv1,

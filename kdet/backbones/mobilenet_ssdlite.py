@@ -1,0 +1,71 @@
+"""SSDLite's feature extractor (Sandler et al. 2018, "MobileNetV2", section 6.2): MobileNetV2 from
+`keras.applications` (random init) + four cheap extra blocks, as torchvision's ssdlite320 does with MobileNetV3.
+
+Outputs six maps: the expansion layer of block 13 (stride 16, before its depthwise conv, as the paper attaches the
+first SSDLite layer), the last 1x1 conv (stride 32), then four extra blocks of 1x1 conv (half width) ->
+depthwise 3x3 stride 2 -> 1x1 conv, each with BatchNorm + ReLU6. Every stride-2 step gives ceil(size / 2).
+"""
+import math
+
+import keras
+
+SSDLITE_EXTRA_WIDTHS = (512, 256, 256, 128)
+C4_LAYER = "block_13_expand_relu"
+C5_LAYER = "out_relu"
+
+
+def _conv_bn_relu6(filters, kernel_size, strides=1, depthwise=False, name=None):
+    if depthwise:
+        conv = [keras.layers.ZeroPadding2D(1, name=f"{name}_pad"),
+                keras.layers.DepthwiseConv2D(3, strides, padding="valid", use_bias=False, name=name)]
+    else:
+        conv = [keras.layers.Conv2D(filters, kernel_size, use_bias=False, name=name)]
+    return conv + [keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.97, name=f"{name}_bn"),
+                   keras.layers.ReLU(6.0)]
+
+
+class MobileNetSSDLiteFeatures(keras.layers.Layer):
+    """Args:
+        image_size: (H, W) the network runs at (Keras applications build for a fixed input shape).
+        alpha: MobileNetV2 width multiplier (1.0; 0.35 for tiny test models).
+        extra_widths: output channels of the four extra blocks.
+
+    call(images [B, H, W, 3] in [-1, 1]) -> list of 6 maps, sizes `feature_sizes(image_size)`.
+    """
+
+    def __init__(self, image_size=(320, 320), alpha=1.0, extra_widths=SSDLITE_EXTRA_WIDTHS, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = tuple(int(s) for s in image_size)
+        self.alpha = float(alpha)
+        self.extra_widths = tuple(int(w) for w in extra_widths)
+        mobilenet = keras.applications.MobileNetV2(input_shape=(*self.image_size, 3), alpha=self.alpha,
+                                                   include_top=False, weights=None)
+        self.mobilenet = keras.Model(mobilenet.input, [mobilenet.get_layer(C4_LAYER).output,
+                                                       mobilenet.get_layer(C5_LAYER).output], name="mobilenet_v2")
+        self.extras = []
+        for i, width in enumerate(self.extra_widths):
+            self.extras.append(_conv_bn_relu6(width // 2, 1, name=f"extra{i}_reduce")
+                               + _conv_bn_relu6(width // 2, 3, 2, depthwise=True, name=f"extra{i}_depthwise")
+                               + _conv_bn_relu6(width, 1, name=f"extra{i}_expand"))
+        self.out_channels = [int(o.shape[-1]) for o in self.mobilenet.outputs] + list(self.extra_widths)
+
+    @staticmethod
+    def feature_sizes(image_size, num_extras=4):
+        """(h, w) of the six maps: ceil(size / 16), ceil(size / 32), then halved (rounding up) per extra block."""
+        sizes = [tuple(math.ceil(s / 16) for s in image_size), tuple(math.ceil(s / 32) for s in image_size)]
+        for _ in range(num_extras):
+            sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
+        return sizes
+
+    def call(self, x, training=False):
+        c4, x = self.mobilenet(x, training=training)
+        outputs = [c4, x]
+        for block in self.extras:
+            for layer in block:
+                x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
+            outputs.append(x)
+        return outputs
+
+    def get_config(self):
+        return dict(super().get_config(), image_size=list(self.image_size), alpha=self.alpha,
+                    extra_widths=list(self.extra_widths))

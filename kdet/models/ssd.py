@@ -1,0 +1,205 @@
+"""SSD (Liu et al. 2016, "SSD: Single Shot MultiBox Detector") and SSDLite (Sandler et al. 2018).
+
+Both predict, from several feature maps of decreasing resolution, C + 1 softmax scores (column 0 = background)
+and box deltas for a fixed set of default boxes; they differ in the feature extractor and the head:
+  * `SSD`: SSD300 on VGG-16 (kdet.backbones.vgg_ssd), 3x3 conv predictors. The defaults are torchvision's
+    `ssd300_vgg16`, so its state dict loads with kdet.convert.torchvision and both give the same detections:
+    default boxes with scales 0.07, 0.15, 0.33, 0.51, 0.69, 0.87 (+1.05 for the extra box of ratio 1), ratios
+    {2} on the first and last two maps and {2, 3} elsewhere, steps 8 ... 300; Caffe-style input (0..255 minus the
+    mean); decoding: per class the top 400 scores above 0.01, NMS 0.45, 200 kept.
+  * `SSDLite`: MobileNetV2 from keras.applications (random init) + depthwise-separable extras and predictors,
+    six ratios-{2, 3} levels with scales from 0.2 to 0.95, input scaled to [-1, 1]; for edge devices (TFLite
+    builtins, int8).
+Training (both): IoU >= 0.5 positive plus each object's best default box, hard negative mining 3:1, softmax
+cross-entropy + smooth-L1 (kdet.losses.ssd). The paper's photometric / expand / crop augmentation is
+kdet.data.ssd_augment.
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet.backbones.mobilenet_ssdlite import SSDLITE_EXTRA_WIDTHS, MobileNetSSDLiteFeatures
+from kdet.backbones.vgg import VGG16_WIDTHS
+from kdet.backbones.vgg_ssd import SSD300_EXTRA_WIDTHS, SSDVGGFeatures
+from kdet.data.anchor_targets import anchor_targets
+from kdet.heads.ssd_head import SSDHead
+from kdet.losses.ssd import multibox_loss
+from kdet.models.base import Detector
+from kdet.ops import clip_boxes, combined_nms, decode_boxes
+
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # (wy, wx, wh, ww): torchvision's (10, 10, 5, 5)
+SSD300_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+SSD300_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+SSD300_STEPS = (8, 16, 32, 64, 100, 300)
+SSD300_MEAN = (0.48235, 0.45882, 0.40784)
+SSD300_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
+
+
+def linear_scales(num_levels, min_ratio=0.2, max_ratio=0.95):
+    """The paper's s_k = s_min + (s_max - s_min) (k - 1) / (m - 1), plus 1.0 for the last level's extra box."""
+    return tuple(min_ratio + (max_ratio - min_ratio) * k / (num_levels - 1.0) for k in range(num_levels)) + (1.0,)
+
+
+def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, clip=True):
+    """SSD default boxes in torchvision's DefaultBoxGenerator order and float32 arithmetic.
+
+    Per level k, per location (row-major), boxes (w, h) relative to the image: (s_k, s_k), (s'_k, s'_k) with
+    s'_k = sqrt(s_k s_{k+1}), then for each ratio r: (s_k sqrt(r), s_k / sqrt(r)) and its transpose; clipped to
+    [0, 1] (clip=True). Centres ((j + 0.5) / f, (i + 0.5) / f) with f = image / step (or the map size).
+
+    Returns:
+        [N, 4] float32 yxyx pixels; N = sum_k h_k w_k (2 + 2 len(ratios_k)).
+    """
+    height, width = image_size
+    boxes = []
+    for k, ((feat_h, feat_w), ratios) in enumerate(zip(feature_sizes, aspect_ratios)):
+        s_k, s_prime = scales[k], math.sqrt(scales[k] * scales[k + 1])
+        pairs = [[s_k, s_k], [s_prime, s_prime]]
+        for ratio in ratios:
+            w, h = scales[k] * math.sqrt(ratio), scales[k] / math.sqrt(ratio)
+            pairs += [[w, h], [h, w]]
+        pairs = np.asarray(pairs, np.float32)
+        if clip:
+            pairs = np.clip(pairs, 0.0, 1.0)
+        f_x, f_y = (width / steps[k], height / steps[k]) if steps is not None else (feat_w, feat_h)
+        cx = (np.arange(feat_w, dtype=np.float32) + np.float32(0.5)) / np.float32(f_x)
+        cy = (np.arange(feat_h, dtype=np.float32) + np.float32(0.5)) / np.float32(f_y)
+        grid_y, grid_x = np.meshgrid(cy, cx, indexing="ij")
+        centres = np.repeat(np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], 1), len(pairs), axis=0)
+        sizes = np.tile(pairs, (feat_h * feat_w, 1))
+        half = np.float32(0.5) * sizes
+        scale = np.array([width, height], np.float32)
+        low, high = (centres - half) * scale, (centres + half) * scale  # x, y order as torchvision
+        boxes.append(np.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1))
+    return np.concatenate(boxes).astype(np.float32)
+
+
+class _MultiBoxDetector(Detector):
+    """What SSD and SSDLite share: normalisation, targets, MultiBox loss and decoding. Subclasses set
+    self.features (-> list of maps), self.head (SSDHead) and self.anchors ([N, 4] yxyx pixels)."""
+
+    loss_names = ("classification", "box_regression")
+
+    def _setup_decoding(self, fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
+                        image_mean, image_std):
+        self.fg_iou_threshold, self.neg_pos_ratio = float(fg_iou_threshold), float(neg_pos_ratio)
+        self.score_threshold, self.nms_iou_threshold = float(score_threshold), float(nms_iou_threshold)
+        self.topk_candidates = int(topk_candidates)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+
+    def normalize(self, images):
+        x = tf.cast(images, self.compute_dtype) / 255.0
+        return (x - tf.constant(self.image_mean, x.dtype)) / tf.constant(self.image_std, x.dtype)
+
+    def call(self, images, training=False):
+        outputs = self.head(self.features(self.normalize(images), training=training), training=training)
+        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+    def encode_targets(self, batch):
+        """Padded batch -> {"labels": [B, N] class or -1 (background), "box_targets": [B, N, 4]}."""
+        return anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
+                              "ssd", self.fg_iou_threshold, self.fg_iou_threshold, BOX_WEIGHTS)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        classification, box_regression = multibox_loss(y["labels"], y["box_targets"], y_pred["cls_logits"],
+                                                       y_pred["box_regression"], self.neg_pos_ratio)
+        self.track_loss("classification", classification)
+        self.track_loss("box_regression", box_regression)
+        return classification + box_regression
+
+    def decode(self, outputs):
+        """Softmax -> per class the top-k scores above the threshold -> boxes -> per-class NMS (torchvision)."""
+        height, width = self.image_size
+        boxes = clip_boxes(decode_boxes(outputs["box_regression"], tf.constant(self.anchors)[None], BOX_WEIGHTS),
+                           height, width)
+        scores = tf.nn.softmax(outputs["cls_logits"], axis=-1)[..., 1:]  # [B, N, C]
+        k = min(self.topk_candidates, len(self.anchors))
+        # Per class, the k-th best score: anything below it is not a candidate (top-k before NMS, torchvision).
+        kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # [B, C]
+        scores = tf.where(scores >= kth[:, None, :], scores, 0.0)
+        return combined_nms(boxes, scores, self.max_detections, self.nms_iou_threshold, self.score_threshold)
+
+    def _common_config(self):
+        return dict(fg_iou_threshold=self.fg_iou_threshold, neg_pos_ratio=self.neg_pos_ratio,
+                    score_threshold=self.score_threshold, nms_iou_threshold=self.nms_iou_threshold,
+                    topk_candidates=self.topk_candidates, image_mean=list(self.image_mean),
+                    image_std=list(self.image_std))
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class SSD(_MultiBoxDetector):
+    """SSD300 with VGG-16.
+
+    Args:
+        num_classes: C foreground classes (the head has C + 1 columns; torchvision's COCO twin uses 90 + 1).
+        image_size: (300, 300) for SSD300 (at least 268 for the layers to exist).
+        max_detections: 200 (torchvision).
+        vgg_widths, fc_width, extra_widths: widths of the feature extractor (smaller for tests).
+        aspect_ratios, scales, steps: the default boxes (see `default_boxes`).
+        fg_iou_threshold: matching IoU (0.5); neg_pos_ratio: hard negatives per positive (3).
+        score_threshold, nms_iou_threshold, topk_candidates: decoding (0.01, 0.45, 400 per class).
+        image_mean, image_std: normalisation on the 0..1 scale (torchvision's: 0..255 minus the mean).
+
+    call(images) -> {"cls_logits": [B, N, C + 1], "box_regression": [B, N, 4]}, N = 8732 at 300 x 300.
+    """
+
+    def __init__(self, num_classes, image_size=(300, 300), max_detections=200, vgg_widths=VGG16_WIDTHS,
+                 fc_width=1024, extra_widths=SSD300_EXTRA_WIDTHS, aspect_ratios=SSD300_RATIOS, scales=SSD300_SCALES,
+                 steps=SSD300_STEPS, fg_iou_threshold=0.5, neg_pos_ratio=3.0, score_threshold=0.01,
+                 nms_iou_threshold=0.45, topk_candidates=400, image_mean=SSD300_MEAN, image_std=SSD300_STD,
+                 **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        self._setup_decoding(fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
+                             image_mean, image_std)
+        self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
+        self.scales = tuple(float(s) for s in scales)
+        self.steps = tuple(int(s) for s in steps)
+        self.features = SSDVGGFeatures(vgg_widths, fc_width, extra_widths, name="backbone")
+        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], self.num_classes, name="head")
+        self.anchors = default_boxes(self.image_size, SSDVGGFeatures.feature_sizes(self.image_size),
+                                     self.aspect_ratios, self.scales, self.steps)
+
+    def get_config(self):
+        return dict(super().get_config(), **self._common_config(), vgg_widths=list(self.features.vgg_widths),
+                    fc_width=self.features.fc_width, extra_widths=[list(p) for p in self.features.extra_widths],
+                    aspect_ratios=[list(r) for r in self.aspect_ratios], scales=list(self.scales),
+                    steps=list(self.steps))
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class SSDLite(_MultiBoxDetector):
+    """SSDLite with MobileNetV2 (keras.applications, random init).
+
+    Args:
+        num_classes, image_size (320 x 320; any size), max_detections.
+        alpha: MobileNetV2 width multiplier; extra_widths: the four extra blocks.
+        aspect_ratios: per level (six levels of (2, 3)); min_ratio, max_ratio: the linear scale range.
+        the rest as `SSD` (defaults: score 0.01, NMS 0.55, top 300 per class).
+
+    call(images) -> {"cls_logits": [B, N, C + 1], "box_regression": [B, N, 4]}.
+    """
+
+    def __init__(self, num_classes, image_size=(320, 320), max_detections=100, alpha=1.0,
+                 extra_widths=SSDLITE_EXTRA_WIDTHS, aspect_ratios=((2, 3),) * 6, min_ratio=0.2, max_ratio=0.95,
+                 fg_iou_threshold=0.5, neg_pos_ratio=3.0, score_threshold=0.01, nms_iou_threshold=0.55,
+                 topk_candidates=300, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), **kwargs):
+        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        self._setup_decoding(fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
+                             image_mean, image_std)
+        self.alpha = float(alpha)
+        self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
+        self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
+        self.features = MobileNetSSDLiteFeatures(self.image_size, self.alpha, extra_widths, name="backbone")
+        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], self.num_classes, separable=True,
+                            name="head")
+        sizes = MobileNetSSDLiteFeatures.feature_sizes(self.image_size, len(extra_widths))
+        self.anchors = default_boxes(self.image_size, sizes, self.aspect_ratios,
+                                     linear_scales(len(sizes), self.min_ratio, self.max_ratio))
+
+    def get_config(self):
+        return dict(super().get_config(), **self._common_config(), alpha=self.alpha,
+                    extra_widths=list(self.features.extra_widths), aspect_ratios=[list(r) for r in self.aspect_ratios],
+                    min_ratio=self.min_ratio, max_ratio=self.max_ratio)
