@@ -182,6 +182,22 @@ def test_degenerate_boxes_and_empty_images_in_a_training_batch(model):
     assert np.isfinite(loss.numpy()) and all(np.isfinite(g.numpy()).all() for g in gradients if g is not None)
 
 
+def test_label_ids_map_classes_to_head_columns():
+    m = tiny(image_size=(64, 64), label_ids=(2, 5, 7), max_detections=50)  # decode and targets need no weights
+    assert m.num_columns == 8
+    batch = {"bounding_boxes": {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
+                                "labels": tf.constant([[0, 2]], tf.int32)}}
+    assert set(np.unique(m.encode_targets(batch)["labels"].numpy())) <= {-2, -1, 2, 7}
+    logits = np.full((1, len(m.anchors), 8), -9.0, np.float32)
+    logits[0, :40, [0, 1, 3]] = 3.0       # unused columns: never reported
+    logits[0, 40:45, 5] = 2.0             # column 5 = class 1
+    out = m.decode({"cls_logits": logits, "box_regression": np.zeros((1, len(m.anchors), 4), np.float32)})
+    count = int(out["num_detections"][0])
+    assert count > 0 and set(out["classes"].numpy()[0, :count]) == {1}
+    with pytest.raises(ValueError, match="label_ids"):
+        tiny(label_ids=(1, 1, 2))
+
+
 def test_config_round_trip_and_registry(model):
     assert MODELS["retinanet"] is RetinaNet
     clone = RetinaNet.from_config(model.get_config())

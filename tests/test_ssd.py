@@ -156,6 +156,21 @@ def test_bad_sizes_config_and_registry():
     assert SSD.from_config(tiny.get_config()).get_config() == tiny.get_config()
 
 
+def test_label_ids_map_classes_to_softmax_columns():
+    model = SSDLite(2, image_size=(64, 64), label_ids=(3, 1), max_detections=30, **TINY_LITE)
+    batch = {"bounding_boxes": {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
+                                "labels": tf.constant([[0, 1]], tf.int32)}}
+    # class 0 -> column 3, class 1 -> column 1; loss labels are column - 1
+    assert set(np.unique(model.encode_targets(batch)["labels"].numpy())) == {-1, 0, 2}
+    n = len(model.anchors)
+    logits = np.zeros((1, n, 4), np.float32)
+    logits[0, :, 2] = 6.0                 # column 2 belongs to no class
+    logits[0, :3, 3] = 9.0                # column 3 = class 0
+    out = model.decode({"cls_logits": logits, "box_regression": np.zeros((1, n, 4), np.float32)})
+    count = int(out["num_detections"][0])
+    assert count > 0 and set(out["classes"].numpy()[0, :count]) <= {0, 1} and 0 in out["classes"].numpy()[0, :count]
+
+
 def test_degenerate_boxes_and_empty_images():
     model = SSDLite(3, image_size=(96, 96), **TINY_LITE)
     batch = {"bounding_boxes": {"boxes": tf.constant([[[10, 10, 10, 50], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]],

@@ -14,6 +14,7 @@ Input: images 0..255, normalised inside with the ImageNet mean / std on the 0..1
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kdet.backbones.resnet import ResNet
@@ -51,9 +52,12 @@ class RetinaNet(Detector):
         prior_probability: initial foreground probability of every anchor (0.01).
         score_threshold, nms_iou_threshold, topk_candidates: decoding (0.05, 0.5, 1000 per level).
         image_mean, image_std: normalisation on the 0..1 scale.
+        label_ids: the head column of each class (default 0..K-1). torchvision's COCO RetinaNet has 91 columns
+            indexed by COCO category id; with kdet's contiguous COCO labels, class c then uses column label_ids[c]
+            and the other columns are never trained nor reported.
 
-    call(images [B, H, W, 3] 0..255) -> {"cls_logits": [B, N, K], "box_regression": [B, N, 4]}, N = number of
-    anchors (`self.anchors`, [N, 4] yxyx pixels, same order).
+    call(images [B, H, W, 3] 0..255) -> {"cls_logits": [B, N, columns], "box_regression": [B, N, 4]}, N = number
+    of anchors (`self.anchors`, [N, 4] yxyx pixels, same order), columns = max(label_ids) + 1 (K by default).
     """
 
     loss_names = ("classification", "box_regression")
@@ -64,7 +68,7 @@ class RetinaNet(Detector):
                  aspect_ratios=(0.5, 1.0, 2.0), fg_iou_threshold=0.5, bg_iou_threshold=0.4,
                  classification_loss="focal", focal_alpha=0.25, focal_gamma=2.0, box_loss="l1",
                  prior_probability=0.01, score_threshold=0.05, nms_iou_threshold=0.5, topk_candidates=1000,
-                 image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
+                 image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, label_ids=None, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
@@ -85,13 +89,18 @@ class RetinaNet(Detector):
         self.topk_candidates = int(topk_candidates)
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.label_ids = tuple(range(self.num_classes)) if label_ids is None else tuple(int(i) for i in label_ids)
+        if len(self.label_ids) != self.num_classes or len(set(self.label_ids)) != self.num_classes or \
+                min(self.label_ids) < 0:
+            raise ValueError(f"label_ids needs {self.num_classes} distinct columns >= 0, got {label_ids}")
+        self.num_columns = max(self.label_ids) + 1
 
         self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn, name="backbone")
         self.fpn = FPN((3, 4, 5), self.fpn_channels, "p6p7", p6_from, name="fpn")
         self.levels = self.fpn.output_levels  # (3, 4, 5, 6, 7)
         sizes = retinanet_anchor_sizes(self.anchor_sizes, self.anchor_scales)
         self.num_anchors_per_location = len(self.anchor_scales) * len(self.aspect_ratios)
-        self.head = RetinaHead(self.num_anchors_per_location, self.num_classes, self.fpn_channels, self.head_convs,
+        self.head = RetinaHead(self.num_anchors_per_location, self.num_columns, self.fpn_channels, self.head_convs,
                                self.prior_probability, name="head")
         feature_sizes = sizes_of_levels(self.image_size, self.levels)
         self.anchors = multilevel_anchors(self.image_size, [2 ** level for level in self.levels], sizes,
@@ -111,16 +120,19 @@ class RetinaNet(Detector):
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
     def encode_targets(self, batch):
-        """Padded batch -> {"labels": [B, N] class / -1 negative / -2 ignored, "box_targets": [B, N, 4]}."""
-        return anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
-                              "retinanet", self.fg_iou_threshold, self.bg_iou_threshold)
+        """Padded batch -> {"labels": [B, N] head column / -1 negative / -2 ignored, "box_targets": [B, N, 4]}."""
+        targets = anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
+                                 "retinanet", self.fg_iou_threshold, self.bg_iou_threshold)
+        labels = targets["labels"]
+        columns = tf.gather(tf.constant(self.label_ids, tf.int32), tf.maximum(labels, 0))
+        return dict(targets, labels=tf.where(labels >= 0, columns, labels))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels = y["labels"]
         positive = labels >= 0
         counted = labels >= -1  # positives and negatives; -2 is the ignored band
         num_positive = tf.maximum(tf.reduce_sum(tf.cast(positive, tf.float32), axis=1), 1.0)  # [B]
-        targets = tf.one_hot(labels, self.num_classes)  # negatives (-1) and ignored (-2) give all-zero rows
+        targets = tf.one_hot(labels, self.num_columns)  # negatives (-1) and ignored (-2) give all-zero rows
         per_anchor = self.classification_loss_fn(targets, y_pred["cls_logits"])
         classification = tf.reduce_sum(tf.where(counted, per_anchor, 0.0), axis=1) / num_positive
         error = y_pred["box_regression"] - y["box_targets"]
@@ -141,17 +153,21 @@ class RetinaNet(Detector):
         logits = tf.split(outputs["cls_logits"], self.anchors_per_level, axis=1)
         deltas = tf.split(outputs["box_regression"], self.anchors_per_level, axis=1)
         anchors = tf.split(tf.constant(self.anchors), self.anchors_per_level, axis=0)
+        columns = self.num_columns
+        column_to_label = np.full(columns, -1, np.int32)
+        column_to_label[list(self.label_ids)] = np.arange(self.num_classes)
         boxes, scores, classes = [], [], []
         for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, self.anchors_per_level):
             batch = tf.shape(level_logits)[0]
-            flat = tf.reshape(tf.sigmoid(level_logits), [batch, count * self.num_classes])
-            top_scores, top = tf.math.top_k(flat, k=min(self.topk_candidates, count * self.num_classes))
-            anchor_index = top // self.num_classes
+            flat = tf.reshape(tf.sigmoid(level_logits), [batch, count * columns])
+            top_scores, top = tf.math.top_k(flat, k=min(self.topk_candidates, count * columns))
+            anchor_index = top // columns
+            label = tf.gather(tf.constant(column_to_label), top % columns)  # -1: a column no class uses
             level_boxes = decode_boxes(tf.gather(level_deltas, anchor_index, batch_dims=1),
                                        tf.gather(level_anchors, anchor_index))
             boxes.append(clip_boxes(level_boxes, height, width))
-            scores.append(tf.where(top_scores > self.score_threshold, top_scores, 0.0))
-            classes.append(top % self.num_classes)
+            scores.append(tf.where((top_scores > self.score_threshold) & (label >= 0), top_scores, 0.0))
+            classes.append(tf.maximum(label, 0))
         boxes, scores, classes = (tf.concat(v, axis=1) for v in (boxes, scores, classes))
         # Each candidate is one (anchor, class) pair: its score goes in its class column, zeros elsewhere, which
         # the score threshold of the NMS then drops. Per-class NMS + best K overall = torchvision's batched_nms.
@@ -169,7 +185,8 @@ class RetinaNet(Detector):
                       focal_gamma=self.focal_gamma, box_loss=self.box_loss,
                       prior_probability=self.prior_probability, score_threshold=self.score_threshold,
                       nms_iou_threshold=self.nms_iou_threshold, topk_candidates=self.topk_candidates,
-                      image_mean=list(self.image_mean), image_std=list(self.image_std))
+                      image_mean=list(self.image_mean), image_std=list(self.image_std),
+                      label_ids=list(self.label_ids))
         return config
 
 

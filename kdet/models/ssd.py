@@ -83,12 +83,18 @@ class _MultiBoxDetector(Detector):
     loss_names = ("classification", "box_regression")
 
     def _setup_decoding(self, fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
-                        image_mean, image_std):
+                        image_mean, image_std, label_ids):
         self.fg_iou_threshold, self.neg_pos_ratio = float(fg_iou_threshold), float(neg_pos_ratio)
         self.score_threshold, self.nms_iou_threshold = float(score_threshold), float(nms_iou_threshold)
         self.topk_candidates = int(topk_candidates)
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.label_ids = tuple(range(1, self.num_classes + 1)) if label_ids is None else \
+            tuple(int(i) for i in label_ids)
+        if len(self.label_ids) != self.num_classes or len(set(self.label_ids)) != self.num_classes or \
+                min(self.label_ids) < 1:
+            raise ValueError(f"label_ids needs {self.num_classes} distinct columns >= 1 (0 is background), got "
+                             f"{label_ids}")
 
     def normalize(self, images):
         x = tf.cast(images, self.compute_dtype) / 255.0
@@ -99,9 +105,13 @@ class _MultiBoxDetector(Detector):
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
     def encode_targets(self, batch):
-        """Padded batch -> {"labels": [B, N] class or -1 (background), "box_targets": [B, N, 4]}."""
-        return anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
-                              "ssd", self.fg_iou_threshold, self.fg_iou_threshold, BOX_WEIGHTS)
+        """Padded batch -> {"labels": [B, N] head column - 1 (class c: label_ids[c] - 1) or -1 (background),
+        "box_targets": [B, N, 4]}."""
+        targets = anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
+                                 "ssd", self.fg_iou_threshold, self.fg_iou_threshold, BOX_WEIGHTS)
+        labels = targets["labels"]
+        columns = tf.gather(tf.constant(self.label_ids, tf.int32) - 1, tf.maximum(labels, 0))
+        return dict(targets, labels=tf.where(labels >= 0, columns, labels))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         classification, box_regression = multibox_loss(y["labels"], y["box_targets"], y_pred["cls_logits"],
@@ -115,7 +125,7 @@ class _MultiBoxDetector(Detector):
         height, width = self.image_size
         boxes = clip_boxes(decode_boxes(outputs["box_regression"], tf.constant(self.anchors)[None], BOX_WEIGHTS),
                            height, width)
-        scores = tf.nn.softmax(outputs["cls_logits"], axis=-1)[..., 1:]  # [B, N, C]
+        scores = tf.gather(tf.nn.softmax(outputs["cls_logits"], axis=-1), list(self.label_ids), axis=-1)  # [B, N, C]
         k = min(self.topk_candidates, len(self.anchors))
         # Per class, the k-th best score: anything below it is not a candidate (top-k before NMS, torchvision).
         kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # [B, C]
@@ -126,7 +136,7 @@ class _MultiBoxDetector(Detector):
         return dict(fg_iou_threshold=self.fg_iou_threshold, neg_pos_ratio=self.neg_pos_ratio,
                     score_threshold=self.score_threshold, nms_iou_threshold=self.nms_iou_threshold,
                     topk_candidates=self.topk_candidates, image_mean=list(self.image_mean),
-                    image_std=list(self.image_std))
+                    image_std=list(self.image_std), label_ids=list(self.label_ids))
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -142,23 +152,25 @@ class SSD(_MultiBoxDetector):
         fg_iou_threshold: matching IoU (0.5); neg_pos_ratio: hard negatives per positive (3).
         score_threshold, nms_iou_threshold, topk_candidates: decoding (0.01, 0.45, 400 per class).
         image_mean, image_std: normalisation on the 0..1 scale (torchvision's: 0..255 minus the mean).
+        label_ids: the softmax column of each class (default 1..K; 0 is background). torchvision's COCO SSD has 91
+            columns indexed by COCO category id: class c of kdet's contiguous COCO labels uses column label_ids[c].
 
-    call(images) -> {"cls_logits": [B, N, C + 1], "box_regression": [B, N, 4]}, N = 8732 at 300 x 300.
+    call(images) -> {"cls_logits": [B, N, max(label_ids) + 1], "box_regression": [B, N, 4]}, N = 8732 at 300 x 300.
     """
 
     def __init__(self, num_classes, image_size=(300, 300), max_detections=200, vgg_widths=VGG16_WIDTHS,
                  fc_width=1024, extra_widths=SSD300_EXTRA_WIDTHS, aspect_ratios=SSD300_RATIOS, scales=SSD300_SCALES,
                  steps=SSD300_STEPS, fg_iou_threshold=0.5, neg_pos_ratio=3.0, score_threshold=0.01,
                  nms_iou_threshold=0.45, topk_candidates=400, image_mean=SSD300_MEAN, image_std=SSD300_STD,
-                 **kwargs):
+                 label_ids=None, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         self._setup_decoding(fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
-                             image_mean, image_std)
+                             image_mean, image_std, label_ids)
         self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
         self.scales = tuple(float(s) for s in scales)
         self.steps = tuple(int(s) for s in steps)
         self.features = SSDVGGFeatures(vgg_widths, fc_width, extra_widths, name="backbone")
-        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], self.num_classes, name="head")
+        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], max(self.label_ids), name="head")
         self.anchors = default_boxes(self.image_size, SSDVGGFeatures.feature_sizes(self.image_size),
                                      self.aspect_ratios, self.scales, self.steps)
 
@@ -185,15 +197,16 @@ class SSDLite(_MultiBoxDetector):
     def __init__(self, num_classes, image_size=(320, 320), max_detections=100, alpha=1.0,
                  extra_widths=SSDLITE_EXTRA_WIDTHS, aspect_ratios=((2, 3),) * 6, min_ratio=0.2, max_ratio=0.95,
                  fg_iou_threshold=0.5, neg_pos_ratio=3.0, score_threshold=0.01, nms_iou_threshold=0.55,
-                 topk_candidates=300, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), **kwargs):
+                 topk_candidates=300, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), label_ids=None,
+                 **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         self._setup_decoding(fg_iou_threshold, neg_pos_ratio, score_threshold, nms_iou_threshold, topk_candidates,
-                             image_mean, image_std)
+                             image_mean, image_std, label_ids)
         self.alpha = float(alpha)
         self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
         self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
         self.features = MobileNetSSDLiteFeatures(self.image_size, self.alpha, extra_widths, name="backbone")
-        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], self.num_classes, separable=True,
+        self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], max(self.label_ids), separable=True,
                             name="head")
         sizes = MobileNetSSDLiteFeatures.feature_sizes(self.image_size, len(extra_widths))
         self.anchors = default_boxes(self.image_size, sizes, self.aspect_ratios,
