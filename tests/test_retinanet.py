@@ -1,5 +1,6 @@
 """RetinaNet: anchors per level, loss and decoding against numpy references, bad input, training and export."""
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -204,6 +205,18 @@ def test_config_round_trip_and_registry(model):
     assert clone.get_config() == model.get_config()
     with pytest.raises(ValueError, match="box_loss"):
         tiny(box_loss="l2")
+
+
+@pytest.mark.parametrize("name", ["retinanet_shapes", "retinanet_r18_fpn_bccd", "retinanet_r50_fpn_bccd",
+                                  "retinanet_resnet50_fpn_coco", "ssd300_shapes", "ssd300_bccd", "ssd300_vgg16_coco",
+                                  "ssdlite_shapes", "ssdlite_bccd"])
+def test_configs_load_and_construct(name):
+    from kdet.config import load_config
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    m = config.model
+    model = MODELS[m.name](num_classes=m.num_classes, image_size=tuple(m.image_size),
+                           max_detections=m.max_detections, **m.args)
+    assert len(model.anchors) > 0 and model.num_classes == m.num_classes
 
 
 def shapes_batches(model, count=16, batch_size=8, seed=0):
