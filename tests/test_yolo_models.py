@@ -1,6 +1,5 @@
 """YOLOv1 / Fast YOLO / YOLOv2 / tiny-YOLOv2: architecture, target encoding -> decoding round trips (numpy ground
 truth), passthrough against a numpy reorg, bad targets, and (slow) training on shapes + export parity."""
-import math
 
 import keras
 import numpy as np
@@ -186,6 +185,18 @@ def test_bad_targets_out_of_range_class_zero_size_and_empty_image():
             terms[name] = float(model._loss_trackers[name].result())
         assert terms["coord_loss"] == terms["object_loss"] == terms["class_loss"] == 0.0
         assert np.isfinite(terms["noobject_loss"]) and terms["noobject_loss"] > 0
+
+
+@pytest.mark.parametrize("name", ["yolov1_shapes", "yolov1_fast_shapes", "yolov2_shapes", "yolov2_tiny_shapes",
+                                  "yolov1_bccd", "yolov1_fast_bccd", "yolov2_bccd", "yolov2_tiny_bccd"])
+def test_configs_build(name):
+    from pathlib import Path
+
+    from kdet.api import build_model
+    from kdet.config import load_config
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    model = build_model(config)
+    assert model.num_classes == config.model.num_classes and model.image_size == tuple(config.model.image_size)
 
 
 def test_config_round_trip_and_registry():

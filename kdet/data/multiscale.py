@@ -79,4 +79,8 @@ def multiscale_batches(batches, sizes, every=10, seed=0, map_fn=None):
         return tf.switch_case(index, [functools.partial(branch, batch) for branch in branches])
 
     pairs = tf.data.Dataset.zip((size_schedule(len(sizes), every, seed), batches))
-    return pairs.map(apply, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    resized = pairs.map(apply, num_parallel_calls=AUTOTUNE)
+    count = int(batches.cardinality())
+    if count >= 0:  # the flat_map schedule hides it; Keras wants it to know an epoch's length
+        resized = resized.apply(tf.data.experimental.assert_cardinality(count))
+    return resized.prefetch(AUTOTUNE)

@@ -27,7 +27,7 @@ class YOLOv1(Detector):
         max_detections: K, rows of the detection dict.
         num_boxes: B, boxes per cell (2).
         width_multiplier: scales every conv's filters (1.0 = the paper).
-        fc_units: hidden fully connected widths ((4096,) in the paper).
+        fc_units: hidden fully connected widths; None = the class's `default_fc_units` ((4096,) in the paper).
         dropout: after the hidden FC layers (0.5).
         batch_norm: BatchNorm after each conv. The 2016 paper has none; Darknet's yolov1.cfg adds it, and it is what
             makes training from scratch on a CPU budget converge.
@@ -40,10 +40,11 @@ class YOLOv1(Detector):
     """
 
     backbone_layout = "yolo_v1"
+    default_fc_units = (4096,)
     loss_names = ("coord_loss", "object_loss", "noobject_loss", "class_loss")
 
     def __init__(self, num_classes, image_size=(448, 448), max_detections=100, num_boxes=2, width_multiplier=1.0,
-                 fc_units=(4096,), dropout=0.5, batch_norm=False, lambda_coord=5.0, lambda_noobj=0.5,
+                 fc_units=None, dropout=0.5, batch_norm=False, lambda_coord=5.0, lambda_noobj=0.5,
                  score_threshold=0.005, iou_threshold=0.5, pre_nms_top_k=1000, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
         self.backbone = DarknetBackbone(self.backbone_layout, width_multiplier, batch_norm, name="backbone")
@@ -54,6 +55,7 @@ class YOLOv1(Detector):
         self.grid_size = height // self.backbone.stride
         self.num_boxes = int(num_boxes)
         self.width_multiplier, self.batch_norm = float(width_multiplier), bool(batch_norm)
+        fc_units = self.default_fc_units if fc_units is None else fc_units
         self.fc_units, self.dropout = tuple(int(u) for u in fc_units), float(dropout)
         self.lambda_coord, self.lambda_noobj = float(lambda_coord), float(lambda_noobj)
         self.score_threshold, self.iou_threshold = float(score_threshold), float(iou_threshold)
@@ -102,7 +104,4 @@ class FastYOLO(YOLOv1):
     of 205 M."""
 
     backbone_layout = "fast_yolo"
-
-    def __init__(self, num_classes, image_size=(448, 448), max_detections=100, fc_units=(256, 4096), **kwargs):
-        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections,
-                         fc_units=fc_units, **kwargs)
+    default_fc_units = (256, 4096)

@@ -38,7 +38,7 @@ class YOLOv2(Detector):
         num_classes: C.
         image_size: (H, W), multiples of 32 (416 in the paper); the size `detect` and export run at.
         max_detections: K.
-        anchors: A priors (height, width) in grid cells.
+        anchors: A priors (height, width) in grid cells; None = the class's `default_anchors` (Darknet's VOC priors).
         width_multiplier: scales every conv's filters (1.0 = the paper).
         passthrough_channels: None = the paper's passthrough (26x26x512 -> 13x13x2048); 64 = yolo-voc.cfg's 1x1
             conv before the reorg.
@@ -57,15 +57,17 @@ class YOLOv2(Detector):
 
     backbone_layout = "darknet19"
     use_passthrough = True
+    default_anchors = VOC_ANCHORS
     stride = 32
     loss_names = ("coord_loss", "object_loss", "noobject_loss", "class_loss", "prior_loss")
 
-    def __init__(self, num_classes, image_size=(416, 416), max_detections=100, anchors=VOC_ANCHORS,
+    def __init__(self, num_classes, image_size=(416, 416), max_detections=100, anchors=None,
                  width_multiplier=1.0, passthrough_channels=None, lambda_coord=1.0, lambda_object=5.0,
                  lambda_noobject=1.0, lambda_class=1.0, ignore_threshold=0.6, prior_weight=0.01,
                  prior_warmup_images=12800, multiscale_sizes=PAPER_MULTISCALE_SIZES, multiscale_every=10,
                  score_threshold=0.005, iou_threshold=0.45, pre_nms_top_k=1000, **kwargs):
         super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections, **kwargs)
+        anchors = self.default_anchors if anchors is None else anchors
         self.anchors = tuple((float(h), float(w)) for h, w in anchors)
         if not self.anchors or any(h <= 0 or w <= 0 for h, w in self.anchors):
             raise ValueError(f"anchors must be a non-empty list of positive [height, width] in cells, got {anchors}")
@@ -160,7 +162,4 @@ class TinyYOLOv2(YOLOv2):
 
     backbone_layout = "tiny_darknet"
     use_passthrough = False
-
-    def __init__(self, num_classes, image_size=(416, 416), max_detections=100, anchors=TINY_VOC_ANCHORS, **kwargs):
-        super().__init__(num_classes=num_classes, image_size=image_size, max_detections=max_detections,
-                         anchors=anchors, **kwargs)
+    default_anchors = TINY_VOC_ANCHORS

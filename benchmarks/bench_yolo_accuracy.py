@@ -1,0 +1,165 @@
+"""YOLO accuracy on BCCD: VOC mAP@0.5 on the test split for YOLOv1, Fast YOLO, YOLOv2 and tiny-YOLOv2 trained from
+scratch on the CPU with a stated budget (the configs' epochs), YOLOv2's mAP against input size (the paper's 288 ... 544
+table, same weights), TFLite fp32 vs int8 mAP for the YOLOv2 models, and the k-means priors' mean IoU against
+hand-picked priors. One JSON line per figure.
+
+    python benchmarks/bench_yolo_accuracy.py                                   # all four variants
+    python benchmarks/bench_yolo_accuracy.py --variants yolov2 --epochs 4      # a shorter budget
+    python benchmarks/bench_yolo_accuracy.py --variants yolov2 --reuse         # evaluate the saved weights again
+
+Run from the repository root (the configs' data paths are relative to it). Training uses `model.fit` on the
+`kdet.data.pipeline` batches; YOLOv2 variants get multi-scale batches (`kdet.data.multiscale`), a new size from the
+model's `multiscale_sizes` every `multiscale_every` batches. Weights go to OUT/<variant>.weights.h5.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet import training
+from kdet.api import build_model, load_split
+from kdet.config import load_config
+from kdet.data.anchors_kmeans import compute_priors
+from kdet.data.multiscale import multiscale_batches
+from kdet.data.pipeline import make_tf_dataset
+from kdet.evaluation import evaluate_detections, evaluate_model
+from kdet.export import export_tflite, load_runner
+
+VARIANTS = {
+    "yolov1": "configs/yolov1_bccd.yaml",
+    "yolov1_fast": "configs/yolov1_fast_bccd.yaml",
+    "yolov2": "configs/yolov2_bccd.yaml",
+    "yolov2_tiny": "configs/yolov2_tiny_bccd.yaml",
+}
+PAPER_EVAL_SIZES = (288, 352, 416, 480, 544)
+
+
+def emit(name, value, unit, **extra):
+    print(json.dumps({"name": name, "value": round(float(value), 4), "unit": unit, **extra}), flush=True)
+
+
+def train(config, epochs):
+    """Fit the config's model on its train split for `epochs`; returns (model, seconds, steps)."""
+    keras.utils.set_random_seed(config.train.seed)
+    model = build_model(config)
+    model.compile(optimizer=training.make_optimizer(config.train))
+    dataset = load_split(config, "train")
+    size = tuple(config.model.image_size)
+    batches = make_tf_dataset(dataset, size, config.train.batch_size, training=True, augment=config.data.augment,
+                              resize=config.data.resize, seed=config.train.seed)
+
+    def to_xy(batch):
+        return batch["images"], model.encode_targets(batch)
+
+    if getattr(model, "multiscale_sizes", ()):
+        data = multiscale_batches(batches, model.multiscale_sizes, every=model.multiscale_every,
+                                  seed=config.train.seed, map_fn=to_xy)
+    else:
+        data = batches.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
+    start = time.perf_counter()
+    history = model.fit(data, epochs=epochs, verbose=2, shuffle=False)
+    steps = int(model.optimizer.iterations.numpy())
+    print(json.dumps({"loss_by_epoch": [round(v, 3) for v in history.history["loss"]]}), flush=True)
+    return model, time.perf_counter() - start, steps
+
+
+def at_size(model, size):
+    """The same weights in a model built for another (square) input size (fully convolutional models only)."""
+    config = dict(model.get_config(), image_size=[size, size])
+    clone = type(model).from_config(config)
+    clone(tf.zeros([1, size, size, 3]))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def runner_map(path, dataset, image_size, resize):
+    """VOC mAP@0.5 of an exported artifact (via `kdet.export.load_runner`) on a dataset."""
+    runner = load_runner(path)
+    detections = []
+    for batch in make_tf_dataset(dataset, image_size, 8, resize=resize):
+        images = np.clip(np.round(batch["images"].numpy()), 0, 255).astype(np.uint8)
+        out = runner(images)
+        scale = np.tile(batch["scale"].numpy(), [1, 2])
+        for i, image_id in enumerate(batch["image_id"].numpy()):
+            n = int(out["num_detections"][i])
+            detections.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
+                               "classes": out["classes"][i, :n], "image_id": int(image_id)})
+    return evaluate_detections(dataset, detections, "voc")["mAP50"]
+
+
+def calibration_images(config, count=32):
+    dataset = load_split(config, "train")
+    batches = make_tf_dataset(dataset, tuple(config.model.image_size), 8, resize=config.data.resize)
+    images = np.concatenate([b["images"].numpy() for b in batches.take((count + 7) // 8)])[:count]
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def run_variant(variant, epochs, out, reuse):
+    config = load_config(VARIANTS[variant])
+    epochs = epochs or config.train.epochs
+    weights = out / f"{variant}.weights.h5"
+    test = load_split(config, "test")
+    if reuse and weights.is_file():
+        model = build_model(config)
+        model.load_weights(str(weights))
+        budget = {"budget": "reused weights"}
+    else:
+        model, seconds, steps = train(config, epochs)
+        model.save_weights(str(weights))
+        budget = {"budget": f"{epochs} epochs, {steps} steps of {config.train.batch_size} images, "
+                            f"{seconds / 60:.1f} min wall on 2 shared CPU cores"}
+        emit(f"{variant}_bccd_train_minutes", seconds / 60, "min", epochs=epochs, steps=steps)
+    size = config.model.image_size[0]
+    results = evaluate_model(model, test, "both", resize=config.data.resize, progress=False)
+    emit(f"{variant}_bccd_test_mAP50", results["mAP50"], "VOC mAP@0.5", image_size=size,
+         per_class={k: round(v, 4) for k, v in results["per_class_AP50"].items()}, **budget)
+    emit(f"{variant}_bccd_test_AP", results["AP"], "COCO AP@[.5:.95]", image_size=size, **budget)
+    if variant == "yolov2":
+        for eval_size in PAPER_EVAL_SIZES:
+            value = evaluate_model(at_size(model, eval_size), test, "voc", resize=config.data.resize,
+                                   progress=False)["mAP50"]
+            emit(f"{variant}_bccd_test_mAP50_at_{eval_size}", value, "VOC mAP@0.5", image_size=eval_size, **budget)
+    if variant.startswith("yolov2"):
+        calibration = calibration_images(config)
+        fp32 = export_tflite(model, out / f"{variant}.tflite")
+        int8 = export_tflite(model, out / f"{variant}_int8.tflite", quantize="int8",
+                             representative_images=calibration)
+        maps = {name: runner_map(path, test, tuple(config.model.image_size), config.data.resize)
+                for name, path in (("fp32", fp32), ("int8", int8))}
+        for name, value in maps.items():
+            emit(f"{variant}_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", image_size=size, **budget)
+        emit(f"{variant}_bccd_int8_minus_fp32_mAP50", 100 * (maps["int8"] - maps["fp32"]), "points",
+             calibration_images=len(calibration))
+
+
+def run_priors():
+    config = load_config(VARIANTS["yolov2"])
+    result = compute_priors(load_split(config, "train"), 5, tuple(config.model.image_size))
+    emit("bccd_kmeans5_priors_mean_iou", result["mean_iou"], "IoU", boxes=result["num_boxes"],
+         priors_cells=result["priors_cells"])
+    for name, value in result["hand_picked"].items():
+        emit(f"bccd_hand_picked_{name}_mean_iou", value, "IoU")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, help="override every config's train.epochs")
+    parser.add_argument("--out", default="runs/bench_yolo")
+    parser.add_argument("--reuse", action="store_true", help="evaluate saved weights instead of training")
+    parser.add_argument("--skip-priors", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_priors:
+        run_priors()
+    for variant in args.variants:
+        run_variant(variant, args.epochs, out, args.reuse)
+
+
+if __name__ == "__main__":
+    main()
