@@ -1,0 +1,70 @@
+"""SSD300 and SSDLite accuracy on BCCD under a fixed CPU budget: COCO AP and VOC mAP@0.5 on the test split, trained
+from scratch with the paper's augmentation (photometric, expand, min-IoU crop, flip: kdet.data.ssd_augment), and the
+SSDLite int8 TFLite model's mAP against its float32 TFLite twin. One JSON line per figure.
+
+    python benchmarks/bench_ssd_accuracy.py                        # 600 CPU-seconds per model
+    python benchmarks/bench_ssd_accuracy.py --variants ssdlite --cpu-seconds 300
+
+Same budget rule as bench_retinanet_accuracy.py (process CPU time, so the figures compare across models on a
+shared machine). Run from the repository root.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_retinanet_accuracy import emit, evaluate_test, train_budgeted  # noqa: E402
+
+from kdet.api import load_split  # noqa: E402
+from kdet.config import load_config  # noqa: E402
+from kdet.data.pipeline import make_tf_dataset  # noqa: E402
+from kdet.data.ssd_augment import SSDAugment  # noqa: E402
+from kdet.evaluation import evaluate_detections  # noqa: E402
+from kdet.export import export_tflite, load_runner  # noqa: E402
+
+VARIANTS = {"ssd300": "configs/ssd300_bccd.yaml", "ssdlite": "configs/ssdlite_bccd.yaml"}
+
+
+def artifact_map(path, dataset, config):
+    """VOC mAP@0.5 of an exported artifact on a dataset (boxes mapped back to each image's frame)."""
+    runner = load_runner(path)
+    detections = []
+    for batch in make_tf_dataset(dataset, tuple(config.model.image_size), 8, resize=config.data.resize):
+        out = runner(np.clip(np.round(batch["images"].numpy()), 0, 255).astype(np.uint8))
+        scale = np.tile(batch["scale"].numpy(), [1, 2])
+        for i, image_id in enumerate(batch["image_id"].numpy()):
+            n = int(out["num_detections"][i])
+            detections.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
+                               "classes": out["classes"][i, :n], "image_id": int(image_id)})
+    return evaluate_detections(dataset, detections, "voc")["mAP50"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--cpu-seconds", type=float, default=600.0, help="training budget per model")
+    parser.add_argument("--out", default="runs/bench_ssd")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for variant in args.variants:
+        config = load_config(VARIANTS[variant])
+        model, stats = train_budgeted(config, args.cpu_seconds, element_map=SSDAugment())
+        evaluate_test(variant, model, config, stats, args.cpu_seconds)
+        if variant == "ssdlite":
+            test = load_split(config, "test")
+            calibration = make_tf_dataset(load_split(config, "train"), tuple(config.model.image_size), 32)
+            images = np.clip(np.round(next(iter(calibration))["images"].numpy()), 0, 255).astype(np.uint8)
+            fp32 = export_tflite(model, out / "ssdlite.tflite")
+            int8 = export_tflite(model, out / "ssdlite_int8.tflite", quantize="int8", representative_images=images)
+            maps = {"fp32": artifact_map(fp32, test, config), "int8": artifact_map(int8, test, config)}
+            for name, value in maps.items():
+                emit(f"ssdlite_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", **stats)
+            emit("ssdlite_bccd_int8_minus_fp32_mAP50", 100 * (maps["int8"] - maps["fp32"]), "points",
+                 calibration_images=len(images))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""SSD latency: kdet's SSD300 vs torchvision's ssd300_vgg16 (same seeded weights, same image, same threads, timed
+round-robin in one process) as a ratio, and SSDLite (MobileNetV2, 320 x 320) as TFLite float32 vs int8 (builtins
+only, LiteRT interpreter), with the artifacts' sizes. One JSON line per figure.
+
+    /tmp/tvenv/bin/python benchmarks/bench_ssd_speed.py      # with torch: includes the torchvision ratio
+    python benchmarks/bench_ssd_speed.py --skip-torch        # TFLite figures only
+
+int8 calibration uses 32 BCCD training images (real pixels; random-init weights, so only speed and size are
+meaningful here; bench_ssd_accuracy.py measures the mAP of a trained int8 model).
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+# OpenMP threads that spin while waiting (torch's default) crawl when the 2 cores are shared with other jobs:
+# measured 10 s instead of 1 s for one torchvision RetinaNet call at load 10. Passive waiting, as TF's pool does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+try:  # torch must be imported before TensorFlow initialises, or importing torchvision later segfaults
+    import torch
+    import torchvision.models.detection  # noqa: F401
+except ImportError:
+    torch = None
+
+THREADS = int(os.environ.get("KDET_BENCH_THREADS", "2"))
+import tensorflow as tf  # noqa: E402
+
+tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_retinanet_speed import emit, round_robin, smooth_image  # noqa: E402
+
+from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
+from kdet.data.io import load_dataset  # noqa: E402
+from kdet.data.pipeline import make_tf_dataset  # noqa: E402
+from kdet.export import export_tflite  # noqa: E402
+from kdet.models.ssd import SSD, SSDLite  # noqa: E402
+
+WEIGHT_SEED, CLS_WEIGHT_SCALE, BACKGROUND_BIAS = 300, 1.0, 8.5  # as tests/reference/make_ssd_twin_fixtures.py
+BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "BCCD"
+
+
+def seeded_state(shapes):
+    state = seeded_state_dict(shapes, WEIGHT_SEED)
+    for k in range(6):
+        state[f"head.classification_head.module_list.{k}.weight"] *= CLS_WEIGHT_SCALE
+        state[f"head.classification_head.module_list.{k}.bias"][::91] = BACKGROUND_BIAS
+    return state
+
+
+def torchvision_ssd(state):
+    import torch
+    from torchvision.models.detection import ssd300_vgg16
+    torch.set_num_threads(THREADS)
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+
+    def run(images):
+        with torch.no_grad():
+            return model([torch.from_numpy(images[0].transpose(2, 0, 1).astype(np.float32) / 255.0)])
+    return run
+
+
+def ssd300_vs_torchvision(runs, warmup):
+    model = SSD(90)
+    state = seeded_state(torch_shapes(model))
+    load_state_dict(model, state)
+    images = smooth_image(300)
+    runners = {"kdet": lambda x: model.predict_on_batch(x), "torchvision": torchvision_ssd(state)}
+    medians = round_robin(runners, images, runs, warmup)
+    common = dict(image_size=300, threads=THREADS, runs=runs, batch=1)
+    for name, value in medians.items():
+        emit(f"ssd300_vgg16_{name}_median_latency", value, "ms", **common)
+    emit("ssd300_vgg16_kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "ratio", **common)
+
+
+def interpreter_runner(path):
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
+    interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner("serving_default")
+    name = next(iter(runner.get_input_details()))
+    return lambda images: runner(**{name: images})
+
+
+def ssdlite_tflite(runs, warmup, size=320):
+    keras.utils.set_random_seed(0)
+    model = SSDLite(3, image_size=(size, size))
+    dataset = load_dataset("voc", str(BCCD), split="train")
+    batch = next(iter(make_tf_dataset(dataset, (size, size), 32)))
+    calibration = np.clip(np.round(batch["images"].numpy()), 0, 255).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"fp32": export_tflite(model, Path(tmp) / "ssdlite.tflite"),
+                 "int8": export_tflite(model, Path(tmp) / "ssdlite_int8.tflite", quantize="int8",
+                                       representative_images=calibration)}
+        runners = {name: interpreter_runner(path) for name, path in paths.items()}
+        sizes = {name: Path(path).stat().st_size / 1e6 for name, path in paths.items()}
+        medians = round_robin(runners, calibration[:1], runs, warmup)
+    common = dict(image_size=size, threads=THREADS, runs=runs, batch=1, runtime="ai-edge-litert")
+    for name in ("fp32", "int8"):
+        emit(f"ssdlite_mobilenet_v2_{size}_tflite_{name}_median_latency", medians[name], "ms", **common)
+        emit(f"ssdlite_mobilenet_v2_{size}_tflite_{name}_size", sizes[name], "MB")
+    emit(f"ssdlite_mobilenet_v2_{size}_tflite_int8_speedup", medians["fp32"] / medians["int8"], "x", **common)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_torch:
+        try:
+            ssd300_vs_torchvision(args.runs, args.warmup)
+        except ImportError as error:
+            emit("ssd300_vgg16_torchvision_skipped", 0, "flag", reason=str(error))
+    ssdlite_tflite(args.runs * 2, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
