@@ -123,3 +123,26 @@ def test_final_detections(data, model):
                           and np.max(np.abs(detections["boxes"][i, j] - box)) <= 0.5]
             assert candidates, (i, box, score, label)
             free.remove(candidates[0])
+
+
+# The 80 COCO category ids (torchvision's labels; its 91-column predictor leaves the other ids unused).
+COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+
+
+def test_label_ids_select_predictor_columns(data, state):
+    """num_classes=80 with label_ids = the COCO ids (kdet's COCO reader's labels) loads the same 91-column weights and
+    gives torchvision's detections of those classes, class c being category COCO_IDS[c]."""
+    height, width = data["images"].shape[1:3]
+    model = FasterRCNN(num_classes=80, image_size=(height, width), label_ids=COCO_IDS)
+    model(data["images"][:1].astype(np.float32))
+    load_faster_rcnn_state_dict(model, state)
+    detections = {k: v.numpy() for k, v in model.detect(data["images"].astype(np.float32)).items()}
+    for i in range(len(data["images"])):
+        labels = data[f"det{i}_labels"]
+        kept = np.isin(labels, COCO_IDS)
+        n = int(detections["num_detections"][i])
+        ours = np.asarray(COCO_IDS)[detections["classes"][i, :n]]
+        if len(labels) < 100:  # under the cap, dropping the unused columns only drops their detections
+            assert n == kept.sum()
+        np.testing.assert_array_equal(ours[:kept.sum()], labels[kept])
+        np.testing.assert_allclose(detections["boxes"][i, :kept.sum()], data[f"det{i}_boxes"][kept], atol=0.5)

@@ -111,7 +111,7 @@ def fast_rcnn_loss(class_logits, box_regression, roi_labels, roi_box_targets):
 
 def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_size, max_detections,
                            box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05, nms_threshold=0.5,
-                           min_size=1e-2, topk_candidates=1000):
+                           min_size=1e-2, topk_candidates=1000, class_columns=None):
     """torchvision RoIHeads.postprocess_detections as a fixed-shape detection dict.
 
     torchvision turns every (RoI, class) pair into a candidate box, keeps those scoring above the threshold, runs
@@ -127,19 +127,22 @@ def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_
         max_detections: rows of the output (torchvision detections_per_img, 100).
         score_threshold: keep class probabilities strictly above it; min_size: drop boxes with a side below it.
         topk_candidates: (RoI, class) pairs that enter the NMS.
+        class_columns: the predictor column of each output class (default 1..K, every non-background column);
+            e.g. the 80 category ids of torchvision's 91-column COCO predictor.
     Returns:
         {"boxes": [B, D, 4] yxyx, "scores": [B, D], "classes": [B, D] int32 0-based, "num_detections": [B]}.
     """
-    num_classes = class_logits.shape[-1] - 1
-    probabilities = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]  # drop background
+    columns = list(range(1, class_logits.shape[-1])) if class_columns is None else [int(c) for c in class_columns]
+    num_classes = len(columns)
+    probabilities = tf.gather(tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1), columns, axis=-1)
     probabilities = tf.where(roi_valid[..., None], probabilities, 0.0)
     batch, num_rois = tf.shape(probabilities)[0], tf.shape(probabilities)[1]
     flat = tf.reshape(probabilities, [batch, -1])
     k = topk_candidates if rois.shape[1] is None else min(topk_candidates, rois.shape[1] * num_classes)
     top_scores, top = tf.math.top_k(flat, k=k)  # [B, k], by descending score, ties by lower index
     roi_index, class_index = top // num_classes, top % num_classes
-    deltas = tf.gather(tf.reshape(tf.cast(box_regression, tf.float32)[..., 1:, :], [batch, -1, 4]), top,
-                       batch_dims=1)
+    class_deltas = tf.gather(tf.cast(box_regression, tf.float32), columns, axis=2)  # [B, R, K, 4]
+    deltas = tf.gather(tf.reshape(class_deltas, [batch, -1, 4]), top, batch_dims=1)
     boxes = clip_boxes(decode_boxes(deltas, tf.gather(rois, roi_index, batch_dims=1), box_weights), *image_size)
     heights, widths = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     keep = (heights >= min_size) & (widths >= min_size)

@@ -54,6 +54,9 @@ class FasterRCNN(Detector):
     """Args:
         num_classes: K foreground classes; the box head has K + 1 outputs, 0 = background, as torchvision's. Its
             91-output COCO model is num_classes=90: torchvision label L (a COCO category id) is kdet class L - 1.
+        label_ids: the predictor column of each class (default 1..K). With torchvision's COCO weights and kdet's
+            COCO reader (80 contiguous labels), pass the 80 category ids: the predictor keeps its 91 columns and
+            class c of the data trains and predicts column label_ids[c].
         image_size: (H, W) of the network input; max_detections: rows of the detection dict (100).
         backbone: "resnet_fpn", "resnet_c4" or "vgg16" (module docstring).
         depth, base_width, frozen_stages, frozen_bn: the ResNet (kdet.backbones.resnet.ResNet).
@@ -79,13 +82,15 @@ class FasterRCNN(Detector):
     call(images [B, H, W, 3] 0..255, or {"images": ..., "proposals": [B, P, 4] yxyx pixels, zero rows = none}) ->
         {"rpn_objectness": [B, N], "rpn_box_deltas": [B, N, 4] (absent when proposals are given),
          "proposals": [B, P, 4], "proposal_valid": [B, P] bool, "features": [roi feature maps],
-         and at inference "class_logits": [B, P, K + 1], "box_regression": [B, P, K + 1, 4]}.
+         and at inference "class_logits": [B, P, C + 1], "box_regression": [B, P, C + 1, 4]},
+    C = max(label_ids) (= K by default).
     N = number of anchors (`self.anchors`, [N, 4] yxyx pixels, same order).
     """
 
     loss_names = ("rpn_objectness", "rpn_box_regression", "classification", "box_regression")
 
-    def __init__(self, num_classes, image_size=(800, 1088), max_detections=100, backbone="resnet_fpn", depth=50,
+    def __init__(self, num_classes, image_size=(800, 1088), max_detections=100, label_ids=None, backbone="resnet_fpn",
+                 depth=50,
                  base_width=64, frozen_stages=0, frozen_bn=False, vgg_widths=VGG16_WIDTHS, fpn_channels=256,
                  backbone_weights=None, anchor_sizes=None, aspect_ratios=(0.5, 1.0, 2.0),
                  rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_train=2000,
@@ -102,6 +107,11 @@ class FasterRCNN(Detector):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         vgg = backbone == "vgg16"
+        self.label_ids = tuple(range(1, self.num_classes + 1)) if label_ids is None else tuple(int(i) for i in label_ids)
+        if len(self.label_ids) != self.num_classes or len(set(self.label_ids)) != self.num_classes or \
+                min(self.label_ids) < 1:
+            raise ValueError(f"label_ids needs {self.num_classes} distinct columns >= 1 (0 is background), got "
+                             f"{label_ids}")
         if roi_pooling == "pool" and backbone == "resnet_fpn":
             raise ValueError("roi_pooling='pool' needs a single feature map (resnet_c4 or vgg16); FPN uses 'align'")
         self.backbone_name, self.stage = backbone, stage
@@ -171,7 +181,7 @@ class FasterRCNN(Detector):
             self.roi_align = None  # RoI max pooling is a plain op call (kdet.ops.roi_pool)
         self.box_head = None if backbone == "resnet_c4" else TwoFCHead(self.representation_size, self.head_dropout,
                                                                       name="box_head")
-        self.box_predictor = BoxPredictor(self.num_classes, name="box_predictor")
+        self.box_predictor = BoxPredictor(max(self.label_ids), name="box_predictor")
         if backbone_weights:
             self.load_backbone_weights(backbone_weights)
 
@@ -258,7 +268,10 @@ class FasterRCNN(Detector):
                 y_pred["rpn_objectness"], y_pred["rpn_box_deltas"], y["rpn_labels"], y["rpn_box_targets"])
         if self.stage in ("joint", "fast_rcnn"):
             b = self.box_settings
-            samples = sample_rois(y_pred["proposals"], y_pred["proposal_valid"], y["boxes"], y["labels"],
+            # sample_rois gives class + 1; the predictor column of class c is label_ids[c].
+            columns = tf.constant(self.label_ids, tf.int32) - 1
+            labels = tf.where(y["labels"] >= 0, tf.gather(columns, tf.maximum(y["labels"], 0)), -1)
+            samples = sample_rois(y_pred["proposals"], y_pred["proposal_valid"], y["boxes"], labels,
                                   b["box_fg_iou_threshold"], b["box_bg_iou_threshold"],
                                   b["box_batch_size_per_image"], b["box_positive_fraction"], self.bbox_reg_weights)
             class_logits, box_regression = self.box_head_outputs(y_pred["features"], samples["rois"], training)
@@ -273,7 +286,7 @@ class FasterRCNN(Detector):
         return postprocess_detections(outputs["class_logits"], outputs["box_regression"], outputs["proposals"],
                                       outputs["proposal_valid"], self.image_size, self.max_detections,
                                       self.bbox_reg_weights, b["box_score_threshold"], b["box_nms_threshold"],
-                                      topk_candidates=b["box_topk_candidates"])
+                                      topk_candidates=b["box_topk_candidates"], class_columns=self.label_ids)
 
     # -- backbone weights ---------------------------------------------------------------------------------------------
     def load_backbone_weights(self, path):
@@ -300,7 +313,7 @@ class FasterRCNN(Detector):
 
     def get_config(self):
         config = super().get_config()
-        config.update(backbone=self.backbone_name, depth=self.depth, base_width=self.base_width,
+        config.update(label_ids=list(self.label_ids), backbone=self.backbone_name, depth=self.depth, base_width=self.base_width,
                       frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn, vgg_widths=list(self.vgg_widths),
                       fpn_channels=self.fpn_channels, backbone_weights=None,
                       anchor_sizes=[list(level) for level in self.anchor_sizes],
