@@ -24,6 +24,9 @@ def _parser():
     p = sub.add_parser("train", help="train with model.fit, checkpoint every epoch")
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    p.add_argument("--schedule", choices=["joint", "alternating"], default="joint",
+                   help="two-stage detectors: approximate joint training (one fit) or the paper's 4-step alternation")
+    p.add_argument("--proposals", help="Fast R-CNN mode: train the second stage on the boxes of this JSON file")
 
     p = sub.add_parser("evaluate", help="COCO AP (pycocotools) and VOC mAP@0.5 on a split")
     _add_config(p)
@@ -31,6 +34,7 @@ def _parser():
     p.add_argument("--checkpoint", help="weights file (default: the run's last checkpoint)")
     p.add_argument("--metric", choices=["coco", "voc", "both"], default="both")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--proposals", help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
 
     p = sub.add_parser("predict", help="detect objects in images; write annotated PNG + JSON per image")
     _add_config(p)
@@ -106,12 +110,24 @@ def _print_figures(results):
 
 def _run(args):
     import kdet.api as api
-    if args.command == "train":
+    if args.command == "train" and (args.schedule == "alternating" or args.proposals):
+        from kdet import training_schedules
+        if args.proposals:
+            training_schedules.train_fast_rcnn(args.config, args.proposals, args.overrides)
+        else:
+            training_schedules.train_alternating(args.config, args.overrides)
+        print("trained; checkpoint in train.output_dir")
+    elif args.command == "train":
         result = api.train(args.config, args.overrides, resume=args.resume)
         print(f"trained {result['epochs']} epochs; checkpoint {result['checkpoint']}")
     elif args.command == "evaluate":
-        results = api.evaluate(args.config, args.overrides, split=args.split, checkpoint=args.checkpoint,
-                               metric=args.metric)
+        if args.proposals:
+            from kdet.training_schedules import evaluate_fast_rcnn
+            results = evaluate_fast_rcnn(args.config, args.proposals, args.overrides, split=args.split,
+                                         checkpoint=args.checkpoint, metric=args.metric)
+        else:
+            results = api.evaluate(args.config, args.overrides, split=args.split, checkpoint=args.checkpoint,
+                                   metric=args.metric)
         _print_figures(results)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
