@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from kdet.data.label_image import segmentation_masks
+from kdet.data.label_image import check_segmentation, record_mask
 from kdet.data.pipeline import make_tf_dataset
 from kdet.metrics.miou import SegmentationEvaluator
 
@@ -49,14 +49,14 @@ def evaluate_semantic(model, dataset, batch_size=4, resize="stretch", ignore_ind
         (classes: "background" then dataset.class_names).
     """
     num_classes = model.num_mask_classes
-    masks = dict(segmentation_masks(dataset, num_classes, ignore_index))  # sizes and ids checked before running
+    check_segmentation(dataset, num_classes, ignore_index)  # every mask's size and ids, before the model runs
     evaluator = SegmentationEvaluator(num_classes, ignore_index)
     count = 0
     for record, probabilities in predict_semantic(model, dataset, batch_size, resize, progress):
-        name = record.segmentation_path or getattr(record, "source", None) or record.name
-        if name not in masks:
+        mask = record_mask(record)  # read again here: a whole dataset's masks need not fit in memory
+        if mask is None:
             continue
-        evaluator.update(probabilities.argmax(-1), masks[name])
+        evaluator.update(probabilities.argmax(-1), mask)
         count += 1
     result = evaluator.result()
     names = ["background"] + list(dataset.class_names)

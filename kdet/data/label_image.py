@@ -78,7 +78,7 @@ def _instance_record(image, labels, image_id, name):
     record = Record(image_id=image_id, height=height, width=width, boxes=boxes, labels=np.zeros(len(ids), np.int32),
                     image=np.ascontiguousarray(image), masks=masks,
                     segmentation=semantic_from_instances(labels))
-    record.source = name  # for messages; Record.name falls back to "image <id>" for in-memory images
+    record.source = name  # named in mask errors (mask_name); Record.name would only say "image <id>"
     return record
 
 
@@ -141,29 +141,41 @@ def load_label_image_dataset(root, split="train", image="img2d.tif", labels="mas
     return load_instance_tiles(root / image, root / labels, split, tile_size, stride, tuple(holdout), class_name)
 
 
-def segmentation_masks(dataset, num_classes=None, ignore_index=255):
-    """Yield (name, int32 [H, W] mask) for every record that has a semantic mask, after checking it.
+def record_mask(record, num_classes=None, ignore_index=255):
+    """The checked int32 [H, W] semantic mask of one record, or None when it has none.
 
     A mask whose size differs from its image, or (when num_classes is given: the mask classes, background
     included) a class id outside 0..num_classes-1 that is not `ignore_index`, raises DataError naming the file.
     """
+    if record.segmentation is None and record.segmentation_path is None:
+        return None
+    name = mask_name(record)
+    mask = np.asarray(record.segmentation if record.segmentation is not None
+                      else read_segmentation(record.segmentation_path))
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.shape != (record.height, record.width):
+        raise DataError(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                              f"{record.width}x{record.height}")
+    if num_classes is not None:
+        bad = (mask != ignore_index) & ((mask < 0) | (mask >= num_classes))
+        if bad.any():
+            raise DataError(name, f"class id {int(mask[bad][0])} is not in the {num_classes} classes "
+                                  f"(0..{num_classes - 1}) nor the ignore value {ignore_index}")
+    return mask.astype(np.int32)
+
+
+def mask_name(record):
+    """What an error about a record's mask names: its PNG, the tile it was cut from, or the record."""
+    return record.segmentation_path or getattr(record, "source", None) or record.name
+
+
+def segmentation_masks(dataset, num_classes=None, ignore_index=255):
+    """Yield (name, int32 [H, W] mask) for every record that has a semantic mask, checked by `record_mask`."""
     for record in dataset.records:
-        if record.segmentation is None and record.segmentation_path is None:
-            continue
-        name = record.segmentation_path or getattr(record, "source", None) or record.name
-        mask = np.asarray(record.segmentation if record.segmentation is not None
-                          else read_segmentation(record.segmentation_path))
-        if mask.ndim == 3 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
-        if mask.shape != (record.height, record.width):
-            raise DataError(name, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                                  f"{record.width}x{record.height}")
-        if num_classes is not None:
-            bad = (mask != ignore_index) & ((mask < 0) | (mask >= num_classes))
-            if bad.any():
-                raise DataError(name, f"class id {int(mask[bad][0])} is not in the {num_classes} classes "
-                                      f"(0..{num_classes - 1}) nor the ignore value {ignore_index}")
-        yield name, mask.astype(np.int32)
+        mask = record_mask(record, num_classes, ignore_index)
+        if mask is not None:
+            yield mask_name(record), mask
 
 
 def check_segmentation(dataset, num_classes, ignore_index=255):
