@@ -53,3 +53,17 @@ def test_dilated_resnet_strides_and_registration():
     with pytest.raises(ValueError, match="False before True"):
         DilatedResNet(50, (True, False, True))
     assert MODELS["fcn_resnet"] is FCNResNet
+
+
+def test_small_fcn_resnet_round_trips_its_config_and_adds_half_the_aux_loss():
+    import keras
+    keras.utils.set_random_seed(0)
+    model = FCNResNet(2, (32, 40), base_width=8)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 40, 3)).astype(np.uint8)
+    out = model(images)
+    assert out["logits"].shape == out["aux_logits"].shape == (2, 32, 40, 3)
+    assert FCNResNet.from_config(model.get_config()).get_config() == model.get_config()
+    labels = {"labels": np.random.default_rng(1).integers(0, 3, (2, 32, 40)).astype(np.int32)}
+    total = float(model.compute_loss(y=labels, y_pred=out))
+    parts = {m.name: float(m.result()) for m in model.metrics if m.name in ("pixel_loss", "aux_loss")}
+    assert total == pytest.approx(parts["pixel_loss"] + 0.5 * parts["aux_loss"], rel=1e-5)
