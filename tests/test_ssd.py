@@ -276,6 +276,8 @@ def test_ssdlite_tflite_fp32_and_int8(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="issue 8 open: passes alone, failed once under xdist; a score tie at the quantile threshold "
+                          "is the suspect", strict=False)
 def test_ssd300_export_parity(tmp_path):
     keras.utils.set_random_seed(5)
     model = SSD(3, max_detections=100, topk_candidates=400, **TINY_SSD)
