@@ -4,6 +4,7 @@ sigmoid cross-entropy instead of focal loss, under the same budget. One JSON lin
 
     python benchmarks/bench_retinanet_accuracy.py                         # 600 CPU-seconds per model
     python benchmarks/bench_retinanet_accuracy.py --cpu-seconds 300 --variants r18 r18_ce
+    python benchmarks/bench_retinanet_accuracy.py --variants r18 r18_ce --seed 1     # another seed, same budget
 
 The budget is CPU time of this process (user + system, all threads), not wall time, because the 2 cores are shared
 with other jobs: 600 CPU-s is 5 minutes of both cores. Training stops at the first batch after the budget (or at
@@ -94,12 +95,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--cpu-seconds", type=float, default=600.0, help="training budget per model")
+    parser.add_argument("--seed", type=int, help="override train.seed (figures are then suffixed _seed<N>)")
     args = parser.parse_args(argv)
     for variant in args.variants:
         path, overrides = VARIANTS[variant]
-        config = load_config(path, overrides)
+        seed = [] if args.seed is None else [f"train.seed={args.seed}"]
+        config = load_config(path, overrides + seed)
         model, stats = train_budgeted(config, args.cpu_seconds)
-        evaluate_test(f"retinanet_{variant}", model, config, stats, args.cpu_seconds)
+        suffix = "" if args.seed is None else f"_seed{args.seed}"
+        evaluate_test(f"retinanet_{variant}{suffix}", model, config, stats, args.cpu_seconds)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 
 # OpenMP threads that spin while waiting (torch's default) crawl when the 2 cores are shared with other jobs:
@@ -27,6 +26,7 @@ except ImportError:
     torch = None
 
 THREADS = int(os.environ.get("KDET_BENCH_THREADS", "2"))
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(THREADS)
