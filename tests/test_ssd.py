@@ -13,7 +13,7 @@ from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_s
 from kdet.losses.ssd import hard_negative_mask, multibox_loss
 from kdet.models import MODELS
 from kdet.models.ssd import SSD, SSDLite, default_boxes, linear_scales
-from tests.test_retinanet import nms_reference
+from tests.test_retinanet import nms_reference, threshold_with_margin
 from tests.testing import check_export_parity, random_images
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ssd_twin.npz"
@@ -268,7 +268,7 @@ def test_ssdlite_tflite_fp32_and_int8(tmp_path):
     images = random_images(model, 2, seed=4)
     spread_class_scores(model, images)
     probabilities = tf.nn.softmax(model(images)["cls_logits"])[..., 1:].numpy()
-    model.score_threshold = float(np.quantile(probabilities, 0.99))
+    model.score_threshold = threshold_with_margin(probabilities, 0.99)
     reports = check_export_parity(model, images, tmp_path, formats=("tflite", "tflite_int8"),
                                   representative_images=random_images(model, 8, seed=5))
     assert reports["tflite"]["detections"] > 0
@@ -276,14 +276,14 @@ def test_ssdlite_tflite_fp32_and_int8(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 8 open: passes alone, failed once under xdist; a score tie at the quantile threshold "
-                          "is the suspect", strict=False)
 def test_ssd300_export_parity(tmp_path):
     keras.utils.set_random_seed(5)
-    model = SSD(3, max_detections=100, topk_candidates=400, **TINY_SSD)
+    model = SSD(3, max_detections=200, topk_candidates=400, **TINY_SSD)
     images = random_images(model, 2, seed=6)
     spread_class_scores(model, images)
     probabilities = tf.nn.softmax(model(images)["cls_logits"])[..., 1:].numpy()
-    model.score_threshold = float(np.quantile(probabilities, 0.998))
+    # About 50 candidates: below the 200 cap (a tie at a binding cap is the runtimes' choice), and a threshold in a
+    # gap between scores (it failed once when the threshold sat 1.7e-6 from a score and the cap of 100 was full).
+    model.score_threshold = threshold_with_margin(probabilities, 0.999)
     reports = check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite", "onnx"))
-    assert reports["tflite"]["detections"] > 0
+    assert 0 < reports["tflite"]["detections"] < 2 * 200
