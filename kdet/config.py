@@ -38,11 +38,13 @@ class AugmentConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    format: str = "shapes"             # shapes | coco | voc | yolo | tfrecord
+    format: str = "shapes"             # shapes | coco | voc | yolo | tfrecord | label_image
     path: typing.Optional[str] = None  # dataset root / annotation file / dataset yaml (relative to the config file's cwd)
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+    # Split names. null = every image of the dataset (a VOC folder without ImageSets lists); "" = no such split
+    # (val_split: "" trains without validation).
+    train_split: typing.Optional[str] = "train"
+    val_split: typing.Optional[str] = "val"
+    test_split: typing.Optional[str] = "test"
     options: dict = dataclasses.field(default_factory=dict)  # reader options, e.g. shapes: num_images, max_objects
     resize: str = "stretch"            # stretch | letterbox (top-left, keeps aspect ratio)
     strict: bool = False               # raise on the first bad record instead of counting and skipping it
@@ -89,7 +91,7 @@ class Config:
 
 
 _CHOICES = {
-    ("data", "format"): ("shapes", "coco", "voc", "yolo", "tfrecord"),
+    ("data", "format"): ("shapes", "coco", "voc", "yolo", "tfrecord", "label_image"),
     ("data", "resize"): ("stretch", "letterbox"),
     ("train", "optimizer"): ("adam", "sgd", "adamw"),
     ("train", "mixed_precision"): ("float32", "mixed_float16", "mixed_bfloat16"),

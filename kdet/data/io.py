@@ -12,6 +12,13 @@ back by `load_dataset(format, out, split=s)`:
 | voc      | the VOC root (Annotations/, JPEGImages/, ImageSets/Main/)   | the same layout, ImageSets/Main/s.txt     |
 | yolo     | the dataset yaml, or a dir holding data.yaml                | dir/images/s, dir/labels/s, dir/data.yaml |
 | tfrecord | a file, a glob, or a dir holding s.tfrecord*                | dir/s.tfrecord + dir/label_map.pbtxt      |
+| label_image | a dir holding an image and its instance label image      | (not writable)                            |
+
+label_image (the stardist nuclei crop: img2d.tif + mask2d.tif by default) is cut by `load_label_image_dataset`:
+split train = the tiles that avoid the held-out box, val / test = the held-out box as one image.
+
+split=None means every image of the dataset: every xml in Annotations/ (voc, e.g. a folder without ImageSets lists),
+annotations.json (coco dir), every *.tfrecord* (tfrecord dir). shapes, yolo and label_image need a named split.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import inspect
 from pathlib import Path
 
 from kdet.data.coco import read_coco, write_coco
+from kdet.data.label_image import load_label_image_dataset
 from kdet.data.records import DetectionDataset
 from kdet.data.shapes import make_shapes
 from kdet.data.tfrecord import tfrecord_to_dataset, write_tfrecord
@@ -26,7 +34,7 @@ from kdet.data.voc import read_voc, write_voc
 from kdet.data.yolo import read_yolo, write_yolo
 from kdet.errors import ConfigError, DataError
 
-FORMATS = ("shapes", "coco", "voc", "yolo", "tfrecord")
+FORMATS = ("shapes", "coco", "voc", "yolo", "tfrecord", "label_image")
 # make_shapes seeds split s with seed * 3 + offset, so train / val / test never share an image for any seed.
 SHAPES_SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 SHAPES_DEFAULT_IMAGES = 1000
@@ -76,11 +84,14 @@ def _shapes(split, options) -> DetectionDataset:
 def load_dataset(format: str, path=None, split="train", strict=False, **options) -> DetectionDataset:
     """Read split `split` of the dataset at `path` in `format` (one of FORMATS) as a DetectionDataset.
 
+    split: a split name, or None for every image (see the module docstring for the formats that allow it).
     options go to the reader (e.g. with_masks, class_names, verbose, image_dir; for shapes the arguments of
-    `make_shapes`, num_images defaulting to 1000). An unknown format or option is a ConfigError; a path that
-    does not exist is a DataError naming it.
+    `make_shapes`, num_images defaulting to 1000; for label_image image, labels, tile_size, stride, holdout,
+    class_name). An unknown format or option is a ConfigError; a path that does not exist is a DataError naming it.
     """
     _check_format(format)
+    if split is None and format in ("shapes", "yolo", "label_image"):
+        raise ConfigError(f"dataset format {format!r} has no 'every image' split (split null); name the split")
     if format == "shapes":
         return _shapes(split, options)
     if path is None:
@@ -88,19 +99,23 @@ def load_dataset(format: str, path=None, split="train", strict=False, **options)
     path = Path(path)
     if format == "tfrecord":
         _check_options(tfrecord_to_dataset, options, ("path",), format)
-        pattern = str(path / f"{split}.tfrecord*") if path.is_dir() else str(path)
+        pattern = str(path / f"{split if split is not None else '*'}.tfrecord*") if path.is_dir() else str(path)
         return tfrecord_to_dataset(pattern, **options)
     if not path.exists():
         raise DataError(path, f"{format} dataset not found")
     if format == "coco":
         _check_options(read_coco, options, ("json_path", "strict"), format)
         if path.is_dir():
-            path = _first_existing(path, [f"{split}.json", f"annotations/instances_{split}.json",
-                                          "annotations.json"], "COCO annotation json")
+            names = [f"{split}.json", f"annotations/instances_{split}.json"] if split is not None else []
+            path = _first_existing(path, names + ["annotations.json"], "COCO annotation json")
         return read_coco(path, strict=strict, **options)
     if format == "voc":
         _check_options(read_voc, options, ("root", "split", "strict"), format)
         return read_voc(path, split=split, strict=strict, **options)
+    if format == "label_image":
+        # Tiles of one in-memory image: nothing to skip, so `strict` has no effect.
+        _check_options(load_label_image_dataset, options, ("root", "split"), format)
+        return load_label_image_dataset(path, split=split, **options)
     _check_options(read_yolo, options, ("yaml_path", "split", "strict"), format)
     return read_yolo(_yolo_yaml(path), split=split, strict=strict, **options)
 
@@ -112,9 +127,9 @@ def write_dataset(dataset: DetectionDataset, format: str, out, split="train") ->
     """
     _check_format(format)
     out = Path(out)
-    if format == "shapes":
-        raise ConfigError("the shapes dataset is generated by make_shapes, it cannot be written as 'shapes'; "
-                          "choose coco, voc, yolo or tfrecord")
+    if format in ("shapes", "label_image"):
+        raise ConfigError(f"the {format} format is read-only (generated / cut from one image), a dataset cannot be "
+                          "written as it; choose coco, voc, yolo or tfrecord")
     if format == "coco":
         target = out if out.suffix == ".json" else out / f"{split}.json"
         write_coco(dataset, target)
