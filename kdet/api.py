@@ -52,10 +52,15 @@ def build_model(config, overrides=()):
 
 
 def load_split(config, split):
-    """The `DetectionDataset` of one split ("train", "val", "test") of the config's data section."""
+    """The `DetectionDataset` of one split ("train", "val", "test") of the config's data section.
+
+    data.<split>_split null reads every image of the dataset; "" means the config has no such split (ConfigError).
+    """
     from kdet.data.io import load_dataset
     d = config.data
     name = {"train": d.train_split, "val": d.val_split, "test": d.test_split}.get(split, split)
+    if name == "":
+        raise ConfigError(f"data.{split}_split is empty: the config has no {split} split")
     dataset = load_dataset(d.format, d.path, split=name, strict=d.strict, **d.options)
     if split != "train" and d.max_eval_images is not None:
         dataset.records = dataset.records[:d.max_eval_images]
@@ -110,6 +115,11 @@ def train(config, overrides=(), resume=False, verbose="auto"):
         strategy = _strategy(t.strategy)
         with strategy.scope():
             model = build_model(config)
+            if isinstance(getattr(model, "class_weights", None), str) and not start:
+                # "median" / "inverse": computed once from the training masks; a resumed run restores them.
+                from kdet.data.label_image import class_weights_from_dataset
+                model.set_class_weights(class_weights_from_dataset(train_data, model.num_mask_classes,
+                                                                   model.class_weights, model.ignore_index))
             optimizer = training.make_optimizer(t)
             model.compile(optimizer=optimizer)
             if start:
@@ -175,10 +185,13 @@ def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both",
     return results
 
 
-def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None, score_threshold=0.3):
+def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None, score_threshold=0.3, tiled=False):
     """Detect objects in image files; writes <name>.png (boxes drawn) and <name>.json per image into `out_dir`.
 
     Returns the list of per-image results (boxes yxyx in the image's own pixels, scores, class ids and names).
+    Semantic models write <name>.png as a colour overlay, <name>_mask.png (class ids) and <name>.json (pixels per
+    class); `tiled=True` segments at the image's own resolution by overlap-tile prediction instead of resizing
+    it to the model size (U-Net trained on tiles of a larger image).
     """
     from kdet.data.images import read_image
     from kdet.visualize import draw_detections, save_png
@@ -188,7 +201,7 @@ def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None
     class_names = _class_names(config)
     if model.task == "semantic":
         from kdet.evaluation_semantic import predict_files
-        return predict_files(model, images, out_dir, class_names)
+        return predict_files(model, images, out_dir, class_names, tiled=tiled)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -217,7 +230,7 @@ def _class_names(config):
     if names:
         return list(names)
     try:
-        return load_split(config, "val").class_names
+        return load_split(config, "val" if config.data.val_split != "" else "train").class_names
     except (DataError, ConfigError):
         return [str(i) for i in range(config.model.num_classes)]
 

@@ -36,12 +36,15 @@ def _parser():
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--proposals", help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
 
-    p = sub.add_parser("predict", help="detect objects in images; write annotated PNG + JSON per image")
+    p = sub.add_parser("predict", help="detect objects (or segment) in images; write annotated PNG + JSON per image "
+                                        "(segmentation: colour overlay PNG, class-id mask PNG, JSON)")
     _add_config(p)
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="predictions")
     p.add_argument("--checkpoint")
     p.add_argument("--score-threshold", type=float, default=0.3)
+    p.add_argument("--tiled", action="store_true",
+                   help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
 
     p = sub.add_parser("export", help="SavedModel (TF Serving layout) / TFLite / ONNX")
     _add_config(p)
@@ -133,8 +136,11 @@ def _run(args):
             Path(args.json).write_text(json.dumps(results, indent=1))
     elif args.command == "predict":
         for r in api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
-                             args.score_threshold):
-            print(f"{r['image']}: {len(r['boxes'])} objects {r['names']}")
+                             args.score_threshold, tiled=args.tiled):
+            if "pixels" in r:  # a semantic model: pixels per class instead of boxes
+                print(f"{r['image']}: pixels per class {r['pixels']}")
+            else:
+                print(f"{r['image']}: {len(r['boxes'])} objects {r['names']}")
         print(f"annotated PNG + JSON in {args.out}/")
     elif args.command == "export":
         for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
