@@ -10,15 +10,31 @@ from kdet.models.faster_rcnn import FasterRCNN
 from tests.testing import check_export_parity
 
 SIZE = (128, 128)
-# Small everything: a ResNet-18 at 1/8 width, 16-channel FPN, few proposals and sampled RoIs.
+# Small everything: a ResNet-18 at 1/8 width, 16-channel FPN, few proposals and sampled RoIs in training. At
+# inference no proposal cap binds (4092 anchors at 128x128): a cut inside near-tied objectness values could keep a
+# different proposal in TFLite than in TF, so export parity would hinge on float noise.
 TINY_FPN = dict(backbone="resnet_fpn", depth=18, base_width=8, fpn_channels=16,
                 anchor_sizes=((16,), (32,), (64,), (128,), (256,)), rpn_pre_nms_top_n_train=200,
-                rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=64,
+                rpn_pre_nms_top_n_test=4096, rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=4096,
                 rpn_batch_size_per_image=64, representation_size=64, box_batch_size_per_image=64, max_detections=20)
 TINY_VGG = dict(backbone="vgg16", vgg_widths=(8, 16, 32, 32, 32), anchor_sizes=((24, 48, 96),),
                 rpn_pre_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_train=64,
                 rpn_post_nms_top_n_test=64, rpn_batch_size_per_image=64, representation_size=64,
                 box_batch_size_per_image=64, max_detections=20)
+
+
+def separated_threshold(model, images, floor=1e-3):
+    """A score threshold in the widest gap between the detection scores of `images` (above every image's last row,
+    so the max_detections cap does not bind): no score sits near it, so float differences between runtimes cannot
+    move a detection across it. Training decides how confident the tiny model is; this keeps the tests independent
+    of it."""
+    model.box_settings["box_score_threshold"] = floor
+    scores = model.detect(images.astype(np.float32))["scores"].numpy()
+    candidates = np.sort(scores[scores > max(floor, scores[:, -1].max())])[::-1]
+    assert len(candidates) >= 2, scores
+    gaps = candidates[:-1] - candidates[1:]
+    best = int(np.argmax(gaps))
+    return float(candidates[best] + candidates[best + 1]) / 2
 
 
 def batches(model, num_images=48, batch_size=8, empty_batches=0):
@@ -58,6 +74,8 @@ def test_decode_gives_the_detection_dict(trained):
     model, _ = trained
     data = make_shapes(4, SIZE, seed=11)
     images = np.stack([r.image for r in data.records]).astype(np.float32)
+    threshold = 1e-3  # how confident 60 steps make the model varies by machine; the contract does not
+    model.box_settings["box_score_threshold"] = threshold
     out = {k: v.numpy() for k, v in model.detect(images).items()}
     assert out["boxes"].shape == (4, 20, 4) and out["scores"].shape == (4, 20)
     assert out["classes"].dtype == np.int32 and out["num_detections"].dtype == np.int32
@@ -66,7 +84,7 @@ def test_decode_gives_the_detection_dict(trained):
         boxes, scores, classes = out["boxes"][b, :n], out["scores"][b, :n], out["classes"][b, :n]
         assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= SIZE[0]) and np.all(boxes[:, [1, 3]] <= SIZE[1])
         assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
-        assert np.all(scores > 0.05) and np.all(np.diff(scores) <= 1e-6) and np.all((classes >= 0) & (classes < 3))
+        assert np.all(scores > threshold) and np.all(np.diff(scores) <= 1e-6) and np.all((classes >= 0) & (classes < 3))
         assert not np.any(out["boxes"][b, n:]) and not np.any(out["scores"][b, n:])
     # The best detection of each image overlaps one of its objects.
     hits = 0
@@ -80,12 +98,11 @@ def test_decode_gives_the_detection_dict(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 6 open: after the short joint fit every score falls under the threshold, so the "
-                          "parity check has 0 detections to compare (fails at 6679a6e)", strict=False)
 def test_export_parity(trained, tmp_path):
     """SavedModel, TFLite (builtins only: no SELECT_TF_OPS needed) and ONNX give the Keras detections."""
     model, _ = trained
     images = np.stack([r.image for r in make_shapes(2, SIZE, seed=5).records])
+    model.box_settings["box_score_threshold"] = separated_threshold(model, images)
     assert model.detect(images.astype(np.float32))["num_detections"].numpy().sum() > 0
     reports = check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite", "onnx"),
                                   box_atol=1e-2, score_atol=1e-4, check_serving_bytes=False)
