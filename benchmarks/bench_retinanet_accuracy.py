@@ -6,18 +6,17 @@ sigmoid cross-entropy instead of focal loss, under the same budget. One JSON lin
     python benchmarks/bench_retinanet_accuracy.py --cpu-seconds 300 --variants r18 r18_ce
     python benchmarks/bench_retinanet_accuracy.py --variants r18 r18_ce --seed 1     # another seed, same budget
 
-The budget is CPU time of this process (user + system, all threads), not wall time, because the 2 cores are shared
-with other jobs: 600 CPU-s is 5 minutes of both cores. Training stops at the first batch after the budget (or at
-the config's epochs); the first step, which compiles the train function, is not counted. Run from the repository root (the configs' data paths are relative to it).
+The budget is process CPU time (`budget.py`): 600 CPU-s is 5 minutes of both cores. Training stops at the first batch
+after the budget (or at the config's epochs). Run from the repository root (the configs' data paths are relative to it).
 """
 import argparse
 import json
-import os
 import time
 
 import keras
 import tensorflow as tf
 
+from budget import CPUBudget, cpu_seconds
 from kdet import training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
@@ -33,27 +32,6 @@ VARIANTS = {
 
 def emit(name, value, unit, **extra):
     print(json.dumps({"name": name, "value": round(float(value), 4), "unit": unit, **extra}), flush=True)
-
-
-def cpu_seconds():
-    times = os.times()
-    return times.user + times.system
-
-
-class CPUBudget(keras.callbacks.Callback):
-    """Stops `fit` at the end of the first batch after `seconds` of process CPU time, counted from the end of the
-    first step (which traces and compiles the train function: a fixed cost, not training)."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-        self.start = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.start is None:
-            self.start = cpu_seconds()
-        elif cpu_seconds() - self.start >= self.seconds:
-            self.model.stop_training = True
 
 
 def train_budgeted(config, budget_seconds, element_map=None):

@@ -5,6 +5,7 @@ hand-picked priors. One JSON line per figure.
 
     python benchmarks/bench_yolo_accuracy.py                                   # all four variants
     python benchmarks/bench_yolo_accuracy.py --variants yolov2 --epochs 4      # a shorter budget
+    python benchmarks/bench_yolo_accuracy.py --cpu-seconds 600                 # at most 600 CPU-s per variant
     python benchmarks/bench_yolo_accuracy.py --variants yolov2 --reuse         # evaluate the saved weights again
 
 Run from the repository root (the configs' data paths are relative to it). Training uses `model.fit` on the
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from budget import CPUBudget
 from kdet import training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
@@ -42,8 +44,9 @@ def emit(name, value, unit, **extra):
     print(json.dumps({"name": name, "value": round(float(value), 4), "unit": unit, **extra}), flush=True)
 
 
-def train(config, epochs):
-    """Fit the config's model on its train split for `epochs`; returns (model, seconds, steps)."""
+def train(config, epochs, cpu_seconds=None):
+    """Fit the config's model on its train split for `epochs`, or until `cpu_seconds` of process CPU time are spent
+    (benchmarks/budget.py) if that comes first; returns (model, seconds, steps)."""
     keras.utils.set_random_seed(config.train.seed)
     model = build_model(config)
     model.compile(optimizer=training.make_optimizer(config.train))
@@ -61,7 +64,8 @@ def train(config, epochs):
     else:
         data = batches.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
     start = time.perf_counter()
-    history = model.fit(data, epochs=epochs, verbose=2, shuffle=False)
+    callbacks = [] if cpu_seconds is None else [CPUBudget(cpu_seconds)]
+    history = model.fit(data, epochs=epochs, verbose=2, shuffle=False, callbacks=callbacks)
     steps = int(model.optimizer.iterations.numpy())
     print(json.dumps({"loss_by_epoch": [round(v, 3) for v in history.history["loss"]]}), flush=True)
     return model, time.perf_counter() - start, steps
@@ -98,7 +102,7 @@ def calibration_images(config, count=32):
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
-def run_variant(variant, epochs, out, reuse):
+def run_variant(variant, epochs, out, reuse, cpu_seconds=None):
     config = load_config(VARIANTS[variant])
     epochs = epochs or config.train.epochs
     weights = out / f"{variant}.weights.h5"
@@ -108,9 +112,10 @@ def run_variant(variant, epochs, out, reuse):
         model.load_weights(str(weights))
         budget = {"budget": "reused weights"}
     else:
-        model, seconds, steps = train(config, epochs)
+        model, seconds, steps = train(config, epochs, cpu_seconds)
         model.save_weights(str(weights))
-        budget = {"budget": f"{epochs} epochs, {steps} steps of {config.train.batch_size} images, "
+        limit = "" if cpu_seconds is None else f" or {cpu_seconds:.0f} CPU-s"
+        budget = {"budget": f"{epochs} epochs{limit}: {steps} steps of {config.train.batch_size} images, "
                             f"{seconds / 60:.1f} min wall on 2 shared CPU cores"}
         emit(f"{variant}_bccd_train_minutes", seconds / 60, "min", epochs=epochs, steps=steps)
     size = config.model.image_size[0]
@@ -149,6 +154,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, help="override every config's train.epochs")
+    parser.add_argument("--cpu-seconds", type=float, help="also stop training after this much process CPU time")
     parser.add_argument("--out", default="runs/bench_yolo")
     parser.add_argument("--reuse", action="store_true", help="evaluate saved weights instead of training")
     parser.add_argument("--skip-priors", action="store_true")
@@ -158,7 +164,7 @@ def main(argv=None):
     if not args.skip_priors:
         run_priors()
     for variant in args.variants:
-        run_variant(variant, args.epochs, out, args.reuse)
+        run_variant(variant, args.epochs, out, args.reuse, args.cpu_seconds)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["tiny_yolo_v2", "yolo_v2", "fast_yolo", "yolo_v1"],
                         choices=list(SIZES))
     parser.add_argument("--runs", type=int, default=30, help="timed rounds (each format once per round)")
-    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument("--calibration-images", type=int, default=8)
     parser.add_argument("--work-dir", default=None, help="where the temporary artifacts go (default: system tmp)")
     args = parser.parse_args(argv)
     for name in args.models:
