@@ -163,19 +163,25 @@ class ResNet(keras.layers.Layer):
                     layer.trainable = False
 
     def call(self, x, training=False):
-        for layer in self.conv1:
-            x = layer(x)
-        x = self.relu(self.bn1(x, training=training))
-        for layer in self.maxpool:
-            x = layer(x)
-        features = {}
-        for i, blocks in enumerate(self.stages):
-            for block in blocks:
-                x = block(x, training=training)
-            features[f"C{i + 2}"] = x
-        return features
+        return run_stem_and_stages(self, x, training)
 
     def get_config(self):
         return dict(super().get_config(), depth=self.depth, base_width=self.base_width,
                     frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn,
                     zero_init_residual=self.zero_init_residual)
+
+
+def run_stem_and_stages(net, x, training):
+    """The forward pass of a ResNet-like layer with torchvision's attributes (conv1 list, bn1, relu, maxpool list,
+    stages of blocks): [B, H, W, 3] -> {"C2": stride 4, ..., "C5"}; shared by ResNet and DilatedResNet."""
+    for layer in net.conv1:
+        x = layer(x)
+    x = net.relu(net.bn1(x, training=training))
+    for layer in net.maxpool:
+        x = layer(x)
+    features = {}
+    for i, blocks in enumerate(net.stages):
+        for block in blocks:
+            x = block(x, training=training)
+        features[f"C{i + 2}"] = x
+    return features

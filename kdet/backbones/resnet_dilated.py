@@ -12,7 +12,8 @@ maps torchvision weights onto it unchanged.
 """
 import keras
 
-from kdet.backbones.resnet import CONV_INIT, STAGE_BLOCKS, Bottleneck, _Block, batch_norm, conv
+from kdet.backbones.resnet import (CONV_INIT, STAGE_BLOCKS, Bottleneck, _Block, batch_norm, conv,
+                                   run_stem_and_stages)
 
 
 def dilated_conv3x3(filters, dilation, name):
@@ -91,17 +92,7 @@ class DilatedResNet(keras.layers.Layer):
             self.stages.append(blocks)
 
     def call(self, x, training=False):
-        for layer in self.conv1:
-            x = layer(x)
-        x = self.relu(self.bn1(x, training=training))
-        for layer in self.maxpool:
-            x = layer(x)
-        features = {}
-        for i, blocks in enumerate(self.stages):
-            for block in blocks:
-                x = block(x, training=training)
-            features[f"C{i + 2}"] = x
-        return features
+        return run_stem_and_stages(self, x, training)
 
     def get_config(self):
         return dict(super().get_config(), depth=self.depth, base_width=self.base_width,
