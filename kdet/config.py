@@ -34,6 +34,8 @@ class AugmentConfig:
     flip: bool = True                  # random horizontal flip (boxes, masks follow)
     scale_jitter: list = dataclasses.field(default_factory=lambda: [1.0, 1.0])  # [min, max] zoom, then crop/pad
     color_jitter: float = 0.0          # strength of brightness/contrast/saturation jitter (0 = off)
+    ssd: bool = False                  # SSD's photometric distortion, expand, min-IoU crop and flip (boxes only)
+    elastic: float = 0.0               # U-Net's elastic deformation: sigma in px on a 3x3 grid (paper: 10; 0 = off)
 
 
 @dataclasses.dataclass

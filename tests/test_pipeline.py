@@ -32,7 +32,8 @@ def test_palette_segmentation_pngs_keep_class_ids(shared_data):
     assert values - {0, 255} <= set(range(1, len(dataset.class_names) + 1))
 
 
-@pytest.mark.parametrize("augment", [None, AugmentConfig(flip=True, scale_jitter=[0.7, 1.4], color_jitter=0.2)])
+@pytest.mark.parametrize("augment", [None, AugmentConfig(flip=True, scale_jitter=[0.7, 1.4], color_jitter=0.2),
+                                     AugmentConfig(flip=False, elastic=4.0)])
 def test_boxes_follow_masks_through_resize_and_augmentation(augment):
     dataset = make_shapes(24, image_size=(72, 90), max_objects=3, seed=3)
     ds = make_tf_dataset(dataset, (64, 64), 8, training=augment is not None, augment=augment, seed=1,
@@ -119,3 +120,20 @@ def test_color_jitter_keeps_the_mean_brightness():
     assert abs(out.mean() / images.mean() - 1) < 0.03
     assert np.abs(out - images).mean() > 5  # and it does jitter
     assert out.min() >= 0 and out.max() <= 255
+
+
+def test_ssd_augmentation_from_the_config_moves_boxes_with_the_pixels():
+    """data.augment.ssd applies the paper's expand / min-IoU crop / flip: boxes stay valid and inside the image, the
+    images change, and a dataset with masks is refused with a ConfigError (SSDAugment moves boxes only)."""
+    from kdet.errors import ConfigError
+    dataset = make_shapes(16, image_size=(64, 64), max_objects=3, seed=4)
+    plain = next(iter(make_tf_dataset(dataset, (64, 64), 16)))
+    augment = AugmentConfig(flip=False, scale_jitter=[1.0, 1.0], ssd=True)
+    batch = next(iter(make_tf_dataset(dataset, (64, 64), 16, training=True, augment=augment, seed=0, shuffle=False)))
+    boxes, labels = batch["bounding_boxes"]["boxes"].numpy(), batch["bounding_boxes"]["labels"].numpy()
+    valid = boxes[labels >= 0]
+    assert len(valid) > 0 and np.all(valid >= 0) and np.all(valid <= 64)
+    assert np.all(valid[:, 2] > valid[:, 0]) and np.all(valid[:, 3] > valid[:, 1])
+    assert np.abs(batch["images"].numpy() - plain["images"].numpy()).mean() > 1.0
+    with pytest.raises(ConfigError, match="augment.ssd"):
+        make_tf_dataset(dataset, (64, 64), 4, training=True, augment=augment, with_masks=True)

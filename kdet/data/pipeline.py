@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.data.augment import Augmenter, resize_image
-from kdet.errors import DataError
+from kdet.data.elastic import elastic_deform
+from kdet.data.ssd_augment import SSDAugment
+from kdet.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 PYTHON_DECODED = (".tif", ".tiff")  # formats tf.io.decode_image cannot read
@@ -89,7 +91,7 @@ def make_tf_dataset(dataset, image_size, batch_size, training=False, augment=Non
         image_size: (H, W) the model runs at.
         batch_size: images per batch; boxes are padded to the batch's largest count with label -1.
         training: shuffle (unless `shuffle=False`) and augment.
-        augment: an `AugmentConfig`-like object (flip, scale_jitter, color_jitter) or None.
+        augment: an `AugmentConfig`-like object (flip, scale_jitter, color_jitter; optional ssd, elastic) or None.
         resize: "stretch" or "letterbox".
     Returns:
         batches of {"images": [B, H, W, 3] float32 0..255, "bounding_boxes": {"boxes": [B, N, 4], "labels": [B, N]},
@@ -108,6 +110,15 @@ def make_tf_dataset(dataset, image_size, batch_size, training=False, augment=Non
         augmenter = Augmenter(flip=augment.flip, scale_jitter=augment.scale_jitter,
                               color_jitter=augment.color_jitter, seed=seed)
         ds = ds.map(augmenter, num_parallel_calls=AUTOTUNE, deterministic=False)
+        if getattr(augment, "ssd", False):
+            if with_masks or with_segmentation:
+                raise ConfigError("data.augment.ssd moves boxes only; it cannot be used with instance or semantic "
+                                  "masks (use flip / scale_jitter / elastic)")
+            ds = ds.map(SSDAugment(), num_parallel_calls=AUTOTUNE, deterministic=False)
+        if getattr(augment, "elastic", 0.0):
+            sigma = float(augment.elastic)
+            ds = ds.map(lambda e: elastic_deform(e, grid=3, sigma=sigma), num_parallel_calls=AUTOTUNE,
+                        deterministic=False)
     height, width = image_size
     padded_shapes = {
         "images": [height, width, 3],
