@@ -1,4 +1,4 @@
-"""RetinaNet ResNet-50-FPN latency: kdet vs torchvision's retinanet_resnet50_fpn (same seeded weights, same image,
+"""RetinaNet ResNet-50-FPN latency: kdet (Keras, SavedModel, TFLite) vs torchvision's retinanet_resnet50_fpn (same seeded weights, same image,
 same threads, timed round-robin in one process) and vs KerasHub's RetinaNetObjectDetector (ResNet-50, random init:
 KerasHub cannot take torchvision weights), as ratios. One JSON line per figure.
 
@@ -86,6 +86,23 @@ def keras_hub_runner(size):
     return lambda images: {k: v.numpy() for k, v in detect(tf.constant(images, tf.float32)).items()}
 
 
+def exported_runners(model, images, tag="retinanet_r50"):
+    """kdet's SavedModel and TFLite (fp32, builtins only) of the same model, through `kdet.export.load_runner`;
+    emits each artifact's detection count next to Keras' (the timed work must be the same)."""
+    import tempfile
+    from kdet.export import export_saved_model, export_tflite, load_runner
+    workdir = tempfile.mkdtemp(prefix="kdet-speed-bench-")
+    runners = {}
+    for fmt, export in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
+                        ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
+        runner = load_runner(export())
+        out = runner(images)
+        emit(f"{tag}_{fmt}_detections", int(out["num_detections"][0]), "count",
+             keras=int(model.predict_on_batch(images)["num_detections"][0]))
+        runners[f"kdet_{fmt}"] = runner
+    return runners
+
+
 def round_robin(runners, images, runs, warmup):
     """{name: median ms}, the runners timed in turn, so load changes hit all of them alike."""
     for run in runners.values():
@@ -105,6 +122,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--skip-export", action="store_true", help="no SavedModel / TFLite latency")
     args = parser.parse_args(argv)
     images = smooth_image(args.size)
     model = RetinaNet(91, image_size=(args.size, args.size), max_detections=100)
@@ -122,6 +140,8 @@ def main(argv=None):
                 kdet_out["boxes"][0, :count] - torch_out["boxes"].numpy()[:, [1, 0, 3, 2]]))), 5)
     except ImportError as error:
         emit("retinanet_r50_torchvision_skipped", 0, "flag", reason=str(error))
+    if not args.skip_export:
+        runners.update(exported_runners(model, images))
     try:
         runners["keras_hub"] = keras_hub_runner(args.size)
     except ImportError as error:
@@ -131,7 +151,7 @@ def main(argv=None):
     for name, value in medians.items():
         emit(f"retinanet_r50_{args.size}_{name}_median_latency", value, "ms", **common)
     for name in medians:
-        if name != "kdet":
+        if name != "kdet" and not name.startswith("kdet_"):
             emit(f"retinanet_r50_{args.size}_kdet_over_{name}", medians["kdet"] / medians[name], "ratio",
                  **common, **{k: v for k, v in notes.items() if k.startswith(name)})
 

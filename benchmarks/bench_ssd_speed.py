@@ -1,9 +1,9 @@
-"""SSD latency: kdet's SSD300 vs torchvision's ssd300_vgg16 (same seeded weights, same image, same threads, timed
-round-robin in one process) as a ratio, and SSDLite (MobileNetV2, 320 x 320) as TFLite float32 vs int8 (builtins
+"""SSD latency: kdet's SSD300 (Keras, SavedModel, TFLite) vs torchvision's ssd300_vgg16 (same seeded weights, same
+image, same threads, timed round-robin in one process) as a ratio, and SSDLite (MobileNetV2, 320 x 320) as TFLite float32 vs int8 (builtins
 only, LiteRT interpreter), with the artifacts' sizes. One JSON line per figure.
 
     /tmp/tvenv/bin/python benchmarks/bench_ssd_speed.py      # with torch: includes the torchvision ratio
-    python benchmarks/bench_ssd_speed.py --skip-torch        # TFLite figures only
+    python benchmarks/bench_ssd_speed.py --skip-torch        # kdet's figures only
 
 int8 calibration uses 32 BCCD training images (real pixels; random-init weights, so only speed and size are
 meaningful here; bench_ssd_accuracy.py measures the mAP of a trained int8 model).
@@ -33,7 +33,7 @@ tf.config.threading.set_intra_op_parallelism_threads(THREADS)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retinanet_speed import emit, round_robin, smooth_image  # noqa: E402
+from bench_retinanet_speed import emit, exported_runners, round_robin, smooth_image  # noqa: E402
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
 from kdet.data.io import load_dataset  # noqa: E402
@@ -66,17 +66,22 @@ def torchvision_ssd(state):
     return run
 
 
-def ssd300_vs_torchvision(runs, warmup):
+def ssd300_vs_torchvision(runs, warmup, export=True, with_torch=True):
     model = SSD(90)
     state = seeded_state(torch_shapes(model))
     load_state_dict(model, state)
     images = smooth_image(300)
-    runners = {"kdet": lambda x: model.predict_on_batch(x), "torchvision": torchvision_ssd(state)}
+    runners = {"kdet": lambda x: model.predict_on_batch(x)}
+    if with_torch:
+        runners["torchvision"] = torchvision_ssd(state)
+    if export:
+        runners.update(exported_runners(model, images, tag="ssd300_vgg16"))
     medians = round_robin(runners, images, runs, warmup)
     common = dict(image_size=300, threads=THREADS, runs=runs, batch=1)
     for name, value in medians.items():
         emit(f"ssd300_vgg16_{name}_median_latency", value, "ms", **common)
-    emit("ssd300_vgg16_kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "ratio", **common)
+    if "torchvision" in medians:
+        emit("ssd300_vgg16_kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "ratio", **common)
 
 
 def interpreter_runner(path):
@@ -113,12 +118,13 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-export", action="store_true", help="no SSD300 SavedModel / TFLite latency")
     args = parser.parse_args(argv)
-    if not args.skip_torch:
-        try:
-            ssd300_vs_torchvision(args.runs, args.warmup)
-        except ImportError as error:
-            emit("ssd300_vgg16_torchvision_skipped", 0, "flag", reason=str(error))
+    if args.skip_torch or torch is None:
+        emit("ssd300_vgg16_torchvision_skipped", 0, "flag", reason="--skip-torch" if args.skip_torch else
+             "torch not installed")
+    ssd300_vs_torchvision(args.runs, args.warmup, export=not args.skip_export,
+                          with_torch=not args.skip_torch and torch is not None)
     ssdlite_tflite(args.runs * 2, args.warmup)
 
 
