@@ -102,8 +102,8 @@ def calibration_images(config, count=32):
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
-def run_variant(variant, epochs, out, reuse, cpu_seconds=None):
-    config = load_config(VARIANTS[variant])
+def run_variant(variant, epochs, out, reuse, cpu_seconds=None, overrides=()):
+    config = load_config(VARIANTS[variant], list(overrides))
     epochs = epochs or config.train.epochs
     weights = out / f"{variant}.weights.h5"
     test = load_split(config, "test")
@@ -155,6 +155,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, help="override every config's train.epochs")
     parser.add_argument("--cpu-seconds", type=float, help="also stop training after this much process CPU time")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for every variant, e.g. --set model.args.dropout=0.0")
     parser.add_argument("--out", default="runs/bench_yolo")
     parser.add_argument("--reuse", action="store_true", help="evaluate saved weights instead of training")
     parser.add_argument("--skip-priors", action="store_true")
@@ -164,7 +166,7 @@ def main(argv=None):
     if not args.skip_priors:
         run_priors()
     for variant in args.variants:
-        run_variant(variant, args.epochs, out, args.reuse, args.cpu_seconds)
+        run_variant(variant, args.epochs, out, args.reuse, args.cpu_seconds, args.overrides)
 
 
 if __name__ == "__main__":

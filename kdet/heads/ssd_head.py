@@ -9,6 +9,8 @@ Output order: level, then row-major location, then default box, then column, as 
 import keras
 import tensorflow as tf
 
+from kdet.backbones.mobilenet_ssdlite import BN_MOMENTUM
+
 XAVIER = keras.initializers.GlorotUniform()       # torchvision SSD: _xavier_init
 SSDLITE_INIT = keras.initializers.RandomNormal(stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
 
@@ -33,7 +35,7 @@ class SSDPredictor(keras.layers.Layer):
                 self.levels.append([
                     keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
                                                  depthwise_initializer=SSDLITE_INIT, name=f"depthwise{k}"),
-                    keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.97, name=f"bn{k}"),
+                    keras.layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=f"bn{k}"),
                     keras.layers.ReLU(6.0),
                     keras.layers.Conv2D(anchors * self.num_outputs, 1, kernel_initializer=SSDLITE_INIT,
                                         name=f"pointwise{k}")])
