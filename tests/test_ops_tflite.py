@@ -63,3 +63,30 @@ def test_builtins_twins_convert_and_match_tf():
         assert 0 < expected["num_detections"].min() and expected["num_detections"].max() < 30  # padding matters
         for key in expected:
             np.testing.assert_allclose(result[key], expected[key], atol=1e-4, err_msg=key)
+
+
+def test_zero_area_boxes_in_tflite_nms_are_kept_once():
+    """TFLite's NMS V5 kernel selects a zero-area box over and over until the output is full ([0, 1, 1, 1, 1, 1]
+    here; it turned an exported SSD's detections into one repeated box). kdet's NMS routes zero-area boxes around the
+    kernel, so LiteRT gives TF's answer: each zero-area box once, nothing suppressed by it."""
+    from ai_edge_litert.interpreter import Interpreter
+    from kdet.ops import nms
+
+    boxes = np.array([[0, 0, 10, 10], [106, 300, 160, 300], [20, 20, 30, 30], [106, 300, 160, 300],
+                      [50, 50, 60, 60], [1, 1, 11, 11]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32)
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([6, 4], name="b"), tf.TensorSpec([6], name="s")])
+        def run(self, b, s):
+            return {"kept": nms(b, s, 0.5)}
+
+    module = Module()
+    with builtins_only():
+        concrete = module.run.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert())
+    kept = interpreter.get_signature_runner()(b=boxes, s=scores)["kept"]
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), [0, 1, 2, 3, 4])  # box 5 overlaps box 0
+    np.testing.assert_array_equal(kept, [0, 1, 2, 3, 4])

@@ -15,11 +15,27 @@ from kdet.ops.mode import builtins_only_enabled
 
 
 def _nms_padded(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")):
-    """-> (indices [max_output_size] int32 padded, valid count scalar int32). Keeps scores > score_threshold."""
+    """-> (indices [max_output_size] int32 padded, valid count scalar int32). Keeps scores > score_threshold.
+
+    Zero-area boxes go around the kernel: TFLite's NMS V5 selects a zero-area box again and again until the output
+    is full (measured in LiteRT: indices [0, 1, 1, 1, 1, 1] where TF gives [0, 1, 2, 3, 4]), which exported
+    detectors turned into rows of one repeated box. Such a box has IoU 0 with every box, so it neither suppresses
+    nor is suppressed: NMS runs on the other boxes, and the zero-area ones are merged into its output by score.
+    Equal scores then list the NMS-kept box before the zero-area one (TF would order them by index).
+    """
+    has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    lowest = tf.constant(float("-inf"), scores.dtype)
     indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
-        boxes=boxes, scores=scores, max_output_size=max_output_size, iou_threshold=iou_threshold,
-        score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
-    return indices, valid
+        boxes=boxes, scores=tf.where(has_area, scores, lowest), max_output_size=max_output_size,
+        iou_threshold=iou_threshold, score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
+    kept_scores = tf.where(tf.range(tf.size(indices)) < valid, tf.gather(scores, indices), lowest)
+    flat = tf.reshape(tf.where(~has_area & (scores > score_threshold), scores, lowest), [-1])
+    merged_scores = tf.concat([kept_scores, flat], axis=0)
+    merged_indices = tf.concat([indices, tf.range(tf.size(scores), dtype=indices.dtype)], axis=0)
+    _, order = tf.math.top_k(merged_scores, k=tf.size(indices))  # stable: kept boxes first on equal scores
+    count = tf.minimum(valid + tf.reduce_sum(tf.cast(~has_area & (scores > score_threshold), valid.dtype)),
+                       tf.size(indices))
+    return tf.gather(merged_indices, order), count
 
 
 def nms(boxes, scores, iou_threshold):
