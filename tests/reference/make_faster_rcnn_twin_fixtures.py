@@ -13,14 +13,17 @@ The fixture holds the input images and, in kdet's conventions (NHWC, yxyx, delta
 C2-C5 and P2-P6, the RPN outputs and anchors at every ANCHOR_STRIDE-th anchor, all proposals, the box head's
 outputs for a subsample of torchvision's proposals (kdet's test feeds it the same proposals), and the detections.
 """
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from kdet.convert.torchvision import seeded_state_dict
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # twin_common, when run as tests/reference/make_X.py
+from twin_common import (anchor_subsample, detection_arrays, feature_slices, fixture_header,  # noqa: E402
+                         load_state, seeded_state, smooth_images, torch_inputs, write_fixture, yxyx)
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "faster_rcnn_twin.npz"
 IMAGE_SIZE = (160, 224)  # multiples of 32: torchvision's batch padding adds nothing, so both see the same pixels
@@ -35,30 +38,13 @@ ROI_STRIDE = 10          # every 10th proposal's box-head outputs are kept
 CLASS_STRIDE = 7         # every 7th class of the box regression is kept
 
 
-def smooth_images(rng, count, height, width):
-    """uint8 images with structure at several scales (random-init nets turn pure noise into flat features)."""
-    coarse = rng.uniform(0, 255, (count, 3, height // 16 + 1, width // 16 + 1)).astype(np.float32)
-    up = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(height, width), mode="bilinear",
-                                         align_corners=False).numpy()
-    images = up + rng.normal(0, 20, up.shape)
-    return np.clip(images, 0, 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
-
-
 def twin_state(model):
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = seeded_state_dict(shapes, WEIGHT_SEED)
+    """Seeded weights, with the box predictor's class output rescaled so random-weight scores clear 0.05."""
+    shapes, state = seeded_state(model, WEIGHT_SEED)
     state["roi_heads.box_predictor.cls_score.weight"] *= CLS_WEIGHT_SCALE
     state["roi_heads.box_predictor.cls_score.bias"][:] = CLS_BIAS
     state["roi_heads.box_predictor.cls_score.bias"][0] = BACKGROUND_BIAS
     return shapes, state
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def yxyx(boxes):
-    return boxes[..., [1, 0, 3, 2]]
 
 
 def main():
@@ -68,39 +54,30 @@ def main():
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
                                     min_size=height, max_size=width).eval()
     shapes, state = twin_state(model)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    missing = [k for k in shapes if k not in state and not k.endswith("num_batches_tracked")]
-    assert not missing, missing
+    load_state(model, shapes, state)
 
     images = smooth_images(np.random.default_rng(WEIGHT_SEED), 2, height, width)
-    inputs = [torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0) for image in images]
-    data = {"versions": np.array([torch.__version__, torchvision.__version__]), "images": images,
-            "weight_seed": np.int64(WEIGHT_SEED), "cls_weight_scale": np.float32(CLS_WEIGHT_SCALE),
-            "cls_bias": np.float32(CLS_BIAS), "background_bias": np.float32(BACKGROUND_BIAS), "num_classes": np.int64(NUM_CLASSES),
-            "torch_names": np.array(list(shapes)), "torch_shapes": np.array([str(list(s)) for s in shapes.values()]),
-            "feature_channels": np.int64(FEATURE_CHANNELS), "roi_stride": np.int64(ROI_STRIDE),
-            "class_stride": np.int64(CLASS_STRIDE)}
+    inputs = torch_inputs(images)
+    data = {**fixture_header(shapes, WEIGHT_SEED), "images": images, "cls_weight_scale": np.float32(CLS_WEIGHT_SCALE),
+            "cls_bias": np.float32(CLS_BIAS), "background_bias": np.float32(BACKGROUND_BIAS),
+            "num_classes": np.int64(NUM_CLASSES), "feature_channels": np.int64(FEATURE_CHANNELS),
+            "roi_stride": np.int64(ROI_STRIDE), "class_stride": np.int64(CLASS_STRIDE)}
     with torch.no_grad():
         image_list, _ = model.transform(inputs)
         assert tuple(image_list.tensors.shape[-2:]) == IMAGE_SIZE, image_list.tensors.shape
         body = model.backbone.body(image_list.tensors)
-        for name, level in zip(body, (2, 3, 4, 5)):
-            data[f"C{level}"] = nhwc(body[name][:, :FEATURE_CHANNELS])
+        data.update(feature_slices("C", body.values(), (2, 3, 4, 5), FEATURE_CHANNELS))
         pyramid = model.backbone.fpn(body)
-        for name, level in zip(pyramid, (2, 3, 4, 5, 6)):
-            data[f"P{level}"] = nhwc(pyramid[name][:, :FEATURE_CHANNELS])
+        data.update(feature_slices("P", pyramid.values(), (2, 3, 4, 5, 6), FEATURE_CHANNELS))
         features = list(pyramid.values())
         objectness, deltas = model.rpn.head(features)
         # torchvision's own flattening (level, location, anchor), as the RPN's loss and proposals see it.
-        from torchvision.models.detection.rpn import concat_box_prediction_layers
         flat_objectness, flat_deltas = concat_box_prediction_layers(objectness, deltas)
         anchors = model.rpn.anchor_generator(image_list, features)[0]
-        keep = np.arange(0, anchors.shape[0], ANCHOR_STRIDE)
-        data["anchor_index"] = keep
-        data["num_anchors"] = np.int64(anchors.shape[0])
-        data["anchors"] = yxyx(anchors.numpy()[keep])
+        keep, anchor_data = anchor_subsample(anchors, ANCHOR_STRIDE)
+        data.update(anchor_data)
         data["rpn_objectness"] = flat_objectness.reshape(2, -1).numpy()[:, keep]
-        data["rpn_box_deltas"] = flat_deltas.reshape(2, -1, 4).numpy()[:, keep][..., [1, 0, 3, 2]]
+        data["rpn_box_deltas"] = yxyx(flat_deltas.reshape(2, -1, 4).numpy()[:, keep])
 
         proposals, _ = model.rpn(image_list, pyramid)
         pooled = model.roi_heads.box_roi_pool(pyramid, proposals, image_list.image_sizes)
@@ -109,8 +86,7 @@ def main():
         rows = np.arange(0, min(counts), ROI_STRIDE)
         classes = np.arange(0, NUM_CLASSES, CLASS_STRIDE)
         class_logits = np.split(class_logits.numpy(), np.cumsum(counts)[:-1])
-        box_regression = np.split(box_regression.numpy().reshape(-1, NUM_CLASSES, 4)[..., [1, 0, 3, 2]],
-                                  np.cumsum(counts)[:-1])
+        box_regression = np.split(yxyx(box_regression.numpy().reshape(-1, NUM_CLASSES, 4)), np.cumsum(counts)[:-1])
         for i, boxes in enumerate(proposals):
             data[f"proposals{i}"] = yxyx(boxes.numpy())
         data["roi_rows"] = rows
@@ -120,15 +96,8 @@ def main():
         above = [int((torch.softmax(torch.from_numpy(logits), -1)[:, 1:] > 0.05).sum()) for logits in class_logits]
         print("proposals per image:", counts, "(class, RoI) pairs above 0.05:", above)
         detections = model(inputs)
-    for i, det in enumerate(detections):
-        data[f"det{i}_boxes"] = yxyx(det["boxes"].numpy())
-        data[f"det{i}_scores"] = det["scores"].numpy()
-        data[f"det{i}_labels"] = det["labels"].numpy().astype(np.int32)
-        print(f"image {i}: {len(det['boxes'])} detections, scores {det['scores'][:3].numpy()} ... "
-              f"{det['scores'][-3:].numpy()}, labels {np.unique(det['labels'].numpy()).size} distinct")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **data)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1e3:.0f} kB)")
+    data.update(detection_arrays(detections))
+    write_fixture(OUT, data)
 
 
 if __name__ == "__main__":
