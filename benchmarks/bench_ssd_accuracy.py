@@ -21,28 +21,14 @@ from bench_retinanet_accuracy import emit, evaluate_test, train_budgeted  # noqa
 from kdet.api import load_split  # noqa: E402
 from kdet.config import load_config  # noqa: E402
 from kdet.data.pipeline import make_tf_dataset  # noqa: E402
-from kdet.evaluation import evaluate_detections  # noqa: E402
-from kdet.export import export_tflite, load_runner  # noqa: E402
+from kdet.evaluation import evaluate_artifact  # noqa: E402
+from kdet.export import export_tflite  # noqa: E402
 
 HALF_WIDTH = ["model.args.vgg_widths=[32, 64, 128, 256, 256]", "model.args.fc_width=512",
               "model.args.extra_widths=[[128, 256], [64, 128], [64, 128], [64, 128]]"]
 VARIANTS = {"ssd300": ("configs/ssd300_bccd.yaml", []),
             "ssd300_half": ("configs/ssd300_bccd.yaml", HALF_WIDTH),  # about 4x fewer FLOPs: more steps per budget
             "ssdlite": ("configs/ssdlite_bccd.yaml", [])}
-
-
-def artifact_map(path, dataset, config):
-    """VOC mAP@0.5 of an exported artifact on a dataset (boxes mapped back to each image's frame)."""
-    runner = load_runner(path)
-    detections = []
-    for batch in make_tf_dataset(dataset, tuple(config.model.image_size), 8, resize=config.data.resize):
-        out = runner(np.clip(np.round(batch["images"].numpy()), 0, 255).astype(np.uint8))
-        scale = np.tile(batch["scale"].numpy(), [1, 2])
-        for i, image_id in enumerate(batch["image_id"].numpy()):
-            n = int(out["num_detections"][i])
-            detections.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
-                               "classes": out["classes"][i, :n], "image_id": int(image_id)})
-    return evaluate_detections(dataset, detections, "voc")["mAP50"]
 
 
 def main(argv=None):
@@ -64,7 +50,8 @@ def main(argv=None):
             images = np.clip(np.round(next(iter(calibration))["images"].numpy()), 0, 255).astype(np.uint8)
             fp32 = export_tflite(model, out / "ssdlite.tflite")
             int8 = export_tflite(model, out / "ssdlite_int8.tflite", quantize="int8", representative_images=images)
-            maps = {"fp32": artifact_map(fp32, test, config), "int8": artifact_map(int8, test, config)}
+            maps = {name: evaluate_artifact(path, test, config.model.image_size, "voc", resize=config.data.resize,
+                                            progress=False)["mAP50"] for name, path in (("fp32", fp32), ("int8", int8))}
             for name, value in maps.items():
                 emit(f"ssdlite_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", **stats)
             emit("ssdlite_bccd_int8_minus_fp32_mAP50", 100 * (maps["int8"] - maps["fp32"]), "points",

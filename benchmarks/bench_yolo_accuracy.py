@@ -28,8 +28,8 @@ from kdet.config import load_config
 from kdet.data.anchors_kmeans import compute_priors
 from kdet.data.multiscale import multiscale_batches
 from kdet.data.pipeline import make_tf_dataset
-from kdet.evaluation import evaluate_detections, evaluate_model
-from kdet.export import export_tflite, load_runner
+from kdet.evaluation import evaluate_artifact, evaluate_model
+from kdet.export import export_tflite
 
 VARIANTS = {
     "yolov1": "configs/yolov1_bccd.yaml",
@@ -80,21 +80,6 @@ def at_size(model, size):
     return clone
 
 
-def runner_map(path, dataset, image_size, resize):
-    """VOC mAP@0.5 of an exported artifact (via `kdet.export.load_runner`) on a dataset."""
-    runner = load_runner(path)
-    detections = []
-    for batch in make_tf_dataset(dataset, image_size, 8, resize=resize):
-        images = np.clip(np.round(batch["images"].numpy()), 0, 255).astype(np.uint8)
-        out = runner(images)
-        scale = np.tile(batch["scale"].numpy(), [1, 2])
-        for i, image_id in enumerate(batch["image_id"].numpy()):
-            n = int(out["num_detections"][i])
-            detections.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
-                               "classes": out["classes"][i, :n], "image_id": int(image_id)})
-    return evaluate_detections(dataset, detections, "voc")["mAP50"]
-
-
 def calibration_images(config, count=32):
     dataset = load_split(config, "train")
     batches = make_tf_dataset(dataset, tuple(config.model.image_size), 8, resize=config.data.resize)
@@ -133,7 +118,8 @@ def run_variant(variant, epochs, out, reuse, cpu_seconds=None, overrides=()):
         fp32 = export_tflite(model, out / f"{variant}.tflite")
         int8 = export_tflite(model, out / f"{variant}_int8.tflite", quantize="int8",
                              representative_images=calibration)
-        maps = {name: runner_map(path, test, tuple(config.model.image_size), config.data.resize)
+        maps = {name: evaluate_artifact(path, test, config.model.image_size, "voc", resize=config.data.resize,
+                                        progress=False)["mAP50"]
                 for name, path in (("fp32", fp32), ("int8", int8))}
         for name, value in maps.items():
             emit(f"{variant}_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", image_size=size, **budget)

@@ -9,17 +9,30 @@ from kdet.metrics.coco_eval import evaluate_coco
 from kdet.metrics.voc_map import evaluate_voc
 
 
-def detect_dataset(model, dataset, batch_size=8, resize="stretch", progress=True):
+def detect_dataset(model, dataset, batch_size=8, resize="stretch", progress=True, image_size=None):
     """Detections for every record of `dataset`, in record order, boxes mapped back to the original image.
 
+    model: a kdet Detector, or an exported artifact's runner from `kdet.export.load_runner` (uint8 images -> numpy
+        detection dict), in which case `image_size` (H, W) says what size it takes.
     Returns a list of dicts {"boxes": [K, 4] yxyx px, "scores": [K], "classes": [K], "image_id": int}.
     """
-    ds = make_tf_dataset(dataset, model.image_size, batch_size, training=False, resize=resize)
-    detect = tf.function(model.detect, reduce_retracing=True)
+    if hasattr(model, "detect"):
+        detect = tf.function(model.detect, reduce_retracing=True)
+        image_size = model.image_size
+
+        def run(images):
+            return {k: v.numpy() for k, v in detect(images).items()}
+    else:
+        if image_size is None:
+            raise ValueError("detect_dataset needs image_size for an exported artifact's runner")
+
+        def run(images):
+            return model(np.clip(np.round(images.numpy()), 0, 255).astype(np.uint8))
+    ds = make_tf_dataset(dataset, tuple(image_size), batch_size, training=False, resize=resize)
     results = []
     with tqdm(total=len(dataset), desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
         for batch in ds:
-            out = {k: v.numpy() for k, v in detect(batch["images"]).items()}
+            out = run(batch["images"])
             scale = np.tile(batch["scale"].numpy(), [1, 2])
             for i, image_id in enumerate(batch["image_id"].numpy()):
                 n = int(out["num_detections"][i])
@@ -52,3 +65,12 @@ def evaluate_detections(dataset, detections, metric="both"):
 
 def evaluate_model(model, dataset, metric="both", batch_size=8, resize="stretch", progress=True):
     return evaluate_detections(dataset, detect_dataset(model, dataset, batch_size, resize, progress), metric)
+
+
+def evaluate_artifact(path, dataset, image_size, metric="both", batch_size=8, resize="stretch", progress=True):
+    """`evaluate_model` for an exported model (SavedModel dir, .tflite, .onnx, .keras) through
+    `kdet.export.load_runner`: e.g. the mAP of an int8 TFLite model against its float twin."""
+    from kdet.export import load_runner  # kdet.export imports the models; keep this module light
+    runner = load_runner(path)
+    return evaluate_detections(dataset, detect_dataset(runner, dataset, batch_size, resize, progress, image_size),
+                               metric)

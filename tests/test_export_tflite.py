@@ -55,6 +55,30 @@ def test_fp32_matches_keras_counts_included(grid):
     assert "NON_MAX_SUPPRESSION_V5" in names and "WHILE" in names
 
 
+def test_evaluate_artifact_scores_the_tflite_model_like_keras(grid):
+    """kdet.evaluation.evaluate_artifact runs an exported file over a dataset: the fp32 TFLite model's COCO / VOC
+    figures equal the Keras model's on the same images."""
+    from kdet.data.shapes import make_shapes
+    from kdet.evaluation import evaluate_artifact, evaluate_model
+    from kdet.evaluation import detect_dataset
+    model, _, paths = grid
+    dataset = make_shapes(12, tuple(model.image_size), max_objects=3, seed=2)
+    runner = load_runner(paths[None])
+    # The same detections, mapped back to each image's frame, from both (the tiny model is random: many boxes).
+    ours, theirs = detect_dataset(model, dataset, progress=False), detect_dataset(runner, dataset,
+                                                                                   image_size=model.image_size)
+    assert sum(len(d["scores"]) for d in ours) > 12
+    for a, b in zip(ours, theirs):
+        assert a["image_id"] == b["image_id"] and len(a["scores"]) == len(b["scores"])
+        np.testing.assert_allclose(np.sort(a["scores"]), np.sort(b["scores"]), atol=1e-4)
+    keras_figures = evaluate_model(model, dataset, progress=False)
+    tflite_figures = evaluate_artifact(paths[None], dataset, model.image_size, progress=False)
+    for key in ("AP", "AP50", "mAP50"):
+        assert abs(tflite_figures[key] - keras_figures[key]) < 1e-6, (key, tflite_figures[key], keras_figures[key])
+    with pytest.raises(ValueError, match="image_size"):
+        detect_dataset(runner, dataset)
+
+
 def test_roi_detector_fp32_matches_keras(tmp_path):
     model, images = make_tiny_detector(TinyRoiDetector, batch=2, quantile=0.9)
     path = export_tflite(model, tmp_path / "roi.tflite")
