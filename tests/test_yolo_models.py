@@ -274,8 +274,12 @@ def test_yolo_v2_trains_multiscale_and_exports(tmp_path):
     detections = model.detect(images)
     assert detections["boxes"].shape == (4, 20, 4) and detections["classes"].dtype == tf.int32
     assert int(tf.reduce_sum(detections["num_detections"])) > 0
-    reports = check_export_parity(model, images, tmp_path,
-                                  formats=("keras", "saved_model", "tflite", "onnx", "tflite_int8"))
+    check_export_parity(model, images, tmp_path, formats=("keras", "saved_model", "tflite", "onnx"))
+    # int8 moves scores by a few percent, so it is judged on many detections (a lower threshold; the cap of 20 may
+    # bind, which IoU matching tolerates): with 3 Keras detections one flip across the threshold was 33 % (CI).
+    set_threshold_by_quantile(model, images, quantile=0.9)
+    reports = check_export_parity(model, images, tmp_path, formats=("tflite_int8",))
+    assert reports["tflite_int8"]["keras_detections"] >= 10, reports["tflite_int8"]  # 22 here
     assert reports["tflite_int8"]["matched_fraction"] >= 0.5, reports["tflite_int8"]
 
 
