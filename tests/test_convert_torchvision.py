@@ -14,6 +14,7 @@ from kdet.convert.torchvision import (Entry, box_delta_permutation, load_state_d
                                       seeded_state_dict, torch_shapes)
 from kdet.errors import ConfigError, KdetError
 from kdet.models.retinanet import RetinaNet
+from tests.testing import check_dense_twin_outputs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "retinanet_twin.npz"
 
@@ -108,18 +109,4 @@ def test_retinanet_resnet50_fpn_twin():
     for name, value in list(features.items())[1:] + list(pyramid.items()):
         expected = fixture[name]
         assert relative_error(value.numpy()[..., :expected.shape[-1]], expected) <= 1e-3, name
-    outputs = model(images)
-    keep = fixture["anchor_index"]
-    assert len(model.anchors) == int(fixture["num_anchors"])
-    np.testing.assert_array_equal(model.anchors[keep], fixture["anchors"])
-    assert relative_error(outputs["cls_logits"].numpy()[:, keep], fixture["cls_logits"]) <= 1e-3
-    assert relative_error(outputs["box_regression"].numpy()[:, keep], fixture["box_regression"]) <= 1e-3
-
-    detections = {k: v.numpy() for k, v in model.decode(outputs).items()}
-    for i in range(len(images)):
-        count = int(detections["num_detections"][i])
-        assert count == len(fixture[f"det{i}_scores"]) > 0
-        # torchvision returns detections by descending score, as kdet does
-        assert np.max(np.abs(detections["boxes"][i, :count] - fixture[f"det{i}_boxes"])) <= 0.5
-        np.testing.assert_array_equal(detections["classes"][i, :count], fixture[f"det{i}_labels"])
-        np.testing.assert_allclose(detections["scores"][i, :count], fixture[f"det{i}_scores"], atol=1e-5)
+    check_dense_twin_outputs(model, images, fixture)  # anchors exact

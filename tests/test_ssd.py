@@ -14,7 +14,7 @@ from kdet.losses.ssd import hard_negative_mask, multibox_loss
 from kdet.models import MODELS
 from kdet.models.ssd import SSD, SSDLite, default_boxes, linear_scales
 from tests.test_retinanet import nms_reference, threshold_with_margin
-from tests.testing import check_export_parity, random_images
+from tests.testing import check_dense_twin_outputs, check_export_parity, random_images
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ssd_twin.npz"
 TINY_SSD = dict(vgg_widths=(4, 8, 8, 16, 16), fc_width=16, extra_widths=((8, 16), (8, 16), (8, 16), (8, 16)))
@@ -202,20 +202,7 @@ def test_ssd300_vgg16_twin():
         expected = fixture[f"F{k}"]
         error = np.max(np.abs(feature.numpy()[..., :expected.shape[-1]] - expected)) / np.max(np.abs(expected))
         assert error <= 1e-3, k
-    outputs = model(images)
-    keep = fixture["anchor_index"]
-    assert len(model.anchors) == int(fixture["num_anchors"])
-    np.testing.assert_allclose(model.anchors[keep], fixture["anchors"], atol=1e-4)
-    for key in ("cls_logits", "box_regression"):
-        result = outputs[key].numpy()[:, keep]
-        assert np.max(np.abs(result - fixture[key])) <= 1e-3 * np.max(np.abs(fixture[key])), key
-    detections = {k: v.numpy() for k, v in model.decode(outputs).items()}
-    for i in range(len(images)):
-        count = int(detections["num_detections"][i])
-        assert count == len(fixture[f"det{i}_scores"]) > 0
-        assert np.max(np.abs(detections["boxes"][i, :count] - fixture[f"det{i}_boxes"])) <= 0.5
-        np.testing.assert_array_equal(detections["classes"][i, :count], fixture[f"det{i}_labels"])
-        np.testing.assert_allclose(detections["scores"][i, :count], fixture[f"det{i}_scores"], atol=1e-5)
+    check_dense_twin_outputs(model, images, fixture, anchor_atol=1e-4)  # SSD's float32 default-box arithmetic
 
 
 def shapes_batch(model, count=8):

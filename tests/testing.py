@@ -356,3 +356,23 @@ class TinySegmenter(Detector):
     def decode(self, outputs):
         probabilities = tf.nn.softmax(outputs["logits"], axis=-1)
         return {"masks": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
+
+
+def check_dense_twin_outputs(model, images, fixture, anchor_atol=0.0):
+    """A dense (anchor-per-location) twin against its torchvision fixture: the subsampled anchors, class logits
+    and box deltas (<= 1e-3 of the fixture's largest value), then the detections of each image: same count, boxes
+    <= 0.5 px, same labels, scores <= 1e-5 (torchvision returns them by descending score, as kdet does)."""
+    outputs = model(images)
+    keep = fixture["anchor_index"]
+    assert len(model.anchors) == int(fixture["num_anchors"])
+    np.testing.assert_allclose(model.anchors[keep], fixture["anchors"], atol=anchor_atol)
+    for key in ("cls_logits", "box_regression"):
+        result = outputs[key].numpy()[:, keep]
+        assert np.max(np.abs(result - fixture[key])) <= 1e-3 * np.max(np.abs(fixture[key])), key
+    detections = {k: v.numpy() for k, v in model.decode(outputs).items()}
+    for i in range(len(images)):
+        count = int(detections["num_detections"][i])
+        assert count == len(fixture[f"det{i}_scores"]) > 0
+        assert np.max(np.abs(detections["boxes"][i, :count] - fixture[f"det{i}_boxes"])) <= 0.5
+        np.testing.assert_array_equal(detections["classes"][i, :count], fixture[f"det{i}_labels"])
+        np.testing.assert_allclose(detections["scores"][i, :count], fixture[f"det{i}_scores"], atol=1e-5)

@@ -23,13 +23,12 @@ def dilated_conv3x3(filters, dilation, name):
                                 kernel_initializer=CONV_INIT, name=name)]
 
 
-class DilatedBottleneck(_Block):
-    """torchvision Bottleneck(stride=1, dilation=d): 1x1 -> 3x3 dilated -> 1x1 x4, unstrided 1x1 shortcut."""
-
-    expansion = 4
+class DilatedBottleneck(Bottleneck):
+    """torchvision Bottleneck(stride=1, dilation=d): 1x1 -> 3x3 dilated -> 1x1 x4, unstrided 1x1 shortcut. Only the
+    layers differ from `Bottleneck` (its `call` runs them)."""
 
     def __init__(self, filters, dilation, downsample=False, **kwargs):
-        super().__init__(**kwargs)
+        _Block.__init__(self, **kwargs)  # not Bottleneck.__init__: it would build a strided conv2 to throw away
         self.conv1 = conv(filters, 1, name="conv1")
         self.bn1 = batch_norm("bn1")
         self.conv2 = dilated_conv3x3(filters, dilation, "conv2")
@@ -40,12 +39,6 @@ class DilatedBottleneck(_Block):
         self.strides = 1
         self.downsample_conv = conv(filters * 4, 1, name="downsample_conv")[0] if downsample else None
         self.downsample_bn = batch_norm("downsample_bn") if downsample else None
-
-    def call(self, x, training=False):
-        y = self.relu(self.bn1(self._run(self.conv1, x, training), training=training))
-        y = self.relu(self.bn2(self._run(self.conv2, y, training), training=training))
-        y = self.bn3(self._run(self.conv3, y, training), training=training)
-        return self.relu(y + self._shortcut(x, training))
 
 
 @keras.saving.register_keras_serializable(package="kdet")
