@@ -25,6 +25,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kdet.export import export_model, load_runner  # noqa: E402
+from kdet.metrics import round_robin_latency  # noqa: E402
 from tests.testing import quantised_report  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "BCCD"
@@ -82,21 +83,13 @@ def main():
 
     runners = {name: load_runner(path) for name, path in artifacts.items()}
     outputs = {name: runner(images) for name, runner in runners.items()}
-    for _ in range(args.warmup):
-        for runner in runners.values():
-            runner(images)
-    times = {name: [] for name in runners}
-    for _ in range(args.runs):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner(images)
-            times[name].append((time.perf_counter() - start) * 1000.0)
-
-    keras_ms = float(np.median(times["keras"]))
+    results = round_robin_latency({name: (lambda r=runner: r(images)) for name, runner in runners.items()},
+                                  warmup=args.warmup, runs=args.runs)
+    keras_ms = results["keras"]["median_ms"]
     common = {"model": type(model).__name__, "image_size": list(size), "batch": args.batch, "runs": args.runs}
     for name, artifact in artifacts.items():
-        median = float(np.median(times[name]))
-        emit(f"latency_{name}", median, "ms", p90=round(float(np.percentile(times[name], 90)), 4), **common)
+        median = results[name]["median_ms"]
+        emit(f"latency_{name}", median, "ms", p90=round(results[name]["p90_ms"], 4), **common)
         emit(f"speedup_vs_keras_{name}", keras_ms / median, "x")
         if name != "keras":
             nbytes = sum(p.stat().st_size for p in Path(artifact).rglob("*") if p.is_file()) \

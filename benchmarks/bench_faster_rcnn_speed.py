@@ -13,7 +13,6 @@ read (the machine is shared). Prints one JSON line per figure.
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 
@@ -64,18 +63,10 @@ def match_detections(ours, theirs, box_atol=0.5, score_atol=1e-3):
     return matched, worst
 
 
-def round_robin(functions, runs, warmup):
-    """{name: fn} -> {name: median seconds}, each run in turn so that load changes hit all alike."""
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def median_ms(functions, runs, warmup):
+    """{name: fn} -> {name: median ms}, the functions called in turns (`kdet.metrics.round_robin_latency`)."""
+    from kdet.metrics import round_robin_latency  # after torch: see main()
+    return {name: r["median_ms"] for name, r in round_robin_latency(functions, warmup=warmup, runs=runs).items()}
 
 
 def main():
@@ -139,9 +130,9 @@ def main():
             if fmt == "tflite":
                 emit("faster_rcnn_twin/tflite_bytes", os.path.getsize(path), "bytes",
                      note="builtins only: no SELECT_TF_OPS (Flex) op")
-    latencies = round_robin(functions, args.runs, args.warmup)
-    for name, seconds in latencies.items():
-        emit(f"faster_rcnn_twin/latency_640x480/{name}", round(1000 * seconds, 1), "ms", threads=args.threads,
+    latencies = median_ms(functions, args.runs, args.warmup)
+    for name, ms in latencies.items():
+        emit(f"faster_rcnn_twin/latency_640x480/{name}", round(ms, 1), "ms", threads=args.threads,
              runs=args.runs)
     for name in latencies:
         if name != "torchvision":
@@ -178,10 +169,10 @@ def train_step(model, reference, pixels, tensor, args):
     start = time.perf_counter()
     model.train_on_batch(batch["images"], targets)
     emit("faster_rcnn_twin/train_first_step_with_tracing", round(time.perf_counter() - start, 1), "s")
-    times = round_robin({"kdet": lambda: model.train_on_batch(batch["images"], targets), "torchvision": step_torch},
-                        max(2, args.runs // 2), 1)
-    for name, seconds in times.items():
-        emit(f"faster_rcnn_twin/train_step_640x480/{name}", round(1000 * seconds, 1), "ms", batch_size=1)
+    times = median_ms({"kdet": lambda: model.train_on_batch(batch["images"], targets), "torchvision": step_torch},
+                      max(2, args.runs // 2), 1)
+    for name, ms in times.items():
+        emit(f"faster_rcnn_twin/train_step_640x480/{name}", round(ms, 1), "ms", batch_size=1)
     emit("faster_rcnn_twin/train_step_ratio/kdet_vs_torchvision", round(times["kdet"] / times["torchvision"], 3),
          "ratio")
 

@@ -12,8 +12,6 @@ kdet / torchvision (< 1: kdet faster). Results are checked equal before timing (
 import argparse
 import json
 import os
-import statistics
-import time
 
 import numpy as np
 
@@ -40,17 +38,9 @@ def emit(name, kdet_ms, torchvision_ms, **extra):
 
 
 def time_round_robin(functions, runs, warmup):
-    """functions: name -> zero-arg callable that blocks until done. -> name -> median ms."""
-    for _ in range(warmup):
-        for function in functions.values():
-            function()
-    samples = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    """functions: name -> zero-arg callable that blocks until done. -> name -> median ms, called in turns."""
+    from kdet.metrics import round_robin_latency
+    return {name: r["median_ms"] for name, r in round_robin_latency(functions, warmup=warmup, runs=runs).items()}
 
 
 def nms_inputs(rng, count, num_classes=10, image=800.0):

@@ -11,7 +11,6 @@ import json
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kdet.config import AugmentConfig

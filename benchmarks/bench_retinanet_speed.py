@@ -13,7 +13,6 @@ resize disabled (min_size = max_size = the image size). The CPU is shared: compa
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
@@ -34,6 +33,7 @@ tf.config.threading.set_intra_op_parallelism_threads(THREADS)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
+from kdet.metrics import round_robin_latency  # noqa: E402
 from kdet.models.retinanet import RetinaNet  # noqa: E402
 
 WEIGHT_SEED, CLS_WEIGHT_SCALE, CLS_BIAS = 8, 3.0, -4.0  # as tests/reference/make_retinanet_twin_fixtures.py
@@ -104,17 +104,10 @@ def exported_runners(model, images, tag="retinanet_r50"):
 
 
 def round_robin(runners, images, runs, warmup):
-    """{name: median ms}, the runners timed in turn, so load changes hit all of them alike."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run(images)
-    times = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(images)
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    """{name: median ms} of runners called on the same images in turns (`kdet.metrics.round_robin_latency`)."""
+    results = round_robin_latency({name: (lambda run=run: run(images)) for name, run in runners.items()},
+                                  warmup=warmup, runs=runs)
+    return {name: result["median_ms"] for name, result in results.items()}
 
 
 def main(argv=None):

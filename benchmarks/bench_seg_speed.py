@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.export import export_saved_model, export_tflite, load_runner
+from kdet.metrics import round_robin_latency
 from kdet.models.fcn import FCN
 from kdet.models.unet import UNet
 
@@ -52,16 +53,12 @@ def bench(name, size, runs, workdir):
     runners = {"keras": keras_runner(model), "saved_model": load_runner(saved), "tflite": load_runner(tflite)}
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     outputs = {k: run(image) for k, run in runners.items()}  # warm-up (tracing, allocation) and parity
-    times = {k: [] for k in runners}
-    for _ in range(runs):
-        for key, run in runners.items():
-            begin = time.perf_counter()
-            run(image)
-            times[key].append((time.perf_counter() - begin) * 1000)
-    keras_ms = float(np.median(times["keras"]))
+    results = round_robin_latency({k: (lambda run=run: run(image)) for k, run in runners.items()}, warmup=0,
+                                  runs=runs)
+    keras_ms = results["keras"]["median_ms"]
     extra = {"size": size, "runs": runs, "params": model.count_params()}
     for key in runners:
-        median = float(np.median(times[key]))
+        median = results[key]["median_ms"]
         emit(f"seg_speed/{name}/{key}/median_latency", median, "ms", **extra)
         if key != "keras":
             emit(f"seg_speed/{name}/{key}/ratio_to_keras", median / keras_ms, "x")

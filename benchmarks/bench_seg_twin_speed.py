@@ -12,7 +12,6 @@ argmax, the normalisation included on both sides.
 """
 import argparse
 import json
-import time
 
 # torch before TensorFlow: importing torch's triton after TensorFlow segfaults (measured with torch 2.14.1).
 import torch  # noqa: I001
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
+from kdet.metrics import round_robin_latency
 from kdet.models.fcn_resnet import FCNResNet, fcn_resnet_table
 
 SEED = 5
@@ -66,13 +66,9 @@ def main():
     torch_logits, torch_masks = run_torch(image)
     ours = run_kdet(image)
     difference = np.abs(logits_fn(tf.constant(image)).numpy() - torch_logits.numpy().transpose(0, 2, 3, 1)).max()
-    times = {"kdet": [], "torchvision": []}
-    for _ in range(args.runs):
-        for name, run in (("kdet", run_kdet), ("torchvision", run_torch)):
-            start = time.perf_counter()
-            run(image)
-            times[name].append((time.perf_counter() - start) * 1000)
-    medians = {k: float(np.median(v)) for k, v in times.items()}
+    results = round_robin_latency({"kdet": lambda: run_kdet(image), "torchvision": lambda: run_torch(image)},
+                                  warmup=0, runs=args.runs)  # the calls above were the warm-up
+    medians = {k: r["median_ms"] for k, r in results.items()}
     extra = {"size": args.size, "runs": args.runs, "batch": 1}
     emit("seg_twin/fcn_resnet50/kdet/median_latency", medians["kdet"], "ms", **extra)
     emit("seg_twin/fcn_resnet50/torchvision/median_latency", medians["torchvision"], "ms", **extra)

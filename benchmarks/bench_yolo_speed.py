@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.export import export_saved_model, export_tflite, load_runner
+from kdet.metrics import round_robin_latency
 from kdet.models import MODELS
 
 SIZES = {"yolo_v1": 448, "fast_yolo": 448, "yolo_v2": 416, "tiny_yolo_v2": 416}
@@ -35,20 +36,6 @@ def bccd_images(size, count):
     paths = sorted((BCCD / "JPEGImages").glob("*.jpg"))[:count]
     images = [tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(str(p)), channels=3), [size, size]) for p in paths]
     return np.clip(np.round(np.stack(images)), 0, 255).astype(np.uint8)
-
-
-def round_robin(callables, image, runs, warmup=3):
-    """{name: [ms per call]}: every round calls each callable once on the same image."""
-    for fn in callables.values():
-        for _ in range(warmup):
-            fn(image)
-    times = {name: [] for name in callables}
-    for _ in range(runs):
-        for name, fn in callables.items():
-            start = time.perf_counter()
-            fn(image)
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return times
 
 
 def bench_model(name, runs, calibration_count, work):
@@ -71,8 +58,9 @@ def bench_model(name, runs, calibration_count, work):
             emit(f"{name}_{size}_{label}_convert_seconds", time.perf_counter() - start, "s")
             callables[label] = load_runner(path)
             sizes_mb[label] = Path(path).stat().st_size / 2 ** 20
-        times = round_robin(callables, images[:1], runs)
-        medians = {label: float(np.median(ms)) for label, ms in times.items()}
+        results = round_robin_latency({label: (lambda fn=fn: fn(images[:1])) for label, fn in callables.items()},
+                                      warmup=3, runs=runs)
+        medians = {label: result["median_ms"] for label, result in results.items()}
         for label, median in medians.items():
             emit(f"{name}_{size}_{label}_fps", 1000.0 / median, "fps", median_ms=round(median, 2),
                  size_mb=round(sizes_mb.get(label, 0.0), 1), params_millions=round(model.count_params() / 1e6, 2),

@@ -6,7 +6,7 @@ import numpy as np
 
 from kdet.errors import KdetError
 from kdet.export.runners import load_runner
-from kdet.metrics.speed import measure_latency
+from kdet.metrics.speed import round_robin_latency
 
 
 def benchmark_artifacts(paths, runs=50, warmup=5, batch=1, seed=0):
@@ -17,9 +17,8 @@ def benchmark_artifacts(paths, runs=50, warmup=5, batch=1, seed=0):
         raise KdetError(f"artifacts take different input sizes {sorted(sizes)}: benchmark them separately")
     height, width = sizes.pop()
     images = np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
-    rows = []
-    for runner in runners:
-        result = measure_latency(runner, images, warmup=warmup, runs=runs, batch_size=batch)
-        rows.append({"name": runner.path, "format": runner.format, "batch": batch,
-                     **{k: round(float(result[k]), 4) for k in ("median_ms", "p90_ms", "mean_ms", "fps")}})
-    return rows
+    results = round_robin_latency({i: (lambda r=runner: r(images)) for i, runner in enumerate(runners)},
+                                  warmup=warmup, runs=runs, batch_size=batch)
+    return [{"name": runner.path, "format": runner.format, "batch": batch,
+             **{k: round(float(results[i][k]), 4) for k in ("median_ms", "p90_ms", "mean_ms", "fps")}}
+            for i, runner in enumerate(runners)]

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from kdet.errors import ConfigError
-from kdet.metrics.speed import format_latency, latency_records, measure_latency
+from kdet.metrics.speed import format_latency, latency_records, measure_latency, round_robin_latency
 
 
 def test_sleep_median_and_call_count():
@@ -45,3 +45,23 @@ def test_format_and_records():
     assert all(json.loads(json.dumps(r)) == r for r in records)
     with pytest.raises(ConfigError, match="runs"):
         measure_latency(lambda: None, runs=0)
+
+
+def test_round_robin_calls_in_turns_and_times_each():
+    """Each round calls every function once (A, B, A, B, ...), warm-up included, and each gets its own timings."""
+    calls = []
+
+    def sleeper(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    results = round_robin_latency({"a": sleeper("a", 0.002), "b": sleeper("b", 0.006)}, warmup=1, runs=5,
+                                  batch_size=2)
+    assert calls == ["a", "b"] + ["a", "b"] * 5
+    assert results["a"]["runs"] == results["b"]["runs"] == 5 and results["a"]["batch_size"] == 2
+    assert 2.0 <= results["a"]["median_ms"] < results["b"]["median_ms"] and results["b"]["median_ms"] >= 6.0
+    assert results["a"]["fps"] == pytest.approx(2 * 1000.0 / results["a"]["median_ms"])
+    with pytest.raises(ConfigError, match="warmup"):
+        round_robin_latency({"a": lambda: None}, warmup=-1)

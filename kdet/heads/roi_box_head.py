@@ -136,7 +136,7 @@ def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_
     num_classes = len(columns)
     probabilities = tf.gather(tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1), columns, axis=-1)
     probabilities = tf.where(roi_valid[..., None], probabilities, 0.0)
-    batch, num_rois = tf.shape(probabilities)[0], tf.shape(probabilities)[1]
+    batch = tf.shape(probabilities)[0]
     flat = tf.reshape(probabilities, [batch, -1])
     k = topk_candidates if rois.shape[1] is None else min(topk_candidates, rois.shape[1] * num_classes)
     top_scores, top = tf.math.top_k(flat, k=k)  # [B, k], by descending score, ties by lower index

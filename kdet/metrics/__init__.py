@@ -12,15 +12,16 @@ Negative labels / classes are batch padding and are dropped. Details: `kdet.metr
 - `voc_map`: voc_ap, evaluate_voc (PASCAL VOC devkit AP, VOC07 11-point or area)
 - `coco_eval`: evaluate_coco (pycocotools COCOeval, "bbox" or "segm")
 - `miou`: confusion_matrix, segmentation_metrics, SegmentationEvaluator (semantic segmentation, ignore = 255)
-- `speed`: measure_latency, format_latency, latency_records
+- `speed`: measure_latency, round_robin_latency, format_latency, latency_records
 """
 from kdet.metrics.coco_eval import evaluate_coco
 from kdet.metrics.iou import box_iou, mean_box_iou, paired_box_iou
 from kdet.metrics.miou import SegmentationEvaluator, confusion_matrix, segmentation_metrics
-from kdet.metrics.speed import format_latency, latency_records, measure_latency
+from kdet.metrics.speed import format_latency, latency_records, measure_latency, round_robin_latency
 from kdet.metrics.voc_map import evaluate_voc, voc_ap
 
 __all__ = [
     "box_iou", "paired_box_iou", "mean_box_iou", "voc_ap", "evaluate_voc", "evaluate_coco", "confusion_matrix",
-    "segmentation_metrics", "SegmentationEvaluator", "measure_latency", "format_latency", "latency_records",
+    "segmentation_metrics", "SegmentationEvaluator", "measure_latency", "round_robin_latency", "format_latency",
+    "latency_records",
 ]

@@ -22,26 +22,42 @@ def measure_latency(fn, *args, warmup=5, runs=50, batch_size=None, **kwargs):
     batch_size: images per call; fps = batch_size * 1000 / median_ms (1 image per call if None).
     Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "fps", "runs", "batch_size"}.
     """
+    return round_robin_latency({"fn": lambda: fn(*args, **kwargs)}, warmup=warmup, runs=runs,
+                               batch_size=batch_size)["fn"]
+
+
+def round_robin_latency(functions, warmup=5, runs=50, batch_size=None):
+    """Time several zero-argument callables in turns: every round calls each once, so a change of load on a shared
+    machine hits all of them alike and their ratios stay meaningful.
+
+    functions: {name: callable that returns when its work is done}.
+    Returns {name: the `measure_latency` dict}.
+    """
     if runs < 1 or warmup < 0:
-        raise ConfigError(f"measure_latency needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    times_ms = np.empty(runs)
+        raise ConfigError(f"latency needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times_ms = {name: np.empty(runs) for name in functions}
     for i in range(runs):
-        start = time.perf_counter()
-        fn(*args, **kwargs)
-        times_ms[i] = (time.perf_counter() - start) * 1000.0
-    median = float(np.median(times_ms))
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times_ms[name][i] = (time.perf_counter() - start) * 1000.0
     images = 1 if batch_size is None else batch_size
-    return {
-        "median_ms": median,
-        "p90_ms": float(np.percentile(times_ms, 90)),
-        "mean_ms": float(times_ms.mean()),
-        "min_ms": float(times_ms.min()),
-        "fps": images * 1000.0 / median if median > 0 else float("inf"),
-        "runs": runs,
-        "batch_size": images,
-    }
+    results = {}
+    for name, times in times_ms.items():
+        median = float(np.median(times))
+        results[name] = {
+            "median_ms": median,
+            "p90_ms": float(np.percentile(times, 90)),
+            "mean_ms": float(times.mean()),
+            "min_ms": float(times.min()),
+            "fps": images * 1000.0 / median if median > 0 else float("inf"),
+            "runs": runs,
+            "batch_size": images,
+        }
+    return results
 
 
 def format_latency(result, name=None):
