@@ -48,13 +48,14 @@ def batches(model, num_images=48, batch_size=8, empty_batches=0):
 
 @pytest.fixture(scope="module")
 def trained():
-    """The tiny FPN model after 60 joint steps; its first two batches hold no object at all (all-negative RPN,
-    background-only RoIs), which must train like any other."""
+    """The tiny FPN model after 120 joint steps (after 60, one fit in three had not learnt to localise: its best
+    box missed the objects of all 16 images tried; after 120, 4 of 4 fits hit 15-16 of 16); its first two batches
+    hold no object at all (all-negative RPN, background-only RoIs), which must train like any other."""
     keras.utils.set_random_seed(0)
     model = FasterRCNN(3, image_size=SIZE, **TINY_FPN)
     model(np.zeros((1, *SIZE, 3), np.float32))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(batches(model, empty_batches=2), steps_per_epoch=10, epochs=6, verbose=0).history
+    history = model.fit(batches(model, empty_batches=2), steps_per_epoch=10, epochs=12, verbose=0).history
     return model, history
 
 
@@ -74,7 +75,7 @@ def test_decode_gives_the_detection_dict(trained):
     model, _ = trained
     data = make_shapes(4, SIZE, seed=11)
     images = np.stack([r.image for r in data.records]).astype(np.float32)
-    threshold = 1e-3  # how confident 60 steps make the model varies by machine; the contract does not
+    threshold = 1e-3  # how confident 120 steps make the model varies by machine; the contract does not
     model.box_settings["box_score_threshold"] = threshold
     out = {k: v.numpy() for k, v in model.detect(images).items()}
     assert out["boxes"].shape == (4, 20, 4) and out["scores"].shape == (4, 20)
