@@ -54,8 +54,11 @@ def test_fit_lowers_the_loss_then_decode_save_and_export(tmp_path):
     again = loaded.predict(images, verbose=0)
     np.testing.assert_allclose(again["boxes"], out["boxes"], atol=1e-4)
 
-    reports = check_export_parity(model, images, tmp_path / "export",
-                                  formats=("saved_model", "tflite", "onnx", "tflite_int8"))
-    assert {"saved_model", "serving_bytes", "tflite", "onnx", "tflite_int8"} <= set(reports)
-    # int8 is reported, not asserted equal; on a trained model it should still find most of the same boxes
+    reports = check_export_parity(model, images, tmp_path / "export", formats=("saved_model", "tflite", "onnx"))
+    assert {"saved_model", "serving_bytes", "tflite", "onnx"} <= set(reports)
+    # int8 is reported, not asserted equal; on a trained model it should still find most of the same boxes. Judged on
+    # 32 images: on 3, two near-tied class scores flipping under int8 made it 33 % in a CI trial.
+    many = np.stack([r.image for r in data.records[:32]])
+    reports = check_export_parity(model, many, tmp_path / "int8", formats=("tflite_int8",))
+    assert reports["tflite_int8"]["keras_detections"] == 32
     assert reports["tflite_int8"]["matched_fraction"] >= 0.5, reports["tflite_int8"]
