@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from budget import CPUBudget, cpu_seconds
-from kdet import training
+from kdet.train import callbacks as training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
 from kdet.data.pipeline import make_tf_dataset
-from kdet.evaluation import evaluate_model
+from kdet.eval.detection import evaluate_model
 
 
 def emit(name, value, unit, **extra):

@@ -5,7 +5,7 @@
 
 Every model trains from scratch on the same shapes (train split, 96 x 96, 0 = background + 3 classes) for the same
 number of steps with the same optimizer and seed, then is scored on 200 held-out images (shapes test split) with
-kdet.evaluation_semantic.evaluate_semantic. The FCNs share one narrow VGG-16 (BN); the encoder-decoders share one
+kdet.eval.semantic.evaluate_semantic. The FCNs share one narrow VGG-16 (BN); the encoder-decoders share one
 encoder and differ only in how the decoder upsamples. Prints one JSON line per figure (mIoU, pixel accuracy, train
 seconds). The paper's finding to look for: FCN-8s > 16s > 32s, because the skips bring back the detail that a
 stride-32 score map cannot hold.
@@ -18,7 +18,7 @@ import keras
 
 from kdet.data.io import load_dataset
 from kdet.data.pipeline import make_tf_dataset
-from kdet.evaluation_semantic import evaluate_semantic
+from kdet.eval.semantic import evaluate_semantic
 from kdet.models.fcn import FCN
 from kdet.models.segnet import UNPOOLING, EncoderDecoder
 

@@ -12,7 +12,7 @@ Both runs: the paper's valid U-Net (3 pools here, 16..128 channels, BN), median-
 + elastic deformation (3 x 3 grid, sigma 10 px), Adam 1e-3, the same steps and seed. The only difference is the
 border term w0 exp(-(d1 + d2)^2 / 2 sigma^2) (w0 = 10, sigma = 5) of the loss weights. Prediction: overlap-tile
 over the held-out image (mirrored at its border), argmax, 4-connected components (components under `--min-size`
-pixels dropped), then kdet.evaluation_semantic.instance_metrics against the true nuclei of the region.
+pixels dropped), then kdet.eval.semantic.instance_metrics against the true nuclei of the region.
 """
 import argparse
 import json
@@ -27,7 +27,7 @@ from kdet.config import AugmentConfig
 from kdet.data.elastic import elastic_deform
 from kdet.data.label_image import class_weights_from_dataset, load_instance_tiles, read_label_image
 from kdet.data.pipeline import make_tf_dataset
-from kdet.evaluation_semantic import connected_components, instance_metrics
+from kdet.eval.semantic import connected_components, instance_metrics
 from kdet.models.segmentation_base import predict_tiled
 from kdet.models.unet import UNet
 

@@ -21,7 +21,7 @@ from bench_retinanet_accuracy import emit, evaluate_test, train_budgeted  # noqa
 from kdet.api import load_split  # noqa: E402
 from kdet.config import load_config  # noqa: E402
 from kdet.data.pipeline import make_tf_dataset  # noqa: E402
-from kdet.evaluation import evaluate_artifact  # noqa: E402
+from kdet.eval.detection import evaluate_artifact  # noqa: E402
 from kdet.export import export_tflite  # noqa: E402
 
 HALF_WIDTH = ["model.args.vgg_widths=[32, 64, 128, 256, 256]", "model.args.fc_width=512",

@@ -22,13 +22,13 @@ import numpy as np
 import tensorflow as tf
 
 from budget import CPUBudget
-from kdet import training
+from kdet.train import callbacks as training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
 from kdet.data.anchors_kmeans import compute_priors
 from kdet.data.multiscale import multiscale_batches
 from kdet.data.pipeline import make_tf_dataset
-from kdet.evaluation import evaluate_artifact, evaluate_model
+from kdet.eval.detection import evaluate_artifact, evaluate_model
 from kdet.export import export_tflite
 
 VARIANTS = {

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet import training
+from kdet.train import callbacks as training
 from kdet.config import load_config
 from kdet.data.augment import resize_image
 from kdet.data.pipeline import make_tf_dataset
@@ -79,7 +79,7 @@ def _seed(seed):
 def _strategy(name):
     if name == "none":
         return tf.distribute.get_strategy()
-    from kdet.distribute import make_strategy
+    from kdet.train.distribute import make_strategy
     return make_strategy(name)
 
 
@@ -166,9 +166,9 @@ def _pipeline_needs(model):
 
 def _evaluate(model, dataset, config, metric="both", progress=True):
     if model.task == "semantic":
-        from kdet.evaluation_semantic import evaluate_semantic
+        from kdet.eval.semantic import evaluate_semantic
         return evaluate_semantic(model, dataset, resize=config.data.resize, progress=progress)
-    from kdet.evaluation import evaluate_model
+    from kdet.eval.detection import evaluate_model
     return evaluate_model(model, dataset, metric, resize=config.data.resize, progress=progress)
 
 
@@ -194,13 +194,13 @@ def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None
     it to the model size (U-Net trained on tiles of a larger image).
     """
     from kdet.data.images import read_image
-    from kdet.visualize import draw_detections, save_png
+    from kdet.inference.visualize import draw_detections, save_png
     config = _config(config, overrides)
     model = build_model(config)
     restore(model, config, checkpoint)
     class_names = _class_names(config)
     if model.task == "semantic":
-        from kdet.evaluation_semantic import predict_files
+        from kdet.eval.semantic import predict_files
         return predict_files(model, images, out_dir, class_names, tiled=tiled)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,3 +250,10 @@ def export(config, overrides=(), formats=None, quantize=None, checkpoint=None, o
         representative = np.concatenate([b["images"].numpy() for b in batches])
     return export_model(model, out_dir or config.export.out_dir, name or config.export.name, formats=formats,
                         quantize=quantize, representative_images=representative)
+
+
+def benchmark(paths, runs=50, warmup=5, batch=1, seed=0):
+    """Latency of artifacts (.keras, SavedModel, .tflite, .onnx) on the same images, timed in turns in one process.
+    Returns one row per artifact: {"name", "format", "median_ms", "p90_ms", "mean_ms", "fps", "batch"}."""
+    from kdet.inference.benchmark import benchmark_artifacts
+    return benchmark_artifacts(paths, runs=runs, warmup=warmup, batch=batch, seed=seed)

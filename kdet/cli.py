@@ -114,7 +114,7 @@ def _print_figures(results):
 def _run(args):
     import kdet.api as api
     if args.command == "train" and (args.schedule == "alternating" or args.proposals):
-        from kdet import training_schedules
+        from kdet.train import schedules as training_schedules
         if args.proposals:
             training_schedules.train_fast_rcnn(args.config, args.proposals, args.overrides)
         else:
@@ -125,7 +125,7 @@ def _run(args):
         print(f"trained {result['epochs']} epochs; checkpoint {result['checkpoint']}")
     elif args.command == "evaluate":
         if args.proposals:
-            from kdet.training_schedules import evaluate_fast_rcnn
+            from kdet.train.schedules import evaluate_fast_rcnn
             results = evaluate_fast_rcnn(args.config, args.proposals, args.overrides, split=args.split,
                                          checkpoint=args.checkpoint, metric=args.metric)
         else:
@@ -147,7 +147,7 @@ def _run(args):
                                     args.out).items():
             print(f"{fmt}: {path}")
     elif args.command == "benchmark":
-        from kdet.benchmarking import benchmark_artifacts
+        from kdet.inference.benchmark import benchmark_artifacts
         for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch):
             print(json.dumps(row))
     elif args.command == "run":
@@ -169,7 +169,7 @@ def _run_data(args):
         print(f"wrote {len(dataset)} images as {args.to} to {args.out}")
     elif args.data_command == "show":
         from kdet.data.images import read_image
-        from kdet.visualize import draw_detections, save_png
+        from kdet.inference.visualize import draw_detections, save_png
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for record in dataset.records[:args.num]:
@@ -181,7 +181,7 @@ def _run_data(args):
 
 
 # Commands whose options belong to another module's parser: handed their arguments untouched.
-_DELEGATED = {("serve",): ("kdet.export.serving", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
+_DELEGATED = {("serve",): ("kdet.serving.core", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
                                                                                  "anchors_main")}
 
 

@@ -14,7 +14,7 @@ from kdet.config import load_config
 def _save_inputs(dataset, out, count):
     """Held-out images as files (synthetic data lives in memory): what a user would hand to `kdet predict`."""
     from kdet.data.images import read_image
-    from kdet.visualize import save_png
+    from kdet.inference.visualize import save_png
     paths = []
     for record in dataset.records[:count]:
         if record.path is not None:
@@ -42,7 +42,7 @@ def _grid(pictures):
 
 def _enlarged_picture(image, result, class_names, min_side=256):
     """Detections drawn on the image enlarged (nearest) to at least `min_side` px, so labels stay legible."""
-    from kdet.visualize import draw_detections
+    from kdet.inference.visualize import draw_detections
     factor = max(1, -(-min_side // max(image.shape[:2])))
     big = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     return draw_detections(big, np.asarray(result["boxes"], np.float32).reshape(-1, 4) * factor,
@@ -50,8 +50,8 @@ def _enlarged_picture(image, result, class_names, min_side=256):
 
 
 def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
-    from kdet.export.runners import load_runner
-    from kdet.visualize import save_png
+    from kdet.inference.runners import load_runner
+    from kdet.inference.visualize import save_png
     config = load_config(config_path, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

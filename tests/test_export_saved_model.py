@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from kdet.errors import KdetError
 from kdet.export import export_saved_model, load_runner
-from kdet.export.saved_model import latest_version_dir
+from kdet.inference.runners import latest_version_dir
 from tests.testing import (TinySegmenter, compare_detections, encode_jpeg, encode_png, keras_outputs,
                            make_tiny_detector, random_images)
 

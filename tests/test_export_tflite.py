@@ -56,11 +56,11 @@ def test_fp32_matches_keras_counts_included(grid):
 
 
 def test_evaluate_artifact_scores_the_tflite_model_like_keras(grid):
-    """kdet.evaluation.evaluate_artifact runs an exported file over a dataset: the fp32 TFLite model's COCO / VOC
+    """kdet.eval.detection.evaluate_artifact runs an exported file over a dataset: the fp32 TFLite model's COCO / VOC
     figures equal the Keras model's on the same images."""
     from kdet.data.shapes import make_shapes
-    from kdet.evaluation import evaluate_artifact, evaluate_model
-    from kdet.evaluation import detect_dataset
+    from kdet.eval.detection import evaluate_artifact, evaluate_model
+    from kdet.eval.detection import detect_dataset
     model, _, paths = grid
     dataset = make_shapes(12, tuple(model.image_size), max_objects=3, seed=2)
     runner = load_runner(paths[None])

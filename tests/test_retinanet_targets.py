@@ -1,10 +1,10 @@
-"""Anchor targets (kdet.data.anchor_targets): RetinaNet's ignored band and SSD's forced best anchor against loop
+"""Anchor targets (kdet.ops.anchor_targets): RetinaNet's ignored band and SSD's forced best anchor against loop
 references, degenerate boxes, images and batches without objects."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.data.anchor_targets import IGNORE, NEGATIVE, anchor_targets, match_anchors
+from kdet.ops.anchor_targets import IGNORE, NEGATIVE, anchor_targets, match_anchors
 
 
 def iou_reference(a, b):

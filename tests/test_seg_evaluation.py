@@ -1,4 +1,4 @@
-"""kdet.evaluation_semantic: mIoU / pixel accuracy with ignore 255 in each image's frame, connected components,
+"""kdet.eval.semantic: mIoU / pixel accuracy with ignore 255 in each image's frame, connected components,
 instance AP@0.5 and merged-object counts."""
 from collections import deque
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from kdet.data.records import DetectionDataset, Record
 from kdet.errors import DataError
-from kdet.evaluation_semantic import connected_components, evaluate_semantic, instance_metrics
+from kdet.eval.semantic import connected_components, evaluate_semantic, instance_metrics
 from kdet.models.segmentation_base import SemanticSegmenter
 
 
@@ -138,7 +138,7 @@ def test_instance_metrics_count_merges_and_matches():
 
 def test_predict_files_writes_overlays_and_class_id_pngs(tmp_path):
     from kdet.data.images import read_segmentation
-    from kdet.evaluation_semantic import predict_files
+    from kdet.eval.semantic import predict_files
     image = np.zeros((30, 44, 3), np.uint8)
     image[:, 22:, 0] = 200  # right half -> class 2
     Image.fromarray(image).save(tmp_path / "in.png")

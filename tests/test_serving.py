@@ -24,8 +24,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from kdet.export import serving_json
-from kdet.export.serving import ModelServer, main
+from kdet.serving import codec as serving_json
+from kdet.serving.core import ModelServer, main
 
 SIZE, K = 32, 5
 
@@ -339,7 +339,7 @@ def test_new_version_picked_up_and_old_one_still_served(base, tmp_path):
 
 def test_cli_main_serves_until_sigterm(base):
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from kdet.export.serving import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from kdet.serving.core import main; sys.exit(main(sys.argv[1:]))",
          str(base), "--model-name", "cli", "--rest-port", "0", "--grpc-port", "-1"],
         stderr=subprocess.PIPE, text=True)
     port = []

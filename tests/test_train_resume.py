@@ -54,7 +54,7 @@ def test_kill_then_resume_continues_from_the_last_checkpoint(tmp_path):
 
     # predict on a file of another size: boxes come back in that image's own pixels, with a PNG and a JSON
     from kdet.data.shapes import make_shapes
-    from kdet.visualize import save_png
+    from kdet.inference.visualize import save_png
     image = make_shapes(1, image_size=(80, 120), max_objects=1, seed=5).records[0].image
     save_png(image, tmp_path / "wide.png")
     predicted = _kdet("predict", "--config", "configs/classloc_shapes.yaml", *SMALL, "--set",

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from kdet.errors import DataError
-from kdet.visualize import class_color, draw_detections, draw_segmentation, save_png, voc_palette
+from kdet.inference.visualize import class_color, draw_detections, draw_segmentation, save_png, voc_palette
 
 
 def test_voc_palette_known_entries():

@@ -278,9 +278,9 @@ class TinyGridDetector(Detector):
         out = self.head(self.backbone(self.normalize(images)))
         return {"box_deltas": out[..., :4], "class_logits": out[..., 4:]}
 
-    def grid_boxes(self, deltas):
-        """deltas [B, h, w, 4] -> boxes [B, h*w, 4] yxyx pixels, clipped to the image."""
-        height, width = self.image_size
+    def grid_boxes(self, deltas, image_size):
+        """deltas [B, h, w, 4] -> boxes [B, h*w, 4] yxyx pixels, clipped to the image of `image_size`."""
+        height, width = image_size
         grid_h, grid_w = deltas.shape[1], deltas.shape[2]
         stride_y, stride_x = height / grid_h, width / grid_w
         cy = (tf.range(grid_h, dtype=tf.float32)[:, None] + 0.5 + tf.tanh(deltas[..., 0])) * stride_y
@@ -291,8 +291,8 @@ class TinyGridDetector(Detector):
         boxes = tf.minimum(tf.maximum(boxes, 0.0), [height, width, height, width])
         return tf.reshape(boxes, [-1, grid_h * grid_w, 4])
 
-    def decode(self, outputs):
-        boxes = self.grid_boxes(outputs["box_deltas"])
+    def decode(self, outputs, image_size):
+        boxes = self.grid_boxes(outputs["box_deltas"], image_size)
         scores = tf.reshape(tf.sigmoid(outputs["class_logits"]), [tf.shape(boxes)[0], -1, self.num_classes])
         return combined_nms(boxes, scores, self.max_detections, self.iou_threshold, self.score_threshold)
 
@@ -315,7 +315,7 @@ class TinyRoiDetector(TinyGridDetector):
     def call(self, images, training=False):
         features = self.backbone(self.normalize(images))
         out = self.head(features)
-        proposals = self.grid_boxes(out[..., :4])
+        proposals = self.grid_boxes(out[..., :4], self.image_size)
         objectness = tf.reduce_max(tf.reshape(out[..., 4:], [tf.shape(proposals)[0], -1, self.num_classes]), -1)
         _, top = tf.math.top_k(objectness, self.num_proposals)
         proposals = tf.gather(proposals, top, batch_dims=1)
@@ -327,7 +327,7 @@ class TinyRoiDetector(TinyGridDetector):
         refined = self.roi_head(flat)
         return {"proposals": proposals, "box_deltas": refined[..., :4], "class_logits": refined[..., 4:]}
 
-    def decode(self, outputs):
+    def decode(self, outputs, image_size):
         boxes = outputs["proposals"] + 4.0 * tf.tanh(outputs["box_deltas"])
         return combined_nms(boxes, tf.sigmoid(outputs["class_logits"]), self.max_detections, self.iou_threshold,
                             self.score_threshold)
@@ -351,9 +351,9 @@ class TinySegmenter(Detector):
         x = self.normalize(images)
         for conv in self.convs:
             x = conv(x)
-        return {"logits": tf.image.resize(self.classifier(x), self.image_size, method="bilinear")}
+        return {"logits": tf.image.resize(self.classifier(x), tf.shape(images)[1:3], method="bilinear")}
 
-    def decode(self, outputs):
+    def decode(self, outputs, image_size):
         probabilities = tf.nn.softmax(outputs["logits"], axis=-1)
         return {"masks": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
 
@@ -369,7 +369,7 @@ def check_dense_twin_outputs(model, images, fixture, anchor_atol=0.0):
     for key in ("cls_logits", "box_regression"):
         result = outputs[key].numpy()[:, keep]
         assert np.max(np.abs(result - fixture[key])) <= 1e-3 * np.max(np.abs(fixture[key])), key
-    detections = {k: v.numpy() for k, v in model.decode(outputs).items()}
+    detections = {k: v.numpy() for k, v in model.decode(outputs, images.shape[1:3]).items()}
     for i in range(len(images)):
         count = int(detections["num_detections"][i])
         assert count == len(fixture[f"det{i}_scores"]) > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kdet.errors import ConfigError
 from kdet.export.onnx import export_onnx
-from kdet.export.runners import load_runner
+from kdet.inference.runners import load_runner
 from kdet.export.saved_model import export_saved_model
 from kdet.export.tflite import export_tflite
 

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.inference.runners import latest_version_dir  # noqa: F401  (re-exported)
 from kdet.errors import KdetError
 
 
@@ -55,12 +56,6 @@ def next_version(base_dir):
     """1 + the highest integer-named subdirectory of base_dir (1 if none)."""
     versions = [int(p.name) for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
-
-
-def latest_version_dir(base_dir):
-    """The highest integer-named subdirectory of base_dir (TF Serving's default version policy), or None."""
-    versions = [p for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
-    return str(max(versions, key=lambda p: int(p.name))) if versions else None
 
 
 def ensure_built(model):

@@ -72,7 +72,7 @@ def _write_builtins_saved_model(model, directory):
     def serve(images):
         outputs = model(tf.cast(images, tf.float32), training=False)
         with tf.name_scope(DECODE_SCOPE):  # marks the float part for int8
-            return dict(model.decode(outputs))
+            return dict(model.decode(outputs, (height, width)))
 
     with builtins_only():  # read by kdet.ops at trace time, which happens inside write_out
         archive = keras.export.ExportArchive()

@@ -16,7 +16,7 @@ sampled positives, summed and divided by the number of sampled anchors, over the
 import keras
 import tensorflow as tf
 
-from kdet.data.anchor_targets import match_anchors
+from kdet.ops.anchor_targets import match_anchors
 from kdet.ops import encode_boxes, sample_balanced
 
 RPN_INIT = keras.initializers.RandomNormal(stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
@@ -80,7 +80,7 @@ def rpn_targets(anchors, boxes, labels, fg_iou_threshold=0.7, bg_iou_threshold=0
     Args:
         anchors: [N, 4] yxyx pixels.
         boxes: [B, M, 4] yxyx pixels, padded; labels: [B, M] int, -1 = padding. Degenerate boxes (zero height or
-            width) and boxes that overlap no anchor are ignored (kdet.data.anchor_targets.match_anchors).
+            width) and boxes that overlap no anchor are ignored (kdet.ops.anchor_targets.match_anchors).
         fg_iou_threshold, bg_iou_threshold: IoU >= fg positive, < bg negative, in between ignored.
         batch_size_per_image, positive_fraction: the balanced minibatch (kdet.ops.sample_balanced).
         seed: None (global random state) or an int / [2] tensor for a reproducible draw.

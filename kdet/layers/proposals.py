@@ -13,7 +13,7 @@ most 25 % foreground, topped up with background.
 import keras
 import tensorflow as tf
 
-from kdet.data.anchor_targets import valid_ground_truth
+from kdet.ops.anchor_targets import valid_ground_truth
 from kdet.ops import box_iou, clip_boxes, combined_nms, decode_boxes, encode_boxes, match, sample_balanced
 
 PADDING_LABEL = -1  # roi_labels of a sampled slot that holds no RoI (fewer candidates than the sample size)

@@ -9,13 +9,15 @@ import tensorflow as tf
 
 from kdet.backbones.simple import SimpleBackbone
 from kdet.models.base import Detector
+from kdet.ops.images import resize_to
 
 
 @keras.saving.register_keras_serializable(package="kdet")
 class ClassLocModel(Detector):
     """Args:
         num_classes: C.
-        image_size: (H, W) of the network input.
+        image_size: (H, W) of the network; inputs of other sizes are resized to it, boxes come back in the input's
+            pixels.
         widths: channels of the backbone stages.
         hidden: width of the shared fully connected layer.
         box_loss: "l2" (the lecture's) or "smooth_l1" (Huber, delta 1, on the normalised box).
@@ -49,20 +51,22 @@ class ClassLocModel(Detector):
         self.iou_tracker = keras.metrics.Mean(name="iou")
 
     def call(self, images, training=False):
-        features = self.backbone(self.normalize(images), training=training)
+        # The fully connected head fixes the network's size: other inputs are resized to it (boxes are relative).
+        features = self.backbone(self.normalize(resize_to(images, self.image_size)), training=training)
         x = self.dropout(self.fc(self.flatten(features[f"C{len(self.widths)}"])), training=training)
         return {"class_logits": tf.cast(self.class_head(x), tf.float32), "boxes": tf.cast(self.box_head(x), tf.float32)}
 
-    def encode_targets(self, batch):
+    def encode_targets(self, targets, image_size):
         """The first (only) object of each image: label [B], box (cy, cx, h, w) relative [B, 4], weight [B]."""
-        boxes = batch["bounding_boxes"]["boxes"][:, 0]
-        labels = batch["bounding_boxes"]["labels"][:, 0]
-        height, width = self.image_size
-        y1, x1, y2, x2 = tf.unstack(boxes / [height, width, height, width], axis=-1)
+        # One padding row so that a batch with no object at all (M = 0) still has a first row, of label -1.
+        boxes = tf.pad(targets["boxes"], [[0, 0], [0, 1], [0, 0]])[:, 0]
+        labels = tf.pad(targets["labels"], [[0, 0], [0, 1]], constant_values=-1)[:, 0]
+        height, width = (tf.cast(s, tf.float32) for s in image_size)
+        y1, x1, y2, x2 = tf.unstack(boxes / tf.stack([height, width, height, width]), axis=-1)
         target = tf.stack([(y1 + y2) / 2, (x1 + x2) / 2, y2 - y1, x2 - x1], axis=-1)
         return {"labels": tf.maximum(labels, 0), "boxes": target, "weights": tf.cast(labels >= 0, tf.float32)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def loss_from_targets(self, y, y_pred, images, training=True):
         weights = y["weights"]
         normaliser = tf.maximum(tf.reduce_sum(weights), 1.0)
         class_loss = keras.losses.sparse_categorical_crossentropy(y["labels"], y_pred["class_logits"], from_logits=True)
@@ -78,10 +82,10 @@ class ClassLocModel(Detector):
     def metrics(self):
         return super().metrics + [self.iou_tracker]
 
-    def decode(self, outputs):
+    def decode(self, outputs, image_size):
         probabilities = tf.nn.softmax(outputs["class_logits"], axis=-1)
-        height, width = self.image_size
-        boxes = _to_yxyx(outputs["boxes"]) * [height, width, height, width]
+        height, width = (tf.cast(s, tf.float32) for s in image_size)
+        boxes = _to_yxyx(outputs["boxes"]) * tf.stack([height, width, height, width])
         batch = tf.shape(boxes)[0]
         return {
             "boxes": boxes[:, None, :],

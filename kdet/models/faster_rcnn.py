@@ -14,7 +14,7 @@ proposals (`ProposalGenerator`), RoI pooling + box head. Three backbones (`backb
 
 Training (`stage=`): "joint" is approximate joint training (one `model.fit`, proposals carry no gradient); "rpn"
 trains only the RPN losses; "fast_rcnn" trains only the second stage, on the model's own (frozen) RPN proposals or
-on proposals given with the images (`call({"images": ..., "proposals": [B, P, 4]})`). `kdet.training_schedules`
+on proposals given with the images (`call({"images": ..., "proposals": [B, P, 4]})`). `kdet.train.schedules`
 runs the paper's 4-step alternating training with these stages.
 
 Keras passes the ground truth only to `compute_loss`, and which RoIs the second stage trains on depends on it, so

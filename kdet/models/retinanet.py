@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.backbones.resnet import ResNet
-from kdet.data.anchor_targets import anchor_targets
+from kdet.ops.anchor_targets import anchor_targets
 from kdet.heads.retina_head import RetinaHead
 from kdet.losses.focal import AnchorClassificationLoss
 from kdet.models.base import Detector

@@ -23,7 +23,7 @@ import tensorflow as tf
 from kdet.backbones.mobilenet_ssdlite import SSDLITE_EXTRA_WIDTHS, MobileNetSSDLiteFeatures
 from kdet.backbones.vgg import VGG16_WIDTHS
 from kdet.backbones.vgg_ssd import SSD300_EXTRA_WIDTHS, SSDVGGFeatures
-from kdet.data.anchor_targets import anchor_targets
+from kdet.ops.anchor_targets import anchor_targets
 from kdet.heads.ssd_head import SSDHead
 from kdet.losses.ssd import multibox_loss
 from kdet.models.base import Detector

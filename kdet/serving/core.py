@@ -310,7 +310,7 @@ class ModelServer:
         return self
 
     def _start(self):
-        from kdet.export import serving_grpc, serving_rest
+        from kdet.serving import grpc_service as serving_grpc, rest as serving_rest
 
         if not self.repository.refresh():
             log.warning("no versions of model %s found under %s yet; waiting for one",

@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from kdet.errors import ConfigError
-from kdet.export.serving import (MAX_REQUEST_ELEMENTS, ServingError, check_version_label, invalid_argument,
+from kdet.serving.core import (MAX_REQUEST_ELEMENTS, ServingError, check_version_label, invalid_argument,
                                  run_signature)
 
 log = logging.getLogger("kdet.serve")

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet import training
+from kdet.train import callbacks as training
 from kdet.data.pipeline import make_tf_dataset
 from kdet.errors import ConfigError, DataError
 from kdet.ops import convert_format
@@ -238,7 +238,7 @@ def train_fast_rcnn(config, proposals_json, overrides=(), model=None, verbose="a
 
 
 def detect_with_proposals(model, dataset, proposals, batch_size=8, resize="stretch", max_proposals=2000):
-    """Detections on given proposals, in each image's own pixels (the form kdet.evaluation scores)."""
+    """Detections on given proposals, in each image's own pixels (the form kdet.eval.detection scores)."""
     detect = tf.function(model.detect, reduce_retracing=True)
     results = []
     lookup, table = proposal_table(dataset, proposals, max_proposals)
@@ -257,7 +257,7 @@ def evaluate_fast_rcnn(config, proposals_json, overrides=(), split="test", check
                        metric="both", max_proposals=2000):
     """COCO AP / VOC mAP@0.5 of the second stage on the proposals of a file (the trained checkpoint by default)."""
     from kdet.api import build_model, load_split, restore
-    from kdet.evaluation import evaluate_detections
+    from kdet.eval.detection import evaluate_detections
 
     config = _setup(config, overrides)
     if model is None:

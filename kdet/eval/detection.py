@@ -70,7 +70,7 @@ def evaluate_model(model, dataset, metric="both", batch_size=8, resize="stretch"
 def evaluate_artifact(path, dataset, image_size, metric="both", batch_size=8, resize="stretch", progress=True):
     """`evaluate_model` for an exported model (SavedModel dir, .tflite, .onnx, .keras) through
     `kdet.export.load_runner`: e.g. the mAP of an int8 TFLite model against its float twin."""
-    from kdet.export import load_runner  # kdet.export imports the models; keep this module light
+    from kdet.inference.runners import load_runner
     runner = load_runner(path)
     return evaluate_detections(dataset, detect_dataset(runner, dataset, batch_size, resize, progress, image_size),
                                metric)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from kdet.errors import KdetError
-from kdet.export.saved_model import latest_version_dir
 
 NUM_THREADS = 2
 
@@ -127,6 +126,12 @@ class OnnxRunner(Runner):
     def run(self, images):
         outputs = self._session.run(None, {self._input_name: images})
         return dict(zip(self._output_names, outputs))
+
+
+def latest_version_dir(base_dir):
+    """The highest integer-named subdirectory of base_dir (TF Serving's default version policy), or None."""
+    versions = [p for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(versions, key=lambda p: int(p.name))) if versions else None
 
 
 def load_runner(path):

@@ -16,9 +16,9 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from kdet.errors import ConfigError
-from kdet.export.serving import ServingError, invalid_argument, run_signature
-from kdet.export.serving_json import columns_to_inputs, instances_to_inputs, outputs_to_json, short_json
-from kdet.export.serving_grpc import SIGNATURE_DEF_FIELD, get_model_metadata, get_model_status
+from kdet.serving.core import ServingError, invalid_argument, run_signature
+from kdet.serving.codec import columns_to_inputs, instances_to_inputs, outputs_to_json, short_json
+from kdet.serving.grpc_service import SIGNATURE_DEF_FIELD, get_model_metadata, get_model_status
 
 log = logging.getLogger("kdet.serve")
 

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from kdet.export.serving import ServingError, invalid_argument
+from kdet.serving.core import ServingError, invalid_argument
 
 
 def short_json(value, limit=120):

@@ -97,7 +97,7 @@ def predict_files(model, paths, out_dir, class_names=None, tiled=False, alpha=0.
     Returns the list of per-image result dicts.
     """
     from kdet.data.images import encode_png, read_image
-    from kdet.visualize import draw_segmentation, save_png
+    from kdet.inference.visualize import draw_segmentation, save_png
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ["background"] + list(class_names or [str(i) for i in range(model.num_classes)])

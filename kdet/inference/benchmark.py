@@ -5,7 +5,7 @@ All artifacts run in one process, round-robin, on identical inputs, so their rat
 import numpy as np
 
 from kdet.errors import KdetError
-from kdet.export.runners import load_runner
+from kdet.inference.runners import load_runner
 from kdet.metrics.speed import round_robin_latency
 
 
