@@ -31,13 +31,16 @@ from kdet.ops.images import image_hw, normalize_symmetric
 class DataNeeds:
     """What a model's training data must carry, declared by the model and applied by the training recipe.
 
-    masks: None, "instance" (per-object masks next to the boxes) or "semantic" (a class-id mask per image).
+    instance_masks: the targets carry "masks" [B, M, H, W] uint8, one per object, next to the boxes.
+    semantic: the model trains on a class-id mask per image (y = masks [B, H, W, 1], 0 = background, k = class
+        k - 1, 255 = ignored) instead of boxes; with `instance_masks` too, y = {"segmentation_masks", "masks"}.
     multiscale_sizes: square input sizes to train on, a new one drawn every `multiscale_every` batches (YOLOv2);
         empty = train at `image_size`.
     adapt: the model computes statistics of its training data (`model.adapt(dataset)`) before fitting.
     """
 
-    masks: str = None
+    instance_masks: bool = False
+    semantic: bool = False
     multiscale_sizes: tuple = ()
     multiscale_every: int = 10
     adapt: bool = False

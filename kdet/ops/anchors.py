@@ -10,8 +10,6 @@ channel a at location (i, j) is trained against anchor (i * W + j) * A + a. torc
   * per image, the levels are concatenated in order.
 Ratios are height / width. Boxes here are yxyx pixels.
 """
-import math
-
 import numpy as np
 import tensorflow as tf
 
@@ -48,7 +46,7 @@ def anchors(feature_size, stride, sizes, ratios):
 
     Args:
         feature_size: (H, W) of the feature map (ints or scalar int tensors).
-        stride: int or (stride_y, stride_x) in image pixels per feature cell.
+        stride: int or (stride_y, stride_x) in image pixels per feature cell (ints or scalar int tensors).
         sizes: anchor sizes in pixels (sqrt of the area), e.g. (32,) or (128, 256, 512).
         ratios: height / width ratios, e.g. (0.5, 1.0, 2.0).
     Returns:
@@ -58,8 +56,8 @@ def anchors(feature_size, stride, sizes, ratios):
     stride_y, stride_x = _pair(stride)
     cell = tf.constant(base_anchors(sizes, ratios))  # [A, 4]
     # torchvision builds the shifts in int32 and adds the float base anchors: exact for any realistic image.
-    shift_y = tf.range(height, dtype=tf.int32) * int(stride_y)
-    shift_x = tf.range(width, dtype=tf.int32) * int(stride_x)
+    shift_y = tf.range(height, dtype=tf.int32) * tf.cast(stride_y, tf.int32)
+    shift_x = tf.range(width, dtype=tf.int32) * tf.cast(stride_x, tf.int32)
     grid_y, grid_x = tf.meshgrid(shift_y, shift_x, indexing="ij")
     grid_y = tf.cast(tf.reshape(grid_y, [-1]), tf.float32)
     grid_x = tf.cast(tf.reshape(grid_x, [-1]), tf.float32)
@@ -83,29 +81,33 @@ def multilevel_anchors(image_size, strides, sizes_per_level, ratios, feature_siz
     what torchvision uses otherwise (e.g. a 13x17 "pool" level of an 800x1088 image has stride 61 x 64).
 
     Args:
-        image_size: (H, W) of the network input in pixels (ints).
+        image_size: (H, W) of the network input in pixels: ints, or scalar int32 tensors when the input's size is
+            only known at run time (`kdet.ops.images.image_hw`).
         strides: nominal stride per level, e.g. (4, 8, 16, 32, 64); sets the default feature sizes
             ceil(image_size / stride), which is what stride-2 convolutions with padding produce.
         sizes_per_level: anchor sizes per level, e.g. ((32,), (64,), (128,), (256,), (512,)).
         ratios: height / width ratios shared by all levels, or one sequence per level.
-        feature_sizes: optional explicit (H_l, W_l) per level, to follow a backbone whose sizes differ.
+        feature_sizes: optional explicit (H_l, W_l) per level (ints or tensors), to follow a backbone whose sizes
+            differ.
     Returns:
         [sum_l H_l * W_l * A_l, 4] float32 yxyx pixels.
     """
-    image_h, image_w = (int(s) for s in image_size)
+    image_h, image_w = image_size
     if len(sizes_per_level) != len(strides):
         raise ConfigError(f"anchor sizes_per_level: {len(sizes_per_level)} levels given, strides give {len(strides)}")
     if feature_sizes is None:
-        feature_sizes = []
-        for stride in strides:
-            stride_y, stride_x = _pair(stride)
-            feature_sizes.append((math.ceil(image_h / stride_y), math.ceil(image_w / stride_x)))
+        feature_sizes = [(_ceil_div(image_h, _pair(s)[0]), _ceil_div(image_w, _pair(s)[1])) for s in strides]
     level_ratios = _ratios_per_level(ratios, len(strides))
     per_level = []
     for (feat_h, feat_w), sizes, level_ratio in zip(feature_sizes, sizes_per_level, level_ratios):
-        stride = (image_h // int(feat_h), image_w // int(feat_w))
-        per_level.append(anchors((int(feat_h), int(feat_w)), stride, sizes, level_ratio))
+        stride = (image_h // feat_h, image_w // feat_w)
+        per_level.append(anchors((feat_h, feat_w), stride, sizes, level_ratio))
     return tf.concat(per_level, axis=0)
+
+
+def _ceil_div(size, stride):
+    """ceil(size / stride) for ints or int tensors (-(-a // b) works on both)."""
+    return -(-size // stride)
 
 
 def num_anchors_per_location(sizes_per_level, ratios):
