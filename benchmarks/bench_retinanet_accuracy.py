@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from budget import CPUBudget, cpu_seconds
-from kdet.train import callbacks as training
+from kdet.training import callbacks as training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
 from kdet.data.pipeline import make_tf_dataset

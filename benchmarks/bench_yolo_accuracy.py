@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from budget import CPUBudget
-from kdet.train import callbacks as training
+from kdet.training import callbacks as training
 from kdet.api import build_model, load_split
 from kdet.config import load_config
 from kdet.data.anchors_kmeans import compute_priors

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.train import callbacks as training
+from kdet.training import callbacks as training
 from kdet.config import load_config
 from kdet.data.augment import resize_image
 from kdet.data.pipeline import make_tf_dataset
@@ -79,7 +79,7 @@ def _seed(seed):
 def _strategy(name):
     if name == "none":
         return tf.distribute.get_strategy()
-    from kdet.train.distribute import make_strategy
+    from kdet.training.distribute import make_strategy
     return make_strategy(name)
 
 

@@ -114,7 +114,7 @@ def _print_figures(results):
 def _run(args):
     import kdet.api as api
     if args.command == "train" and (args.schedule == "alternating" or args.proposals):
-        from kdet.train import schedules as training_schedules
+        from kdet.training import schedules as training_schedules
         if args.proposals:
             training_schedules.train_fast_rcnn(args.config, args.proposals, args.overrides)
         else:
@@ -125,7 +125,7 @@ def _run(args):
         print(f"trained {result['epochs']} epochs; checkpoint {result['checkpoint']}")
     elif args.command == "evaluate":
         if args.proposals:
-            from kdet.train.schedules import evaluate_fast_rcnn
+            from kdet.training.schedules import evaluate_fast_rcnn
             results = evaluate_fast_rcnn(args.config, args.proposals, args.overrides, split=args.split,
                                          checkpoint=args.checkpoint, metric=args.metric)
         else:

@@ -1,4 +1,4 @@
-"""kdet.train.distribute: MirroredStrategy on logical CPUs, MultiWorkerMirroredStrategy on loopback, checkpoint + resume.
+"""kdet.training.distribute: MirroredStrategy on logical CPUs, MultiWorkerMirroredStrategy on loopback, checkpoint + resume.
 
 Logical devices and TF_CONFIG must be set before TensorFlow starts, so every scenario runs in a fresh Python process:
 this file is also the worker script (`python tests/test_distribute.py MODE OUT_JSON [DIR]`). Each scenario trains
@@ -54,7 +54,7 @@ def _worker(mode, out, directory=None):
     import keras
     import tensorflow as tf
 
-    from kdet.train.distribute import configure_cpu_devices, is_chief, make_strategy
+    from kdet.training.distribute import configure_cpu_devices, is_chief, make_strategy
     from kdet.errors import ConfigError
     result = {}
     if mode == "compare":
@@ -217,7 +217,7 @@ def test_api_train_with_mirrored_strategy(runs):
 
 
 def test_strategy_names_and_tf_config_errors(monkeypatch):
-    from kdet.train.distribute import make_strategy, read_tf_config
+    from kdet.training.distribute import make_strategy, read_tf_config
     from kdet.errors import ConfigError
     with pytest.raises(ConfigError, match="choose one of none, mirrored, multi_worker"):
         make_strategy("parameter_server")
@@ -237,7 +237,7 @@ def test_multi_worker_patch_leaves_other_strategies_alone():
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer
 
-    from kdet.train.distribute import _patch_keras_multi_worker_fit
+    from kdet.training.distribute import _patch_keras_multi_worker_fit
     _patch_keras_multi_worker_fit()
     patched = (trainer.reduce_per_replica, trainer.TensorFlowTrainer._maybe_symbolic_build)
     _patch_keras_multi_worker_fit()  # idempotent: no double wrapping

@@ -7,7 +7,7 @@ import pytest
 from kdet.api import build_model, load_split, restore
 from kdet.config import load_config
 from kdet.errors import DataError
-from kdet.train.schedules import (evaluate_fast_rcnn, read_proposals_json, train_alternating,
+from kdet.training.schedules import (evaluate_fast_rcnn, read_proposals_json, train_alternating,
                                      write_proposals_json)
 
 SIZE = 64

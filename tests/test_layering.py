@@ -1,7 +1,7 @@
 """Imports only point down the layers of docs/design.md; a lower layer importing a higher one fails here.
 
     errors <- ops <- layers / losses <- backbones / necks / heads <- models <- data / metrics / config / convert
-    <- train / eval / inference <- export <- serving <- api <- cli / main_job
+    <- training / eval / inference <- export <- serving <- api <- cli / main_job
 
 Modules of one layer may import each other. Every `import kdet...` / `from kdet... import` line counts, also the
 ones inside functions (a lazy import is still a dependency).
@@ -20,7 +20,7 @@ LAYERS = [
     ("backbones", "necks", "heads"),
     ("models",),
     ("data", "metrics", "config", "convert"),
-    ("train", "eval", "inference"),
+    ("training", "eval", "inference"),
     ("export",),
     ("serving",),
     ("api",),

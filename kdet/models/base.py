@@ -16,7 +16,7 @@ A detector subclasses `Detector` and implements
         "classes": [B, K] int32, "num_detections": [B] int32}; rows >= num_detections are 0.
 What a model needs from its training data beyond boxes and labels it declares once in `data_needs` (instance or
 semantic masks, multi-scale sizes) and, for statistics of the data (class weights), in `adapt(dataset)`; the one
-training recipe (kdet.train) applies both, whatever the model.
+training recipe (kdet.training) applies both, whatever the model.
 """
 import dataclasses
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.train import callbacks as training
+from kdet.training import callbacks as training
 from kdet.data.pipeline import make_tf_dataset
 from kdet.errors import ConfigError, DataError
 from kdet.ops import convert_format

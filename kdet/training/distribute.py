@@ -137,7 +137,7 @@ def _patch_keras_multi_worker_fit():
         missing.append("TensorFlowTrainer._maybe_symbolic_build")
     if missing:
         raise ConfigError(f"this Keras version moved {', '.join(missing)}; kdet's multi-worker `fit` workaround "
-                          f"(keras-team/keras#20585) needs updating in kdet/train/distribute.py")
+                          f"(keras-team/keras#20585) needs updating in kdet/training/distribute.py")
     if getattr(trainer, "_kdet_multi_worker_patch", False):
         return
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
