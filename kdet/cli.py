@@ -24,7 +24,7 @@ def _parser():
     p = sub.add_parser("train", help="train with model.fit, checkpoint every epoch")
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
-    p.add_argument("--schedule", choices=["joint", "alternating"], default="joint",
+    p.add_argument("--schedule", choices=["joint", "alternating", "fast_rcnn"], default=None,
                    help="two-stage detectors: approximate joint training (one fit) or the paper's 4-step alternation")
     p.add_argument("--proposals", help="Fast R-CNN mode: train the second stage on the boxes of this JSON file")
 
@@ -91,7 +91,7 @@ def _parser():
 def _dataset(args):
     from kdet.data.io import load_dataset
     if args.config:
-        from kdet.api import load_split
+        from kdet.build import load_split
         from kdet.config import load_config
         return load_split(load_config(args.config, args.overrides), args.split)
     if not args.format:
@@ -113,20 +113,19 @@ def _print_figures(results):
 
 def _run(args):
     import kdet.api as api
-    if args.command == "train" and (args.schedule == "alternating" or args.proposals):
-        from kdet.training import schedules as training_schedules
+    if args.command == "train":
+        overrides = list(args.overrides)
+        if args.schedule:
+            overrides.append(f"train.schedule={args.schedule}")
         if args.proposals:
-            training_schedules.train_fast_rcnn(args.config, args.proposals, args.overrides)
-        else:
-            training_schedules.train_alternating(args.config, args.overrides)
-        print("trained; checkpoint in train.output_dir")
-    elif args.command == "train":
-        result = api.train(args.config, args.overrides, resume=args.resume)
-        print(f"trained {result['epochs']} epochs; checkpoint {result['checkpoint']}")
+            overrides += ["train.schedule=fast_rcnn", f"train.proposals={args.proposals}"]
+        result = api.train(args.config, overrides, resume=args.resume)
+        print(f"trained {result['epochs']} epochs; model {result['model_file']}")
     elif args.command == "evaluate":
         if args.proposals:
+            from kdet.config import load_config
             from kdet.training.schedules import evaluate_fast_rcnn
-            results = evaluate_fast_rcnn(args.config, args.proposals, args.overrides, split=args.split,
+            results = evaluate_fast_rcnn(load_config(args.config, args.overrides), args.proposals, split=args.split,
                                          checkpoint=args.checkpoint, metric=args.metric)
         else:
             results = api.evaluate(args.config, args.overrides, split=args.split, checkpoint=args.checkpoint,

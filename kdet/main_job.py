@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet import api
+from kdet.build import load_split, load_trained_model
 from kdet.config import load_config
 
 
@@ -73,11 +74,10 @@ def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
     print("== export SavedModel + TFLite")
     paths = api.export(config, formats=["saved_model", "tflite"])
     timings["export_s"] = time.perf_counter() - start
-    test = api.load_split(config, "test")
+    test = load_split(config, "test")
     inputs, images = _save_inputs(test, out, num_pictures)
     batch = np.stack([tf.cast(tf.image.resize(im, config.model.image_size), tf.uint8).numpy() for im in images])
-    model = api.build_model(config)
-    api.restore(model, config)
+    model = load_trained_model(config)
     reference = {k: v.numpy() for k, v in model.detect(batch).items()}
     for fmt, path in paths.items():
         result = load_runner(path)(batch)
@@ -87,7 +87,7 @@ def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
 
     print("== predict")
     results = api.predict(config, inputs, out_dir=out / "predictions")
-    pictures = [_enlarged_picture(image, result, test.class_names) for image, result in zip(images, results)]
+    pictures = [_enlarged_picture(image, result, model.class_names or test.class_names) for image, result in zip(images, results)]
     save_png(_grid(pictures), out / "predictions.png")
     summary = {"figures": {k: v for k, v in figures.items() if isinstance(v, (int, float))}, "exports": paths,
                "timings_s": timings, "predictions": results}

@@ -1,11 +1,14 @@
-"""Pieces of `kdet train` around `model.fit`: optimizer, atomic per-epoch checkpoints with resume, evaluation callback."""
+"""The callbacks of the training recipe and its optimizer: atomic per-epoch checkpoints with resume, the history
+log with each epoch's step count, evaluation during fit, and a CPU- or wall-time budget."""
 import json
 import os
+import time
 from pathlib import Path
 
 import keras
 
 CHECKPOINT = "last.weights.h5"   # model + optimizer state (Keras saves the optimizer's variables with the weights)
+MODEL_FILE = "model.keras"       # the whole model (architecture, weights, class names): what users load
 STATE = "state.json"             # {"epoch": epochs completed}
 
 
@@ -24,9 +27,21 @@ def _atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+def save_model_atomically(model, path):
+    """model.save to a temporary file in the same directory, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return str(path)
+
+
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """After every epoch: write weights + optimizer to a temp file, then rename it over `last.weights.h5`, then record
-    the epoch. A kill at any moment leaves the previous complete checkpoint, so `--resume` always has one to load."""
+    """After every epoch: write weights + optimizer to a temp file, then rename it over `last.weights.h5`, the same
+    for the whole model as `model.keras` (what `kdet predict` and `keras.saving.load_model` read, class names
+    included), then record the epoch. A kill at any moment leaves the previous complete checkpoint, so `--resume`
+    always has one to load."""
 
     def __init__(self, directory):
         super().__init__()
@@ -37,6 +52,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         tmp = self.directory / f"tmp-{os.getpid()}.weights.h5"
         self.model.save_weights(tmp)
         os.replace(tmp, self.directory / CHECKPOINT)
+        save_model_atomically(self.model, self.directory / MODEL_FILE)
         _atomic_write_text(self.directory / STATE, json.dumps({"epoch": epoch + 1}))
 
 
@@ -49,15 +65,26 @@ def completed_epochs(directory):
 
 
 class HistoryLog(keras.callbacks.Callback):
-    """Appends each epoch's logs as one JSON line to `history.jsonl`, so a resumed run keeps the whole history."""
+    """Appends each epoch's logs as one JSON line to `history.jsonl`, so a resumed run keeps the whole history,
+    with the number of training steps the epoch really ran ("steps") and its wall time ("seconds")."""
 
     def __init__(self, path):
         super().__init__()
         self.path = Path(path)
+        self.steps = 0
+        self.started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps, self.started = 0, time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row = {"epoch": epoch + 1, "steps": self.steps,
+               "seconds": round(time.perf_counter() - (self.started or time.perf_counter()), 3),
+               **{k: float(v) for k, v in (logs or {}).items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -82,3 +109,44 @@ class EvaluationCallback(keras.callbacks.Callback):
         for name, value in self.evaluate_fn(self.model).items():
             if isinstance(value, (int, float)):
                 logs[f"val_{name}"] = float(value)
+
+
+def cpu_seconds():
+    """CPU time of this process, user + system, all threads."""
+    times = os.times()
+    return times.user + times.system
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops `fit` at the end of the first batch after `seconds` of process CPU time (clock "cpu", the default:
+    on a shared machine 600 CPU-s is 5 minutes of both cores whatever else runs) or of wall time ("wall"), counted
+    from the end of the first step (which traces and compiles the train function: a fixed cost, not training).
+    `step_times` holds each later step's wall duration in seconds; `exhausted` says whether the budget ended fit.
+    """
+
+    def __init__(self, seconds, clock="cpu"):
+        super().__init__()
+        if clock not in ("cpu", "wall"):
+            raise ValueError(f"budget clock must be 'cpu' or 'wall', got {clock!r}")
+        self.seconds, self.clock = float(seconds), clock
+        self.start = None
+        self.exhausted = False
+        self.step_times = []
+        self._last = None
+
+    def _now(self):
+        return cpu_seconds() if self.clock == "cpu" else time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_times.append(now - self._last)
+        self._last = now
+        if self.start is None:
+            self.start = self._now()
+        elif self._now() - self.start >= self.seconds:
+            self.exhausted = True
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last = None  # the validation pass between epochs is not a training step

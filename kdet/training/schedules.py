@@ -1,9 +1,12 @@
 """Faster R-CNN training beyond one joint `model.fit`: Fast R-CNN on given proposals, and the paper's 4-step
 alternating training (Ren et al. 2015, section 3.2), each step one `model.fit`.
 
-    train_fast_rcnn(config, "proposals.json")     train the second stage on proposals read from a JSON file
-    evaluate_fast_rcnn(config, "proposals.json")  COCO AP / VOC mAP of the second stage on given proposals
-    train_alternating(config)                     the 4 steps below; `train.epochs` epochs per step
+    train.schedule: fast_rcnn  (+ train.proposals: FILE)   train the second stage on proposals read from a JSON file
+    train.schedule: alternating                             the 4 steps below; `train.epochs` epochs per step
+    evaluate_fast_rcnn(config, "proposals.json")            COCO AP / VOC mAP of the second stage on given proposals
+Both schedules are run by kdet.training.run.train; every step is one `kdet.training.recipe.fit`, so each honours
+the precision policy, the strategy, the time budget, the user's callbacks and `--resume` (a finished step is
+loaded from its checkpoint in `<output_dir>/step<k>/`, an unfinished one continues from its last epoch).
 
     step 1  RPN (backbone + RPN head), from the initial backbone weights                      network A
     step 2  Fast R-CNN (backbone + box head) on A's proposals (written to a proposal file), a
@@ -20,6 +23,7 @@ Boxes come in priority order (the first `max_proposals` are used). An image with
 ground truth still trains it); a name that is not in the split fails with a DataError naming the file. Horizontal
 flips are off while training on given proposals (the file's boxes would not follow the image).
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,10 +31,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.training import callbacks as training
+from kdet.build import build_model, load_split, restore
 from kdet.data.pipeline import make_tf_dataset
 from kdet.errors import ConfigError, DataError
 from kdet.ops import convert_format
+from kdet.training import callbacks as cb
+from kdet.training import recipe
 
 MODEL_NAME = "faster_rcnn"
 
@@ -95,8 +101,7 @@ def compute_proposals(model, dataset, batch_size=8, resize="stretch", training_c
     """
     def propose(images):
         outputs = model(images, training=False)
-        return model.proposal_generator(outputs["rpn_objectness"], outputs["rpn_box_deltas"], model.anchors,
-                                        training=training_counts)
+        return model.propose(outputs, images, training=training_counts)
 
     propose = tf.function(propose)
     results = {}
@@ -123,34 +128,18 @@ def proposal_table(dataset, proposals, max_proposals):
     return lookup, tf.constant(table)
 
 
-def proposals_dataset(model, dataset, proposals, batch_size, training=False, resize="stretch", seed=None,
-                      max_proposals=2000, augment=None):
-    """Batches of ({"images", "proposals": [B, P, 4] network pixels}, encode_targets(batch)) for Fast R-CNN mode."""
+def attach_proposals(dataset, proposals, max_proposals=2000):
+    """-> batch -> batch adding "proposals" [B, P, 4] in network pixels (the image's boxes times the batch's scale)."""
     lookup, table = proposal_table(dataset, proposals, max_proposals)
-    if augment is not None and augment.flip:
-        augment = type(augment)(**{**augment.__dict__, "flip": False})
-    base = make_tf_dataset(dataset, model.image_size, batch_size, training=training, augment=augment,
-                           resize=resize, seed=seed)
 
     def attach(batch):
         rows = tf.gather(table, lookup.lookup(batch["image_id"]))
-        scale = tf.tile(batch["scale"], [1, 2])[:, None, :]
-        return {"images": batch["images"], "proposals": rows * scale}, model.encode_targets(batch)
+        return dict(batch, proposals=rows * tf.tile(batch["scale"], [1, 2])[:, None, :])
 
-    return base.map(attach, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# -- shared pieces ------------------------------------------------------------------------------------------------
-def _setup(config, overrides):
-    from kdet.config import load_config
-
-    config = load_config(config, overrides)
-    if config.model.name != MODEL_NAME:
-        raise ConfigError(f"model.name = {config.model.name!r}: this schedule trains {MODEL_NAME} models")
-    keras.utils.set_random_seed(config.train.seed)
-    return config
+    return attach
 
 
+# -- which layers a step trains ------------------------------------------------------------------------------------
 def trainable_snapshot(model):
     """{id(layer): trainable} of every layer as built (frozen ResNet stages / frozen BN included), so that a step
     can unfreeze a part without undoing what the config froze (Keras' `trainable` setter is recursive)."""
@@ -184,68 +173,67 @@ def set_trainable(model, stage, snapshot, freeze_shared=False, freeze_rpn=False)
         _enable(layer, stage == "fast_rcnn", snapshot)
 
 
-def _fit(model, config, dataset, label, verbose):
-    t = config.train
-    model.compile(optimizer=training.make_optimizer(t))
-    out = Path(t.output_dir)
-    callbacks = [training.HistoryLog(out / f"history_{label}.jsonl")]
-    history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, callbacks=callbacks,
-                        verbose=verbose)
-    return {k: [float(v) for v in values] for k, values in history.history.items()}
+def _check_model(config):
+    if config.model.name != MODEL_NAME:
+        raise ConfigError(f"model.name = {config.model.name!r}: train.schedule alternating / fast_rcnn train "
+                          f"{MODEL_NAME} models")
 
 
-def _train_dataset(model, config, data):
-    t = config.train
-    ds = make_tf_dataset(data, tuple(config.model.image_size), t.batch_size, training=True,
-                         augment=config.data.augment, resize=config.data.resize, seed=t.seed)
-    return ds.map(lambda batch: (batch["images"], model.encode_targets(batch)), num_parallel_calls=tf.data.AUTOTUNE)
+def _step(model, config, train_data, step_dir, resume, extra=None, **fit_args):
+    """One step of a schedule: `recipe.fit` into its own directory, or (resume) its finished checkpoint."""
+    done = cb.completed_epochs(step_dir) if resume else 0
+    model.compile(optimizer=cb.make_optimizer(config.train))  # after set_trainable: the step's own variables
+    if done:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(Path(step_dir) / cb.CHECKPOINT)
+    if done < config.train.epochs:
+        recipe.fit(model, config, train_data, out_dir=step_dir, initial_epoch=done, extra=extra, **fit_args)
 
 
-def _save(model, config, name=training.CHECKPOINT):
+def _finish(model, config):
+    """The schedule's result becomes the run's checkpoint (what evaluate / predict / export read)."""
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    model.save_weights(path)
-    return str(path)
-
-
-def _verbose(verbose):
-    import sys
-    return (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose
+    model.save_weights(out / cb.CHECKPOINT)
+    cb.save_model_atomically(model, out / cb.MODEL_FILE)
+    (out / cb.STATE).write_text(json.dumps({"epoch": config.train.epochs}))
 
 
 # -- Fast R-CNN mode ----------------------------------------------------------------------------------------------
-def train_fast_rcnn(config, proposals_json, overrides=(), model=None, verbose="auto", max_proposals=2000,
-                    label="fast_rcnn"):
+def train_fast_rcnn(session, train_data, proposals_json, resume=False, model=None, max_proposals=2000,
+                    step_dir=None, finish=True, **fit_args):
     """Train the second stage (backbone + box head; the RPN is unused and frozen) on proposals from a file.
 
-    model: train this model instead of a new `build_model(config)` (the alternating schedule's step 2).
-
-    Returns {"history": {...}, "checkpoint": path, "model": model}.
+    model: train this model instead of a new one (the alternating schedule's step 2). Horizontal flips are off
+    (the file's boxes would not follow the image). Returns the model.
     """
-    from kdet.api import build_model, load_split
-
-    config = _setup(config, overrides)
-    data = load_split(config, "train")
-    proposals = read_proposals_json(proposals_json, data)
-    model = model or build_model(config)
+    config = session.config
+    _check_model(config)
+    if not proposals_json:
+        raise ConfigError("train.schedule fast_rcnn needs train.proposals (a JSON proposal file)")
+    proposals = read_proposals_json(proposals_json, train_data)
+    model = model or session.build(compile=False)
     set_trainable(model, "fast_rcnn", trainable_snapshot(model))
-    ds = proposals_dataset(model, data, proposals, config.train.batch_size, training=True,
-                           resize=config.data.resize, seed=config.train.seed, max_proposals=max_proposals,
-                           augment=config.data.augment)
-    history = _fit(model, config, ds, label, _verbose(verbose))
-    return {"history": history, "checkpoint": _save(model, config), "model": model}
+    augment = config.data.augment
+    if augment is not None and augment.flip:
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, augment=dataclasses.replace(augment, flip=False)))
+    _step(model, config, train_data, step_dir or Path(config.train.output_dir) / "fast_rcnn", resume,
+          extra=attach_proposals(train_data, proposals, max_proposals), **fit_args)
+    if finish:
+        _finish(model, config)
+    return model
 
 
 def detect_with_proposals(model, dataset, proposals, batch_size=8, resize="stretch", max_proposals=2000):
     """Detections on given proposals, in each image's own pixels (the form kdet.eval.detection scores)."""
     detect = tf.function(model.detect, reduce_retracing=True)
     results = []
-    lookup, table = proposal_table(dataset, proposals, max_proposals)
+    attach = attach_proposals(dataset, proposals, max_proposals)
     for batch in make_tf_dataset(dataset, model.image_size, batch_size, resize=resize):
+        batch = attach(batch)
         scale = tf.tile(batch["scale"], [1, 2])
-        rows = tf.gather(table, lookup.lookup(batch["image_id"])) * scale[:, None, :]
-        out = {k: v.numpy() for k, v in detect({"images": batch["images"], "proposals": rows}).items()}
+        out = {k: v.numpy() for k, v in detect({"images": batch["images"], "proposals": batch["proposals"]}).items()}
         for i, image_id in enumerate(batch["image_id"].numpy()):
             n = int(out["num_detections"][i])
             results.append({"boxes": out["boxes"][i, :n] / scale[i].numpy(), "scores": out["scores"][i, :n],
@@ -253,13 +241,12 @@ def detect_with_proposals(model, dataset, proposals, batch_size=8, resize="stret
     return results
 
 
-def evaluate_fast_rcnn(config, proposals_json, overrides=(), split="test", checkpoint=None, model=None,
-                       metric="both", max_proposals=2000):
+def evaluate_fast_rcnn(config, proposals_json, split="test", checkpoint=None, model=None, metric="both",
+                       max_proposals=2000):
     """COCO AP / VOC mAP@0.5 of the second stage on the proposals of a file (the trained checkpoint by default)."""
-    from kdet.api import build_model, load_split, restore
     from kdet.eval.detection import evaluate_detections
 
-    config = _setup(config, overrides)
+    _check_model(config)
     if model is None:
         model = build_model(config)
         restore(model, config, checkpoint)
@@ -273,56 +260,55 @@ def evaluate_fast_rcnn(config, proposals_json, overrides=(), split="test", check
 
 
 # -- 4-step alternating training ----------------------------------------------------------------------------------
-def train_alternating(config, overrides=(), verbose="auto", on_step=None):
-    """The paper's 4-step alternating training; each step is one `model.fit` of `train.epochs` epochs.
+def train_alternating(session, train_data, resume=False, on_step=None, **fit_args):
+    """The paper's 4-step alternating training; each step is one `recipe.fit` of `train.epochs` epochs into
+    `<output_dir>/step<k>/`.
 
     Step 2 goes through a proposal file, `<output_dir>/proposals_step1.json` (network A's proposals on the train
     split), exactly as `train_fast_rcnn` reads one.
     on_step: optional callback(step, "start" | "end", network_a, network_b) (the tests check what is frozen).
-    Returns {"history": {"step1": ..., ..., "step4": ...}, "checkpoint": path of network B, "model": B,
-             "proposals": path of the step-1 proposal file}.
+    Returns network B, whose checkpoint becomes the run's.
     """
-    from kdet.api import build_model, load_split
-
-    config = _setup(config, overrides)
-    verbose = _verbose(verbose)
-    data = load_split(config, "train")
-    histories = {}
+    config = session.config
+    _check_model(config)
+    out = Path(config.train.output_dir)
     notify = on_step or (lambda step, phase, a, b: None)
 
-    network_a = build_model(config)
+    network_a = session.build(compile=False)
     initial_backbone = [v.numpy() for v in network_a.backbone.weights]
     set_trainable(network_a, "rpn", trainable_snapshot(network_a))
     notify(1, "start", network_a, None)
-    histories["step1"] = _fit(network_a, config, _train_dataset(network_a, config, data), "step1", verbose)
+    _step(network_a, config, train_data, out / "step1", resume, **fit_args)
     notify(1, "end", network_a, None)
 
-    proposals = compute_proposals(network_a, data, config.train.batch_size, config.data.resize)
-    proposal_file = write_proposals_json(Path(config.train.output_dir) / "proposals_step1.json", data, proposals)
-    network_b = build_model(config)
+    proposal_file = out / "proposals_step1.json"
+    if not (resume and proposal_file.is_file()):
+        proposals = compute_proposals(network_a, train_data, config.train.batch_size, config.data.resize)
+        write_proposals_json(proposal_file, train_data, proposals)
+    network_b = session.build(compile=False)
     snapshot = trainable_snapshot(network_b)
     for variable, value in zip(network_b.backbone.weights, initial_backbone):
         variable.assign(value)
     notify(2, "start", network_a, network_b)
-    histories["step2"] = train_fast_rcnn(config, proposal_file, model=network_b, verbose=verbose,
-                                         max_proposals=network_a.rpn_settings["rpn_post_nms_top_n_train"],
-                                         label="step2")["history"]
+    train_fast_rcnn(session, train_data, proposal_file, resume=resume, model=network_b, step_dir=out / "step2",
+                    max_proposals=network_a.rpn_settings["rpn_post_nms_top_n_train"], finish=False, **fit_args)
     notify(2, "end", network_a, network_b)
 
-    for target, source in zip(network_b.rpn_head.weights, network_a.rpn_head.weights):
-        target.assign(source)
+    if not (resume and cb.completed_epochs(out / "step3")):
+        for target, source in zip(network_b.rpn_head.weights, network_a.rpn_head.weights):
+            target.assign(source)
     set_trainable(network_b, "rpn", snapshot, freeze_shared=True)
     notify(3, "start", network_a, network_b)
-    histories["step3"] = _fit(network_b, config, _train_dataset(network_b, config, data), "step3", verbose)
+    _step(network_b, config, train_data, out / "step3", resume, **fit_args)
     notify(3, "end", network_a, network_b)
 
     set_trainable(network_b, "fast_rcnn", snapshot, freeze_shared=True, freeze_rpn=True)
     notify(4, "start", network_a, network_b)
-    histories["step4"] = _fit(network_b, config, _train_dataset(network_b, config, data), "step4", verbose)
+    _step(network_b, config, train_data, out / "step4", resume, **fit_args)
     notify(4, "end", network_a, network_b)
 
     network_b.stage = "joint"
     for layer in (network_b.backbone, network_b.fpn, network_b.rpn_head, network_b.box_head, network_b.box_predictor):
         _enable(layer, True, snapshot)
-    return {"history": histories, "checkpoint": _save(network_b, config), "model": network_b,
-            "proposals": proposal_file}
+    _finish(network_b, config)
+    return network_b
