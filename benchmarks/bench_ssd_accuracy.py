@@ -1,28 +1,23 @@
 """SSD300 and SSDLite accuracy on BCCD under a fixed CPU budget: COCO AP and VOC mAP@0.5 on the test split, trained
-from scratch with the paper's augmentation (photometric, expand, min-IoU crop, flip: kdet.data.ssd_augment), and the
-SSDLite int8 TFLite model's mAP against its float32 TFLite twin. One JSON line per figure.
+from scratch with the paper's augmentation (the configs' data.augment.ssd: photometric, expand, min-IoU crop,
+flip), and the SSDLite int8 TFLite model's mAP against its float32 TFLite twin. One JSON line per figure.
 
     python benchmarks/bench_ssd_accuracy.py                        # 600 CPU-seconds per model
     python benchmarks/bench_ssd_accuracy.py --variants ssdlite --cpu-seconds 300
     python benchmarks/bench_ssd_accuracy.py --variants ssd300_half      # VGG at half width, same budget
 
-Same budget rule as bench_retinanet_accuracy.py (process CPU time, so the figures compare across models on a
-shared machine). Run from the repository root.
+Training is `kdet.train` (benchmarks/common.py); the budget is process CPU time. Run from the repository root.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retinanet_accuracy import emit, evaluate_test, train_budgeted  # noqa: E402
-
-from kdet.api import load_split  # noqa: E402
-from kdet.config import load_config  # noqa: E402
-from kdet.data.pipeline import make_tf_dataset  # noqa: E402
-from kdet.eval.detection import evaluate_artifact  # noqa: E402
-from kdet.export import export_tflite  # noqa: E402
+from common import emit, emit_detection_figures, evaluate_run, train_run
+from kdet.build import load_split
+from kdet.data.pipeline import make_tf_dataset
+from kdet.eval.detection import evaluate_artifact
+from kdet.export import export_tflite
 
 HALF_WIDTH = ["model.args.vgg_widths=[32, 64, 128, 256, 256]", "model.args.fc_width=512",
               "model.args.extra_widths=[[128, 256], [64, 128], [64, 128], [64, 128]]"]
@@ -31,31 +26,36 @@ VARIANTS = {"ssd300": ("configs/ssd300_bccd.yaml", []),
             "ssdlite": ("configs/ssdlite_bccd.yaml", [])}
 
 
+def int8_against_fp32(model, config, out, stats):
+    """mAP of the int8 TFLite model against its float32 TFLite twin, on the test split."""
+    test = load_split(config, "test")
+    calibration = make_tf_dataset(load_split(config, "train"), tuple(config.model.image_size), 32)
+    images = np.clip(np.round(next(iter(calibration))["images"].numpy()), 0, 255).astype(np.uint8)
+    fp32 = export_tflite(model, out / "ssdlite.tflite")
+    int8 = export_tflite(model, out / "ssdlite_int8.tflite", quantize="int8", representative_images=images)
+    maps = {name: evaluate_artifact(path, test, config.model.image_size, "voc", resize=config.data.resize,
+                                    progress=False)["mAP50"] for name, path in (("fp32", fp32), ("int8", int8))}
+    for name, value in maps.items():
+        emit(f"ssdlite_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", **stats)
+    emit("ssdlite_bccd_int8_minus_fp32_mAP50", 100 * (maps["int8"] - maps["fp32"]), "points",
+         calibration_images=len(images))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["ssd300", "ssdlite"], choices=list(VARIANTS))
     parser.add_argument("--cpu-seconds", type=float, default=600.0, help="training budget per model")
-    parser.add_argument("--out", default="runs/bench_ssd")
+    parser.add_argument("--out", default="runs/bench_ssd", help="where the TFLite files go")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for variant in args.variants:
         path, overrides = VARIANTS[variant]
-        config = load_config(path, overrides)
-        model, stats = train_budgeted(config, args.cpu_seconds)  # the configs' data.augment.ssd: the paper's augmentation
-        evaluate_test(variant, model, config, stats, args.cpu_seconds)
+        model, config, stats = train_run(path, overrides, variant, args.cpu_seconds)
+        emit_detection_figures(f"{variant}_bccd", evaluate_run(model, config), stats,
+                               budget_cpu_seconds=args.cpu_seconds)
         if variant == "ssdlite":
-            test = load_split(config, "test")
-            calibration = make_tf_dataset(load_split(config, "train"), tuple(config.model.image_size), 32)
-            images = np.clip(np.round(next(iter(calibration))["images"].numpy()), 0, 255).astype(np.uint8)
-            fp32 = export_tflite(model, out / "ssdlite.tflite")
-            int8 = export_tflite(model, out / "ssdlite_int8.tflite", quantize="int8", representative_images=images)
-            maps = {name: evaluate_artifact(path, test, config.model.image_size, "voc", resize=config.data.resize,
-                                            progress=False)["mAP50"] for name, path in (("fp32", fp32), ("int8", int8))}
-            for name, value in maps.items():
-                emit(f"ssdlite_bccd_test_mAP50_tflite_{name}", value, "VOC mAP@0.5", **stats)
-            emit("ssdlite_bccd_int8_minus_fp32_mAP50", 100 * (maps["int8"] - maps["fp32"]), "points",
-                 calibration_images=len(images))
+            int8_against_fp32(model, config, out, stats)
 
 
 if __name__ == "__main__":

@@ -8,25 +8,21 @@ hand-picked priors. One JSON line per figure.
     python benchmarks/bench_yolo_accuracy.py --cpu-seconds 600                 # at most 600 CPU-s per variant
     python benchmarks/bench_yolo_accuracy.py --variants yolov2 --reuse         # evaluate the saved weights again
 
-Run from the repository root (the configs' data paths are relative to it). Training uses `model.fit` on the
-`kdet.data.pipeline` batches; YOLOv2 variants get multi-scale batches (`kdet.data.multiscale`), a new size from the
-model's `multiscale_sizes` every `multiscale_every` batches. Weights go to OUT/<variant>.weights.h5.
+Run from the repository root (the configs' data paths are relative to it). Training is `kdet.train`
+(benchmarks/common.py): YOLOv2 variants train multi-scale because the model declares it (`data_needs`), exactly as
+`kdet train` does. Runs go to runs/bench/<variant>/ (model.keras), TFLite files to OUT/.
 """
 import argparse
-import json
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from budget import CPUBudget
-from kdet.training import callbacks as training
-from kdet.api import build_model, load_split
+from common import emit, train_run
+from kdet.build import load_split
 from kdet.config import load_config
 from kdet.data.anchors_kmeans import compute_priors
-from kdet.data.multiscale import multiscale_batches
 from kdet.data.pipeline import make_tf_dataset
 from kdet.eval.detection import evaluate_artifact, evaluate_model
 from kdet.export import export_tflite
@@ -38,37 +34,6 @@ VARIANTS = {
     "yolov2_tiny": "configs/yolov2_tiny_bccd.yaml",
 }
 PAPER_EVAL_SIZES = (288, 352, 416, 480, 544)
-
-
-def emit(name, value, unit, **extra):
-    print(json.dumps({"name": name, "value": round(float(value), 4), "unit": unit, **extra}), flush=True)
-
-
-def train(config, epochs, cpu_seconds=None):
-    """Fit the config's model on its train split for `epochs`, or until `cpu_seconds` of process CPU time are spent
-    (benchmarks/budget.py) if that comes first; returns (model, seconds, steps)."""
-    keras.utils.set_random_seed(config.train.seed)
-    model = build_model(config)
-    model.compile(optimizer=training.make_optimizer(config.train))
-    dataset = load_split(config, "train")
-    size = tuple(config.model.image_size)
-    batches = make_tf_dataset(dataset, size, config.train.batch_size, training=True, augment=config.data.augment,
-                              resize=config.data.resize, seed=config.train.seed)
-
-    def to_xy(batch):
-        return batch["images"], model.encode_targets(batch)
-
-    if getattr(model, "multiscale_sizes", ()):
-        data = multiscale_batches(batches, model.multiscale_sizes, every=model.multiscale_every,
-                                  seed=config.train.seed, map_fn=to_xy)
-    else:
-        data = batches.map(to_xy, num_parallel_calls=tf.data.AUTOTUNE)
-    start = time.perf_counter()
-    callbacks = [] if cpu_seconds is None else [CPUBudget(cpu_seconds)]
-    history = model.fit(data, epochs=epochs, verbose=2, shuffle=False, callbacks=callbacks)
-    steps = int(model.optimizer.iterations.numpy())
-    print(json.dumps({"loss_by_epoch": [round(v, 3) for v in history.history["loss"]]}), flush=True)
-    return model, time.perf_counter() - start, steps
 
 
 def at_size(model, size):
@@ -88,21 +53,20 @@ def calibration_images(config, count=32):
 
 
 def run_variant(variant, epochs, out, reuse, cpu_seconds=None, overrides=()):
-    config = load_config(VARIANTS[variant], list(overrides))
-    epochs = epochs or config.train.epochs
-    weights = out / f"{variant}.weights.h5"
-    test = load_split(config, "test")
-    if reuse and weights.is_file():
-        model = build_model(config)
-        model.load_weights(str(weights))
+    overrides = list(overrides) + ([f"train.epochs={epochs}"] if epochs else [])
+    saved = Path("runs/bench") / variant / "model.keras"
+    if reuse and saved.is_file():
+        config = load_config(VARIANTS[variant], overrides)
+        model = keras.saving.load_model(saved)
         budget = {"budget": "reused weights"}
     else:
-        model, seconds, steps = train(config, epochs, cpu_seconds)
-        model.save_weights(str(weights))
+        model, config, stats = train_run(VARIANTS[variant], overrides, variant, cpu_seconds)
         limit = "" if cpu_seconds is None else f" or {cpu_seconds:.0f} CPU-s"
-        budget = {"budget": f"{epochs} epochs{limit}: {steps} steps of {config.train.batch_size} images, "
-                            f"{seconds / 60:.1f} min wall on 2 shared CPU cores"}
-        emit(f"{variant}_bccd_train_minutes", seconds / 60, "min", epochs=epochs, steps=steps)
+        budget = {"budget": f"{config.train.epochs} epochs{limit}: {stats['steps']} steps of "
+                            f"{config.train.batch_size} images, {stats['wall_seconds'] / 60:.1f} min wall on 2 "
+                            "shared CPU cores"}
+        emit(f"{variant}_bccd_train_minutes", stats["wall_seconds"] / 60, "min", **stats)
+    test = load_split(config, "test")
     size = config.model.image_size[0]
     results = evaluate_model(model, test, "both", resize=config.data.resize, progress=False)
     emit(f"{variant}_bccd_test_mAP50", results["mAP50"], "VOC mAP@0.5", image_size=size,

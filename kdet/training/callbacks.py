@@ -66,7 +66,8 @@ def completed_epochs(directory):
 
 class HistoryLog(keras.callbacks.Callback):
     """Appends each epoch's logs as one JSON line to `history.jsonl`, so a resumed run keeps the whole history,
-    with the number of training steps the epoch really ran ("steps") and its wall time ("seconds")."""
+    with the number of training steps the epoch really ran ("steps"), its wall time ("seconds") and the part of it
+    spent in training steps ("train_seconds", without validation and evaluation)."""
 
     def __init__(self, path):
         super().__init__()
@@ -79,11 +80,14 @@ class HistoryLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+        self.trained = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"epoch": epoch + 1, "steps": self.steps,
-               "seconds": round(time.perf_counter() - (self.started or time.perf_counter()), 3),
+        now = time.perf_counter()
+        started = self.started or now
+        row = {"epoch": epoch + 1, "steps": self.steps, "seconds": round(now - started, 3),
+               "train_seconds": round(getattr(self, "trained", now) - started, 3),
                **{k: float(v) for k, v in (logs or {}).items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -27,7 +27,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
