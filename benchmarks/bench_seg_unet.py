@@ -17,19 +17,14 @@ pixels dropped), then kdet.eval.semantic.instance_metrics against the true nucle
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from kdet.config import AugmentConfig
-from kdet.data.elastic import elastic_deform
-from kdet.data.label_image import class_weights_from_dataset, load_instance_tiles, read_label_image
-from kdet.data.pipeline import make_tf_dataset
+from common import train_run
+from kdet.data.label_image import load_instance_tiles, read_label_image
 from kdet.eval.semantic import connected_components, instance_metrics
 from kdet.models.segmentation_base import predict_tiled
-from kdet.models.unet import UNet
 
 NUCLEI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stardist_nuclei"
 HOLDOUT = (320, 0, 512, 192)
@@ -48,19 +43,18 @@ def instances_from_prediction(mask, min_size):
     return components
 
 
-def run(border_weights, train, test_image, test_instances, steps, batch, seed, min_size):
-    keras.utils.set_random_seed(seed)
-    model = UNet(1, TILE, widths=(16, 32, 64, 128), padding="valid", batch_norm=True, dropout=0.3,
-                 border_weights=border_weights, class_weights="median")
-    model.set_class_weights(class_weights_from_dataset(train, model.num_mask_classes, "median"))
-    ds = make_tf_dataset(train, TILE, batch, training=True, augment=AugmentConfig(flip=True), seed=seed,
-                         with_segmentation=True, with_masks=True)
-    ds = ds.map(lambda b: elastic_deform(b, grid=3, sigma=10.0, seed=seed))
-    ds = ds.map(lambda b: (b["images"], model.encode_targets(b))).repeat()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    start = time.perf_counter()
-    history = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0).history
-    seconds = time.perf_counter() - start
+def run(border_weights, test_image, test_instances, steps, batch, seed, min_size):
+    """U-Net trained by kdet.train on the nuclei tiles (median-frequency weights via model.adapt, flips + elastic
+    deformation from the config), then overlap-tile prediction of the held-out region."""
+    config = {"model": {"name": "unet", "num_classes": 1, "image_size": list(TILE),
+                        "args": {"widths": [16, 32, 64, 128], "padding": "valid", "batch_norm": True, "dropout": 0.3,
+                                 "border_weights": border_weights, "class_weights": "median"}},
+              "data": {"format": "label_image", "path": str(NUCLEI), "train_split": "train", "val_split": "",
+                       "test_split": "test", "options": {"tile_size": TILE[0], "stride": 64, "holdout": list(HOLDOUT)},
+                       "augment": {"flip": True, "scale_jitter": [1.0, 1.0], "color_jitter": 0.0, "elastic": 10.0}},
+              "train": {"epochs": 1, "steps_per_epoch": steps, "batch_size": batch, "learning_rate": 1e-3,
+                        "optimizer": "adam", "seed": seed}}
+    model, config, stats = train_run(config, (), f"unet_{'border' if border_weights else 'plain'}_seed{seed}")
     prediction = predict_tiled(model, test_image, overlap=8)["masks"]
     scores = instance_metrics(instances_from_prediction(prediction, min_size), test_instances)
     truth = test_instances > 0
@@ -71,8 +65,8 @@ def run(border_weights, train, test_image, test_instances, steps, batch, seed, m
     emit(f"{tag}/merged_components", scores["merged"], "count", num_gt=scores["num_gt"], num_pred=scores["num_pred"])
     emit(f"{tag}/matched_nuclei", scores["tp"], "count", num_gt=scores["num_gt"])
     emit(f"{tag}/foreground_IoU", foreground_iou, "IoU")
-    emit(f"{tag}/final_train_loss", history["loss"][-1], "weighted nats")
-    emit(f"{tag}/train_time", seconds, "s")
+    emit(f"{tag}/final_train_loss", stats["final_loss"], "weighted nats")
+    emit(f"{tag}/train_time", stats["wall_seconds"], "s")
     return scores
 
 
@@ -98,7 +92,7 @@ def main():
         connected_components(test_instances > 0), test_instances)["merged"], "count")  # what gaps are for
     for seed in args.seeds:
         for border_weights in (False, True):
-            run(border_weights, train, test.image, test_instances, args.steps, args.batch, seed, args.min_size)
+            run(border_weights, test.image, test_instances, args.steps, args.batch, seed, args.min_size)
 
 
 if __name__ == "__main__":
