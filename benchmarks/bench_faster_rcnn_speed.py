@@ -152,10 +152,9 @@ def train_step(model, reference, pixels, tensor, args):
 
     boxes = np.array([[100, 120, 220, 260], [300, 400, 420, 560]], np.float32)  # yxyx
     labels = np.array([4, 17], np.int32)
-    batch = {"images": tf.constant(pixels[None], tf.float32),
-             "bounding_boxes": {"boxes": tf.constant(boxes[None]), "labels": tf.constant(labels[None])}}
+    images = tf.constant(pixels[None], tf.float32)
+    targets = {"boxes": tf.constant(boxes[None]), "labels": tf.constant(labels[None])}  # encoded in the step
     model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
-    targets = model.encode_targets(batch)
     reference.train()
     optimizer = torch.optim.SGD(reference.parameters(), lr=1e-3, momentum=0.9)
     torch_targets = [{"boxes": torch.from_numpy(boxes[:, [1, 0, 3, 2]]), "labels": torch.from_numpy(labels + 1).long()}]
@@ -167,9 +166,9 @@ def train_step(model, reference, pixels, tensor, args):
         optimizer.step()
 
     start = time.perf_counter()
-    model.train_on_batch(batch["images"], targets)
+    model.train_on_batch(images, targets)
     emit("faster_rcnn_twin/train_first_step_with_tracing", round(time.perf_counter() - start, 1), "s")
-    times = median_ms({"kdet": lambda: model.train_on_batch(batch["images"], targets), "torchvision": step_torch},
+    times = median_ms({"kdet": lambda: model.train_on_batch(images, targets), "torchvision": step_torch},
                       max(2, args.runs // 2), 1)
     for name, ms in times.items():
         emit(f"faster_rcnn_twin/train_step_640x480/{name}", round(ms, 1), "ms", batch_size=1)
