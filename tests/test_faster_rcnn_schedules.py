@@ -1,12 +1,16 @@
-"""The 4-step alternating schedule (freezing checked weight by weight) and Fast R-CNN mode on a proposal file."""
+"""The 4-step alternating schedule (freezing checked weight by weight), Fast R-CNN mode on a proposal file, and
+both through the one training path: `kdet.train` with `train.schedule`, user callbacks, `--resume`, precision."""
 import json
 
+import keras
 import numpy as np
 import pytest
 
-from kdet.api import build_model, load_split, restore
+import kdet
+from kdet.build import build_model, load_split, restore
 from kdet.config import load_config
 from kdet.errors import DataError
+from kdet.training.run import Session, make_strategy
 from kdet.training.schedules import (evaluate_fast_rcnn, read_proposals_json, train_alternating,
                                      write_proposals_json)
 
@@ -46,9 +50,13 @@ def test_alternating_schedule_runs_four_steps_and_freezes(tmp_path):
                 seen[(step, phase, name)] = {part: weights(getattr(net, part))
                                              for part in ("backbone", "rpn_head", "box_head", "box_predictor")}
 
-    result = train_alternating(config, verbose=0, on_step=record)
-    assert set(result["history"]) == {"step1", "step2", "step3", "step4"}
-    assert all(np.isfinite(v).all() for h in result["history"].values() for v in h.values())
+    data = load_split(config, "train")
+    network_b = train_alternating(Session(config, make_strategy("none"), data.class_names), data,
+                                  verbose=0, on_step=record)
+    result = {"model": network_b, "proposals": str(tmp_path / "run" / "proposals_step1.json")}
+    for step in (1, 2, 3, 4):
+        rows = [json.loads(line) for line in (tmp_path / "run" / f"step{step}" / "history.jsonl").open()]
+        assert len(rows) == 1 and rows[0]["steps"] == 2 and np.isfinite(rows[0]["loss"])
 
     # Step 1 (network A, RPN): backbone and RPN head train; the detector head does not.
     start, end = seen[(1, "start", "a")], seen[(1, "end", "a")]
@@ -101,3 +109,50 @@ def test_proposal_files_round_trip_and_fail_clearly(tmp_path):
         read_proposals_json(tmp_path / "broken.json", data)
     with pytest.raises(DataError, match="missing.json.*not found"):
         read_proposals_json(tmp_path / "missing.json", data)
+
+
+class _Batches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+
+@pytest.mark.slow
+def test_alternating_through_kdet_train_takes_callbacks_and_resumes(tmp_path):
+    config = make_config(tmp_path, schedule="alternating")
+    counter = _Batches()
+    result = kdet.train(config, callbacks=[counter], verbose=0)
+    assert counter.count == 4 * 2  # four steps of one epoch of two batches, each seen by the user's callback
+    assert result["model"].class_names == ["circle", "square", "triangle"]
+    model = keras.saving.load_model(result["model_file"])
+    assert same(weights(model), weights(result["model"]))
+
+    again = _Batches()  # resume with nothing left to do: no step trains again, the result is the same network
+    resumed = kdet.train(config, resume=True, callbacks=[again], verbose=0)
+    assert again.count == 0 and same(weights(resumed["model"]), weights(result["model"]))
+
+    longer = _Batches()  # two epochs per step now: each step runs only its second epoch
+    load = load_config(config.to_dict(), ["train.epochs=2"])
+    kdet.train(load, resume=True, callbacks=[longer], verbose=0)
+    assert longer.count == 4 * 2
+    for step in (1, 2, 3, 4):
+        rows = [json.loads(line) for line in (tmp_path / "run" / f"step{step}" / "history.jsonl").open()]
+        assert [row["epoch"] for row in rows] == [1, 2]
+
+
+@pytest.mark.slow
+def test_fast_rcnn_schedule_under_mixed_bfloat16(tmp_path):
+    config = make_config(tmp_path)
+    data = load_split(config, "train")
+    boxes = {r.image_id: np.array([[1, 2, 30, 40], [5, 5, 40, 50]], np.float32) for r in data.records}
+    path = write_proposals_json(tmp_path / "p.json", data, boxes)
+    config = load_config(config.to_dict(), ["train.schedule=fast_rcnn", f"train.proposals={path}",
+                                            "train.mixed_precision=mixed_bfloat16"])
+    result = kdet.train(config, verbose=0)
+    assert result["model"].dtype_policy.name == "mixed_bfloat16"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "fast_rcnn" / "history.jsonl").open()]
+    assert rows[-1]["steps"] == 2 and np.isfinite(rows[-1]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -179,14 +179,17 @@ def _check_model(config):
 
 
 def _step(model, config, train_data, step_dir, resume, extra=None, **fit_args):
-    """One step of a schedule: `recipe.fit` into its own directory, or (resume) its finished checkpoint."""
+    """One step of a schedule: `recipe.fit` into its own directory, or (resume) its finished checkpoint.
+    Returns whether it trained anything."""
     done = cb.completed_epochs(step_dir) if resume else 0
     model.compile(optimizer=cb.make_optimizer(config.train))  # after set_trainable: the step's own variables
     if done:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(Path(step_dir) / cb.CHECKPOINT)
-    if done < config.train.epochs:
-        recipe.fit(model, config, train_data, out_dir=step_dir, initial_epoch=done, extra=extra, **fit_args)
+    if done >= config.train.epochs:
+        return False
+    recipe.fit(model, config, train_data, out_dir=step_dir, initial_epoch=done, extra=extra, **fit_args)
+    return True
 
 
 def _finish(model, config):
@@ -277,11 +280,11 @@ def train_alternating(session, train_data, resume=False, on_step=None, **fit_arg
     initial_backbone = [v.numpy() for v in network_a.backbone.weights]
     set_trainable(network_a, "rpn", trainable_snapshot(network_a))
     notify(1, "start", network_a, None)
-    _step(network_a, config, train_data, out / "step1", resume, **fit_args)
+    trained_a = _step(network_a, config, train_data, out / "step1", resume, **fit_args)
     notify(1, "end", network_a, None)
 
     proposal_file = out / "proposals_step1.json"
-    if not (resume and proposal_file.is_file()):
+    if trained_a or not proposal_file.is_file():
         proposals = compute_proposals(network_a, train_data, config.train.batch_size, config.data.resize)
         write_proposals_json(proposal_file, train_data, proposals)
     network_b = session.build(compile=False)
