@@ -133,7 +133,7 @@ class AugmentConfig:
 @dataclasses.dataclass
 class DataConfig:
     format: Literal["shapes", "coco", "voc", "yolo", "tfrecord", "label_image"] = "shapes"
-    path: Optional[str] = None         # dataset root / annotation file / dataset yaml (relative to the config file's cwd)
+    path: Optional[str] = None         # dataset root / annotation file / dataset yaml (relative to the cwd)
     # Split names. null = every image of the dataset (a VOC folder without ImageSets lists); "" = no such split
     # (val_split: "" trains without validation).
     train_split: Optional[str] = "train"
@@ -277,7 +277,7 @@ def _check(value, hint, key):
 
 
 def _build(cls, values, where):
-    """Make dataclass `cls` from a dict, rejecting unknown keys and wrong values (with the dotted key in the message)."""
+    """Make dataclass `cls` from a dict, rejecting unknown keys and wrong values (the message names the dotted key)."""
     if values is None:  # a section written as `train:` with nothing under it
         values = {}
     if not isinstance(values, dict):
