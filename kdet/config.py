@@ -19,6 +19,7 @@ top level that is not a mapping and a key given twice in one mapping are refused
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import re
@@ -96,7 +97,7 @@ class Ascending:
     """A [min, max] pair with min <= max."""
 
     def holds(self, value):
-        return all(a <= b for a, b in zip(value, value[1:]))
+        return all(a <= b for a, b in itertools.pairwise(value))
 
     def __str__(self):
         return "in order [min, max]"
@@ -313,7 +314,7 @@ _Loader.add_implicit_resolver(
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
+                   |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
     list("-+0123456789."))
 
 

@@ -75,18 +75,18 @@ def test_invalid_configs_name_the_key(raw, message):
     # lists check their length and elements
     ("model.image_size", [0, 0], "model.image_size[0]: expected an integer >= 1, got 0"),
     ("model.image_size", [128, "128"], "model.image_size[1]: expected an integer >= 1, got the string '128'"),
-    ("model.image_size", [128], "model.image_size: expected a list of 2 values, each an integer >= 1, got a list "
-                                "of 1: [128]"),
+    ("model.image_size", [128], ("model.image_size: expected a list of 2 values, each an integer >= 1, got a list "
+                                 "of 1: [128]")),
     ("model.image_size", 128, "model.image_size: expected a list of 2 values, each an integer >= 1, got 128"),
-    ("data.augment.scale_jitter", [1.2, 0.8], "data.augment.scale_jitter: expected a list of 2 values, each a "
-                                              "finite number > 0, in order [min, max], got a list of 2: [1.2, 0.8]"),
-    ("export.formats", ["saved_model", "pb"], "export.formats[1]: expected one of saved_model, tflite, onnx, "
-                                              "got the string 'pb'"),
+    ("data.augment.scale_jitter", [1.2, 0.8], ("data.augment.scale_jitter: expected a list of 2 values, each a "
+                                               "finite number > 0, in order [min, max], got a list of 2: [1.2, 0.8]")),
+    ("export.formats", ["saved_model", "pb"], ("export.formats[1]: expected one of saved_model, tflite, onnx, "
+                                               "got the string 'pb'")),
     ("export.formats", [], "export.formats: expected a list of at least 1 values"),
     # enums list the choices
     ("train.optimizer", "adm", "train.optimizer: expected one of adam, sgd, adamw, got the string 'adm'"),
-    ("train.mixed_precision", True, "train.mixed_precision: expected one of float32, mixed_float16, mixed_bfloat16, "
-                                    "got the boolean true"),
+    ("train.mixed_precision", True, ("train.mixed_precision: expected one of float32, mixed_float16, mixed_bfloat16, "
+                                     "got the boolean true")),
     ("data.resize", "crop", "data.resize: expected one of stretch, letterbox, got the string 'crop'"),
     ("data.format", "kitti", "data.format: expected one of shapes, coco, voc, yolo, tfrecord, label_image"),
     ("train.eval_metric", "map", "train.eval_metric: expected one of coco, voc, got the string 'map'"),
@@ -98,8 +98,8 @@ def test_invalid_configs_name_the_key(raw, message):
     ("train.budget_seconds", 0, "train.budget_seconds: expected null or a finite number > 0, got 0"),
     ("train.budget_seconds", "1h", "train.budget_seconds: expected null or a finite number > 0, got the string '1h'"),
     ("train.budget_clock", "gpu", "train.budget_clock: expected one of cpu, wall, got the string 'gpu'"),
-    ("train.schedule", "4step", "train.schedule: expected one of joint, alternating, fast_rcnn, got the string "
-                                "'4step'"),
+    ("train.schedule", "4step", ("train.schedule: expected one of joint, alternating, fast_rcnn, got the string "
+                                 "'4step'")),
     ("train.proposals", 7, "train.proposals: expected null or a non-empty string, got 7"),
 ])
 def test_each_value_is_checked_against_its_declared_type(key, value, message):
@@ -154,7 +154,8 @@ def test_overrides_are_yaml_scalars_validated_like_the_file():
                               "data.val_split=", "train.budget_seconds=1.5e3"])
     assert config.train.learning_rate == pytest.approx(2e-4) and config.data.strict is True
     assert config.data.val_split is None and config.train.budget_seconds == 1500.0
-    assert _error({}, ["train.epochs=-1"]) == "train.epochs: expected an integer >= 1, got -1 (from --set train.epochs=-1)"
+    assert _error({}, ["train.epochs=-1"]) == ("train.epochs: expected an integer >= 1, got -1 "
+                                               "(from --set train.epochs=-1)")
     assert _error({}, ["train.learning_rate=.nan"]).startswith("train.learning_rate: expected a finite number > 0, "
                                                                "got nan (from --set")
     assert _error({}, ["data.strict='false'"]) == ("data.strict: expected true or false, got the string 'false' "
@@ -181,13 +182,13 @@ def test_missing_and_malformed_files(tmp_path):
     ("# nothing but a comment\n\n", "config is empty"),
     ("- model\n- train\n", "the top level must be a mapping of sections (model, data, train, export), got a list"),
     ("classloc\n", "the top level must be a mapping of sections (model, data, train, export), got the string"),
-    ("train:\n  epochs: 3\n  batch_size: 2\n  epochs: 30\n", "duplicate key 'train.epochs' at line 4 (first given "
-                                                            "at line 2)"),
+    ("train:\n  epochs: 3\n  batch_size: 2\n  epochs: 30\n", ("duplicate key 'train.epochs' at line 4 (first given "
+                                                             "at line 2)")),
     ("train: {epochs: 3}\nmodel: {}\ntrain: {epochs: 30}\n", "duplicate key 'train' at line 3 (first given at line 1)"),
     ("model:\n  args:\n    widths: [8, 16]\n    widths: [8]\n", "duplicate key 'model.args.widths' at line 4"),
     ("a: 1\n---\nb: 2\n", "not valid YAML"),
-    ("train:\n  mixed_precision: 'false'\n", "train.mixed_precision: expected one of float32, mixed_float16, "
-                                             "mixed_bfloat16, got the string 'false'"),
+    ("train:\n  mixed_precision: 'false'\n", ("train.mixed_precision: expected one of float32, mixed_float16, "
+                                              "mixed_bfloat16, got the string 'false'")),
     ("train:\n  learning_rate: '1e-3'\n", "train.learning_rate: expected a finite number > 0, got the string '1e-3'"),
     ("train:\n  epochs: -1\n", "train.epochs: expected an integer >= 1, got -1"),
 ])
