@@ -1,4 +1,4 @@
-"""`kdet` command line: train | evaluate | predict | export | benchmark | run | serve | data {check,convert,show}.
+"""`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | data {check,convert,show,anchors}.
 
 Every command that takes a model takes `--config FILE` and any number of `--set section.key=value` overrides.
 Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
@@ -11,80 +11,103 @@ from pathlib import Path
 from kdet.errors import KdetError
 
 
+_CHECKPOINT_HELP = "a .keras model or .weights.h5 file (default: the run's model.keras, else its last weights)"
+
+
 def _add_config(parser, required=True):
-    parser.add_argument("--config", required=required, help="YAML config (see configs/)")
+    parser.add_argument("--config", required=required, metavar="FILE", help="YAML config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+                        help="override a config value, parsed as YAML and validated like the file: "
+                             "--set train.epochs=3 (repeatable)")
+
+
+def _command(subparsers, name, text, **kwargs):
+    """A subcommand whose one-line `text` is both its entry in the parent's --help and its own description."""
+    return subparsers.add_parser(name, help=text, description=text, **kwargs)
 
 
 def _parser():
+    from kdet import __version__  # the package is already imported: `kdet.cli` lives in it
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"kdet {__version__}",
+                        help="print kdet's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="kdet COMMAND --help shows the options of a command")
 
-    p = sub.add_parser("train", help="train with model.fit, checkpoint every epoch")
+    p = _command(sub, "train", "train with model.fit, checkpoint every epoch")
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
     p.add_argument("--schedule", choices=["joint", "alternating", "fast_rcnn"], default=None,
-                   help="two-stage detectors: approximate joint training (one fit) or the paper's 4-step alternation")
-    p.add_argument("--proposals", help="Fast R-CNN mode: train the second stage on the boxes of this JSON file")
+                   help="overrides train.schedule: joint (one fit, every model), and for two-stage detectors the "
+                        "paper's 4-step alternating training, or fast_rcnn (the second stage alone, on --proposals)")
+    p.add_argument("--proposals", metavar="JSON",
+                   help="Fast R-CNN mode: train the second stage on the boxes of this JSON file")
 
-    p = sub.add_parser("evaluate", help="COCO AP (pycocotools) and VOC mAP@0.5 on a split")
+    p = _command(sub, "evaluate", "COCO AP (pycocotools) and VOC mAP@0.5 on a split")
     _add_config(p)
-    p.add_argument("--split", default="test")
-    p.add_argument("--checkpoint", help="weights file (default: the run's last checkpoint)")
-    p.add_argument("--metric", choices=["coco", "voc", "both"], default="both")
-    p.add_argument("--json", help="also write the figures to this file")
-    p.add_argument("--proposals", help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
+    p.add_argument("--split", default="test", help="which split of the dataset (default: test)")
+    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
+    p.add_argument("--metric", choices=["coco", "voc", "both"], default="both",
+                   help="COCO AP, VOC mAP@0.5 or both (default: both)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
+    p.add_argument("--proposals", metavar="JSON",
+                   help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
 
-    p = sub.add_parser("predict", help="detect objects (or segment) in images; write annotated PNG + JSON per image "
-                                        "(segmentation: colour overlay PNG, class-id mask PNG, JSON)")
+    p = _command(sub, "predict", "detect objects (or segment) in images; write annotated PNG + JSON per image "
+                          "(segmentation: colour overlay PNG, class-id mask PNG, JSON)")
     _add_config(p)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="predictions")
-    p.add_argument("--checkpoint")
-    p.add_argument("--score-threshold", type=float, default=0.3)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to predict")
+    p.add_argument("--out", default="predictions", help="output directory (default: predictions)")
+    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="keep detections scoring at least this (default: 0.3)")
     p.add_argument("--tiled", action="store_true",
                    help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
 
-    p = sub.add_parser("export", help="SavedModel (TF Serving layout) / TFLite / ONNX")
+    p = _command(sub, "export", "SavedModel (TF Serving layout) / TFLite / ONNX")
     _add_config(p)
     p.add_argument("--format", dest="formats", action="append", choices=["saved_model", "tflite", "onnx"],
                    help="repeatable; default: export.formats of the config")
-    p.add_argument("--quantize", choices=["fp16", "int8"])
-    p.add_argument("--checkpoint")
+    p.add_argument("--quantize", choices=["fp16", "int8"],
+                   help="TFLite weights in float16, or full int8 calibrated on training images "
+                        "(default: export.quantize of the config)")
+    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
     p.add_argument("--out", help="output directory (default: export.out_dir)")
 
-    p = sub.add_parser("benchmark", help="latency / FPS of exported artifacts on the same images")
-    p.add_argument("artifacts", nargs="+", help=".keras, SavedModel dir, .tflite or .onnx")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch", type=int, default=1)
+    p = _command(sub, "benchmark", "latency / FPS of exported artifacts on the same images")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".keras, SavedModel dir, .tflite or .onnx")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per artifact (default: 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    p.add_argument("--batch", type=int, default=1, help="images per run (default: 1)")
 
-    p = sub.add_parser("run", help="the main job: train, evaluate, export, predict and draw, in one go")
+    p = _command(sub, "run", "the main job: train, evaluate, export, predict and draw, in one go")
     _add_config(p)
-    p.add_argument("--out", default="out", help="where predictions and the picture go")
+    p.add_argument("--out", default="out", help="where predictions and the picture go (default: out)")
 
-    sub.add_parser("serve", help="serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract "
-                                 "(kdet serve --help)", add_help=False)
+    _command(sub, "serve", "serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract "
+                  "(kdet serve --help)", add_help=False)
 
-    data = sub.add_parser("data", help="inspect and convert datasets").add_subparsers(dest="data_command",
-                                                                                        required=True)
-    data.add_parser("anchors", help="k-means anchor priors (1 - IoU distance) for YOLOv2 (kdet data anchors --help)",
-                    add_help=False)
+    data = _command(sub, "data", "inspect and convert datasets").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND",
+        help="kdet data DATA_COMMAND --help shows its options")
+    _command(data, "anchors", "k-means anchor priors (1 - IoU distance) for YOLOv2 (kdet data anchors --help)",
+             add_help=False)
     for name, text in (("check", "per-class counts, image sizes and every bad record"),
                        ("convert", "write a dataset in another format"),
                        ("show", "draw the ground truth of the first images to PNG")):
-        p = data.add_parser(name, help=text)
+        p = _command(data, name, text)
         _add_config(p, required=False)
-        p.add_argument("--format", help="dataset format (instead of --config)")
+        p.add_argument("--format", help="dataset format (instead of --config): shapes, coco, voc, yolo, tfrecord, "
+                                        "label_image")
         p.add_argument("--path", help="dataset path (instead of --config)")
-        p.add_argument("--split", default="train")
+        p.add_argument("--split", default="train", help="which split of the dataset (default: train)")
         if name == "convert":
-            p.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "tfrecord"])
-            p.add_argument("--out", required=True)
+            p.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "tfrecord"],
+                           help="format to write")
+            p.add_argument("--out", required=True, help="output directory")
         if name == "show":
-            p.add_argument("--out", default="data_show")
-            p.add_argument("--num", type=int, default=4)
+            p.add_argument("--out", default="data_show", help="output directory (default: data_show)")
+            p.add_argument("--num", type=int, default=4, help="how many images to draw (default: 4)")
     return parser
 
 

@@ -119,8 +119,8 @@ def fit(model, config, train_data, val_data=None, *, out_dir=None, epochs=None, 
     out = Path(out_dir or t.output_dir)
     train_ds, steps = training_dataset(model, config, train_data, extra)
     val_ds = validation_dataset(model, config, val_data, extra)
-    if budget is None and getattr(t, "budget_seconds", None):
-        budget = cb.TimeBudget(t.budget_seconds, getattr(t, "budget_clock", "cpu"))
+    if budget is None and t.budget_seconds:
+        budget = cb.TimeBudget(t.budget_seconds, t.budget_clock)
     own = [cb.AtomicCheckpoint(out), cb.HistoryLog(out / history_name)]
     if evaluate_fn is not None and t.eval_every and val_data is not None:
         own.insert(0, cb.EvaluationCallback(evaluate_fn, every=t.eval_every))

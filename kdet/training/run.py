@@ -72,7 +72,7 @@ def train(config, resume=False, callbacks=(), verbose="auto"):
     "epochs": completed epochs, "model": the trained model, "report": the training split's read report}.
     """
     t = config.train
-    schedule = getattr(t, "schedule", "joint")
+    schedule = t.schedule
     if schedule not in SCHEDULES:
         raise ConfigError(f"train.schedule = {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     out = Path(t.output_dir)
@@ -83,13 +83,13 @@ def train(config, resume=False, callbacks=(), verbose="auto"):
         val_data = load_split(config, "val") if config.data.val_split else None
         print(f"kdet: training data: {len(train_data)} images; {train_data.report.summary()}", file=sys.stderr)
         session = Session(config, make_strategy(t.strategy), train_data.class_names)
-        budget = cb.TimeBudget(t.budget_seconds, getattr(t, "budget_clock", "cpu")) \
-            if getattr(t, "budget_seconds", None) else None
+        budget = cb.TimeBudget(t.budget_seconds, t.budget_clock) \
+            if t.budget_seconds else None
         common = dict(callbacks=callbacks, budget=budget, verbose=verbose)
         if schedule == "alternating":
             model = schedules.train_alternating(session, train_data, resume=resume, **common)
         elif schedule == "fast_rcnn":
-            model = schedules.train_fast_rcnn(session, train_data, getattr(t, "proposals", None), resume=resume,
+            model = schedules.train_fast_rcnn(session, train_data, t.proposals, resume=resume,
                                               **common)
         else:
             model = _train_joint(session, train_data, val_data, resume, **common)
