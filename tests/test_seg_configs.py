@@ -12,6 +12,7 @@ from kdet.data.images import read_segmentation
 from kdet.data.io import load_dataset, write_dataset
 from kdet.data.label_image import read_intensity_image, read_label_image
 from kdet.errors import ConfigError, DataError
+from kdet.models.base import DataNeeds
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDOUT = (320, 0, 512, 192)  # y0, x0, y1, x1: the configs' held-out bottom-left 192 x 192
@@ -138,4 +139,5 @@ def test_unet_nuclei_config_loads_its_data_and_builds(shared_data):
     assert len(val) == 1 and (val.records[0].height, val.records[0].width) == (192, 192)
     model = build_model(config)
     assert model.task == "semantic" and model.num_mask_classes == 2
-    assert model.uses_instance_masks and model.class_weights == "median"
+    assert model.class_weights == "median"
+    assert model.data_needs == DataNeeds(semantic=True, instance_masks=True, adapt=True)

@@ -3,11 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kdet.backbones.resnet_dilated import DilatedResNet
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
 from kdet.models import MODELS
-from kdet.models.fcn_resnet import FCNResNet, fcn_resnet_table
+from kdet.convert.fcn_resnet_mapping import fcn_resnet_table
+from kdet.models.fcn_resnet import FCNResNet
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fcn_resnet50_twin.npz"
 
@@ -41,7 +43,7 @@ def test_outputs_equal_torchvision(twin):
     for key, name in (("logits", "out"), ("aux_logits", "aux")):
         scale = np.abs(data[name]).max()
         np.testing.assert_allclose(outputs[key].numpy(), data[name], atol=1e-4 * scale)
-    assert (model.detect(data["image"])["masks"].numpy() == data["out"].argmax(-1)).mean() > 0.999
+    assert (model.predict_on_batch(data["image"])["masks"] == data["out"].argmax(-1)).mean() > 0.999
 
 
 def test_dilated_resnet_strides_and_registration():
@@ -63,7 +65,7 @@ def test_small_fcn_resnet_round_trips_its_config_and_adds_half_the_aux_loss():
     out = model(images)
     assert out["logits"].shape == out["aux_logits"].shape == (2, 32, 40, 3)
     assert FCNResNet.from_config(model.get_config()).get_config() == model.get_config()
-    labels = {"labels": np.random.default_rng(1).integers(0, 3, (2, 32, 40)).astype(np.int32)}
-    total = float(model.compute_loss(y=labels, y_pred=out))
+    masks = np.random.default_rng(1).integers(0, 3, (2, 32, 40, 1)).astype(np.int32)
+    total = float(model.compute_loss(x=tf.constant(images), y=masks, y_pred=out))  # a tensor: image_hw needs one
     parts = {m.name: float(m.result()) for m in model.metrics if m.name in ("pixel_loss", "aux_loss")}
     assert total == pytest.approx(parts["pixel_loss"] + 0.5 * parts["aux_loss"], rel=1e-5)

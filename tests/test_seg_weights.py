@@ -5,11 +5,11 @@ import tensorflow as tf
 from PIL import Image
 
 from kdet.data.elastic import apply_displacements, elastic_deform, random_displacements
-from kdet.data.label_image import (check_segmentation, class_weights_from_dataset, load_instance_tiles,
-                                   read_intensity_image, read_label_image, semantic_from_instances,
-                                   segmentation_masks, write_label_image)
+from kdet.data.label_image import (check_segmentation, load_instance_tiles, read_intensity_image, read_label_image,
+                                   semantic_from_instances, segmentation_masks, write_label_image)
+from kdet.data.pipeline import make_tf_dataset
 from kdet.data.records import DetectionDataset, Record
-from kdet.data.unet_weights import border_weight_map, instance_label_image, two_nearest_distances
+from kdet.losses.unet_weights import border_weight_map, instance_label_image, two_nearest_distances
 from kdet.errors import ConfigError, DataError
 
 
@@ -188,8 +188,12 @@ def test_real_nuclei_tiles(shared_data):
     assert record.image.shape == (192, 192, 3) and record.image.max() > 200  # stretched 16-bit, not black
     assert len(record.masks) == 27
     assert ((record.masks.sum(0) > 0) & (record.segmentation == 0)).sum() > 100  # touching nuclei split by gaps
-    weights = class_weights_from_dataset(train, 2, "median")
+    from kdet.models.unet import UNet
+    model = UNet(1, (128, 128), widths=(4, 8), padding="same", class_weights="median")
+    masks = make_tf_dataset(train, (128, 128), 8, with_segmentation=True).map(lambda b: b["segmentation_masks"])
+    weights = model.adapt(masks)
     assert weights[1] > weights[0] > 0  # nuclei are the rarer class
+    np.testing.assert_allclose(model.class_weight_vector.numpy(), weights)
 
 
 def test_label_image_dataset_from_a_directory(tmp_path):

@@ -151,6 +151,22 @@ def test_reference_cuts_or_pads_to_the_skip_size():
     np.testing.assert_array_equal(padded, [[1], [1], [0]])
 
 
+def test_layers_give_the_same_result_when_the_size_is_unknown_at_trace_time():
+    # Models run at any input size: a trace Keras relaxed to [None, None, None, C] must give what a static one gives.
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 3, 4, 2)).astype(np.float32)
+    reference = np.zeros((2, 5, 7, 2), np.float32)
+    spec = [tf.TensorSpec([None, None, None, 2]), tf.TensorSpec([None, None, None, 2])]
+    for layer in (NearestUnpooling2D(2), BedOfNailsUnpooling2D((2, 3)), BilinearUpsampling2D(2),
+                  TransposedConvUpsampling2D(2, 2)):
+        for ref in (None, reference):
+            static = layer(x, reference=ref).numpy()
+            dynamic = tf.function(lambda a, r: layer(a, reference=r), input_signature=spec) if ref is not None else \
+                tf.function(lambda a: layer(a), input_signature=spec[:1])
+            out = dynamic(x, ref).numpy() if ref is not None else dynamic(x).numpy()
+            np.testing.assert_allclose(out, static, atol=1e-6, err_msg=type(layer).__name__)
+
+
 def test_layers_round_trip_and_work_in_a_saved_functional_model(tmp_path):
     inputs = keras.Input((4, 6, 2))
     outputs = [NearestUnpooling2D(2)(inputs), BedOfNailsUnpooling2D((2, 3))(inputs), BilinearUpsampling2D(2)(inputs),

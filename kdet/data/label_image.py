@@ -7,7 +7,6 @@ of semantic masks before training.
     load_label_image_dataset(root, split)     -> the same from a directory (a `load_dataset` format for configs)
     semantic_from_instances(labels)           -> 0 / 1 mask where touching instances are split by background
     segmentation_masks(dataset, num_classes)  -> (name, mask) of every record, sizes and class ids checked
-    class_weights_from_dataset(dataset, C)    -> inverse / median frequency class weights from the training masks
 
 Touching nuclei share a border in the label image; a semantic mask that only says "nucleus" would merge them. As in
 U-Net (Fig. 3c), pixels of an instance that touch a different instance become background, so the network is taught
@@ -23,7 +22,6 @@ from PIL import Image
 from kdet.data.images import read_image, read_segmentation
 from kdet.data.records import DetectionDataset, ReadReport, Record
 from kdet.errors import ConfigError, DataError
-from kdet.losses.segmentation import class_weights_from_masks
 
 LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -181,15 +179,6 @@ def segmentation_masks(dataset, num_classes=None, ignore_index=255):
 def check_segmentation(dataset, num_classes, ignore_index=255):
     """Run every check of `segmentation_masks` over the dataset; returns the number of masks checked."""
     return sum(1 for _ in segmentation_masks(dataset, num_classes, ignore_index))
-
-
-def class_weights_from_dataset(dataset, num_classes, method="median", ignore_index=255):
-    """float32 [num_classes] weights ("inverse" or "median" frequency) from the dataset's masks.
-
-    num_classes: mask classes, background included (a model's `num_mask_classes`).
-    """
-    return class_weights_from_masks(segmentation_masks(dataset, num_classes, ignore_index), num_classes, method,
-                                    ignore_index)
 
 
 def write_label_image(labels, path):

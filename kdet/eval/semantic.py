@@ -6,8 +6,9 @@ frame (ignore 255), and for instance-labelled data the instance AP@0.5 of the pr
     connected_components(foreground)                  -> int32 [H, W] component ids
     predict_files(model, paths, out_dir)              -> colour overlays + class-id PNGs (what `kdet predict` writes)
 
-The model runs at its own size; its probabilities are cut to the image part of the input (letterbox) and resized
-bilinearly to the original size before the argmax, so the scores compare with the original masks, not resized ones.
+The model runs compiled (`model.predict_on_batch`: predict_step -> call -> decode(outputs, input size)) at its own
+size, as it was trained; its probabilities are cut to the image part of the input (letterbox) and resized bilinearly
+to the original size before the argmax, so the scores compare with the original masks, not resized ones.
 """
 import json
 from pathlib import Path
@@ -24,11 +25,10 @@ from kdet.metrics.miou import SegmentationEvaluator
 def predict_semantic(model, dataset, batch_size=4, resize="stretch", progress=False):
     """Yield (record, probabilities float32 [H, W, C]) in each record's original size, in record order."""
     ds = make_tf_dataset(dataset, model.image_size, batch_size, training=False, resize=resize)
-    detect = tf.function(model.detect, reduce_retracing=True)
     records = iter(dataset.records)
     with tqdm(total=len(dataset), desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
         for batch in ds:
-            probabilities = detect(batch["images"])["probabilities"].numpy()
+            probabilities = model.predict_on_batch(batch["images"])["probabilities"]
             for i, (scale, size) in enumerate(zip(batch["scale"].numpy(), batch["original_size"].numpy())):
                 record = next(records)
                 # The image occupies the top-left round(size * scale) of the input (all of it when stretched).
@@ -84,7 +84,7 @@ def predict_image(model, image, tiled=False):
         from kdet.models.segmentation_base import predict_tiled
         return predict_tiled(model, image)
     resized = tf.image.resize(tf.cast(image, tf.float32), model.image_size)[None]
-    probabilities = model.detect(resized)["probabilities"][0]
+    probabilities = model.predict_on_batch(resized)["probabilities"][0]
     probabilities = tf.image.resize(probabilities, np.shape(image)[:2], method="bilinear").numpy()
     return {"masks": probabilities.argmax(-1).astype(np.int32), "probabilities": probabilities}
 

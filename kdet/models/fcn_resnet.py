@@ -6,8 +6,8 @@ scores layer4 at stride 8, and the scores are resized bilinearly (align_corners=
 head on layer3 (1024 -> 256 -> classes) adds half its loss during training, as torchvision's reference recipe.
 
 Built as a numerical twin: weights map one to one from a torchvision state dict through
-`load_state_dict(model, state, table=fcn_resnet_table)` (kdet.convert.torchvision), and normalisation is
-torchvision's ImageNet mean / std, inside the model.
+`load_state_dict(model, state, table=fcn_resnet_table)` (kdet.convert.fcn_resnet_mapping), and normalisation is
+torchvision's ImageNet mean / std (kdet.ops.images.normalize_imagenet), inside the model. Any input size.
 """
 import keras
 import tensorflow as tf
@@ -16,9 +16,7 @@ from kdet.backbones.resnet import BN_EPSILON, BN_MOMENTUM
 from kdet.backbones.resnet_dilated import DilatedResNet
 from kdet.losses.segmentation import pixel_cross_entropy
 from kdet.models.segmentation_base import SemanticSegmenter
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from kdet.ops.images import normalize_imagenet
 
 
 class FCNHead(keras.layers.Layer):
@@ -65,8 +63,7 @@ class FCNResNet(SemanticSegmenter):
 
     def normalize(self, images):
         """torchvision's preset: (x / 255 - mean) / std."""
-        x = tf.cast(images, self.compute_dtype) / 255.0
-        return (x - tf.constant(IMAGENET_MEAN, x.dtype)) / tf.constant(IMAGENET_STD, x.dtype)
+        return normalize_imagenet(images, self.compute_dtype)
 
     def call(self, images, training=False):
         size = tf.shape(images)[1:3]
@@ -78,8 +75,8 @@ class FCNResNet(SemanticSegmenter):
             outputs["aux_logits"] = tf.cast(tf.image.resize(aux, size, method="bilinear"), tf.float32)
         return outputs
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x, y, {"logits": y_pred["logits"]}, sample_weight, training)
+    def loss_from_targets(self, y, y_pred, images, training=True):
+        loss = super().loss_from_targets(y, {"logits": y_pred["logits"]}, images, training)
         if "aux_logits" not in y_pred:
             return loss
         aux = pixel_cross_entropy(y["labels"], y_pred["aux_logits"], class_weights=self.class_weight_vector,
@@ -91,16 +88,3 @@ class FCNResNet(SemanticSegmenter):
         return dict(super().get_config(), depth=self.depth, aux_loss=self.aux_loss, aux_weight=self.aux_weight,
                     base_width=self.base_width)
 
-
-def fcn_resnet_table(model):
-    """kdet FCNResNet <- torchvision fcn_resnet50 / fcn_resnet101 state dict names."""
-    from kdet.convert.torchvision import batch_norm_entries, conv_entries, resnet_entries
-
-    def head(prefix, layer):
-        return (conv_entries(f"{prefix}.0", layer.conv) + batch_norm_entries(f"{prefix}.1", layer.bn)
-                + conv_entries(f"{prefix}.4", layer.classifier))
-
-    entries = resnet_entries(model.backbone, prefix="backbone") + head("classifier", model.classifier)
-    if model.aux_classifier is not None:
-        entries += head("aux_classifier", model.aux_classifier)
-    return entries

@@ -12,8 +12,8 @@ the chosen unpooling, then its convolutions; a 1x1 convolution scores the classe
                 "transposed"    learnable 4x4 stride-2 transposed convolution, initialised to bilinear
 
 So the variants differ only in how the decoder upsamples, which is what the unpooling benchmark compares. The input
-is zero-padded (after normalisation) to a multiple of 2^stages and the logits cut back, so every variant sees the
-same geometry for any image size.
+is zero-padded (after normalisation, bottom / right) to a multiple of 2^stages and the logits cut back, so every
+variant sees the same geometry; any input size works, the logits have the input's size.
 """
 import keras
 import tensorflow as tf
@@ -23,6 +23,7 @@ from kdet.layers.unpooling import MaxPoolingWithArgmax2D
 from kdet.layers.upsampling import (BedOfNailsUnpooling2D, BilinearUpsampling2D, NearestUnpooling2D,
                                     TransposedConvUpsampling2D)
 from kdet.models.segmentation_base import SemanticSegmenter
+from kdet.ops.images import image_hw
 from kdet.ops.unpool import max_unpool
 
 UNPOOLING = ("max", "nearest", "bed_of_nails", "bilinear", "transposed")
@@ -41,10 +42,11 @@ def _max_unpool_like(values, argmax, reference):
     The op, not the MaxUnpooling2D layer: the layer pins its static shape with tf.ensure_shape, which TFLite has no
     builtin for (EnsureShape fails the builtins-only conversion). The op's builtins twin pads by amounts computed
     from the output shape at run time, which leaves every dimension unknown to the TFLite converter (and Conv2D
-    without a kernel); a reshape to the static size (always known here: the model has a fixed image size) gives
-    the converter the shape back.
+    without a kernel); a reshape to the reference's size gives the converter the shape back (static in an export,
+    which traces at the model's image_size; scalar tensors when the input size is unknown).
     """
-    height, width, channels = reference.shape[1], reference.shape[2], values.shape[3]
+    height, width = image_hw(reference)
+    channels = values.shape[3]
     unpooled = max_unpool(values, argmax, [tf.shape(values)[0], height, width, channels], 2)
     return tf.reshape(unpooled, [-1, height, width, channels])
 
@@ -74,8 +76,6 @@ class EncoderDecoder(SemanticSegmenter):
         self.unpooling = unpooling
         self.widths = tuple(int(w) for w in widths)
         self.convs_per_stage = tuple(int(c) for c in convs_per_stage)
-        multiple = 2 ** len(self.widths)
-        self.padded_size = tuple(-(-s // multiple) * multiple for s in self.image_size)
         self.encoder = []
         for i, (width, count) in enumerate(zip(self.widths, self.convs_per_stage), start=1):
             convs = [_conv_bn_relu(width, f"encoder{i}_{j}") for j in range(1, count + 1)]
@@ -110,9 +110,10 @@ class EncoderDecoder(SemanticSegmenter):
         return x
 
     def call(self, images, training=False):
-        height, width = self.image_size
+        height, width = image_hw(images)
+        multiple = 2 ** len(self.widths)
         x = self.normalize(images)
-        x = tf.pad(x, [[0, 0], [0, self.padded_size[0] - height], [0, self.padded_size[1] - width], [0, 0]])
+        x = tf.pad(x, [[0, 0], [0, (-height) % multiple], [0, (-width) % multiple], [0, 0]])
         skips = []  # (pre-pool features, argmax or None) of each encoder stage
         for convs, pool, argmax_pool in self.encoder:
             x = self._run_convs(convs, x, training)

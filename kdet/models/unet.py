@@ -8,22 +8,28 @@ two 3x3 convolutions + ReLU; a 1x1 convolution scores the classes. Dropout ends 
                      (572 x 572 -> 388 x 388); skips are centre-cropped ("copy and crop").
     padding="same"   the common variant: padded convolutions, output = input (sizes rounded up to 2^depth).
 
-Model contract: `call` takes images at `image_size` and returns logits of that size in both modes. A valid U-Net
-runs on `network_input_size`: the image is mirrored outward by `context_margin` pixels (92 for the paper's net),
-the paper's extrapolation of the missing context, plus what rounds the output up to a size the net produces.
-`predict_tiled` (segmentation_base) does the paper's overlap-tile strategy for larger images: each tile's margin
-then holds real neighbouring pixels, and mirroring only happens at the image border.
+Sizes: a same-padding U-Net runs at any input size (the image is mirrored at the bottom / right up to a multiple of
+2^depth and the logits cut back), logits at the input's size. A valid U-Net keeps the paper's fixed geometry: it takes
+images of exactly `image_size` (the output tile) and runs on `network_input_size`, the image mirrored outward by
+`context_margin` pixels (92 for the paper's net), the paper's extrapolation of the missing context, plus what rounds
+the output up to a size the net produces; another input size is a clear error. `predict_tiled` (segmentation_base)
+does the paper's overlap-tile strategy for larger images: each tile's margin then holds real neighbouring pixels,
+and mirroring only happens at the image border.
 
 Training loss: pixel cross-entropy weighted by the border weight map w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / 2 sigma^2)
-(kdet.data.unet_weights), computed inside tf.data by `encode_targets` from the instance masks (so the pipeline must
-be built with with_masks=True; `uses_instance_masks` says so), w0 = 10, sigma = 5 px.
+(kdet.losses.unet_weights), computed in the train step (in graph) from the instance masks, w0 = 10, sigma = 5 px.
+With border_weights the model declares DataNeeds(instance_masks=True) and fits on
+y = {"segmentation_masks": [B, H, W, 1], "masks": [B, N, H, W]}; a plain mask y is refused with a message saying so
+(set border_weights=False to train unweighted on plain masks).
 """
 import keras
 import tensorflow as tf
 
-from kdet.data.unet_weights import border_weight_map, instance_label_image
 from kdet.errors import ConfigError
+from kdet.losses.unet_weights import border_weight_map, instance_label_image
+from kdet.models.base import DataNeeds
 from kdet.models.segmentation_base import SemanticSegmenter
+from kdet.ops.images import image_hw
 
 UNET_WIDTHS = (64, 128, 256, 512, 1024)
 
@@ -60,11 +66,12 @@ class UNet(SemanticSegmenter):
     """Args:
         num_classes: foreground classes (the model predicts num_classes + 1, 0 = background).
         image_size: (H, W) of the images (= of the logits); the paper's 388 x 388 output tile runs on 572 x 572.
+            A valid U-Net takes only this size; a same-padding one takes any size.
         widths: channels per level, the last one is the bottom (paper: 64, 128, 256, 512, 1024 -> 4 pools).
         padding: "valid" (paper) or "same".
         batch_norm: conv + BN + ReLU (not in the paper; helps short CPU runs).
         dropout: at the end of the contracting path (paper: yes, rate unstated; 0.5 here).
-        border_weights: train with the border weight map (needs instance masks in the batch).
+        border_weights: train with the border weight map (fit targets must then carry the instance masks).
         w0, sigma: the weight map's border weight and width in pixels (paper: 10, 5).
         class_weights, ignore_index: see SemanticSegmenter; with border weights, class_weights give w_c.
 
@@ -87,7 +94,6 @@ class UNet(SemanticSegmenter):
         self.border_weights = bool(border_weights)
         self.w0 = float(w0)
         self.sigma = float(sigma)
-        self.uses_instance_masks = self.border_weights
         depth = len(self.widths) - 1
         if padding == "valid":
             sizes = [valid_sizes(s, depth) for s in self.image_size]
@@ -139,18 +145,49 @@ class UNet(SemanticSegmenter):
         x = self.bottom_dropout(self._run_block(self.bottom, x, training), training=training)
         for up_conv, block, skip in zip(self.up_convs, self.up_blocks, reversed(skips)):
             x = up_conv(x)
-            x = tf.concat([_centre_crop(skip, x.shape[1], x.shape[2]), x], axis=-1)
+            if self.padding == "valid":  # same padding: the skip already has x's size (any, also unknown, size)
+                skip = _centre_crop(skip, x.shape[1], x.shape[2])
+            x = tf.concat([skip, x], axis=-1)
             x = self._run_block(block, x, training)
         return self.classifier(x)
 
+    @property
+    def data_needs(self):
+        return DataNeeds(semantic=True, instance_masks=self.border_weights, adapt=isinstance(self.class_weights, str))
+
     def call(self, images, training=False):
+        if self.padding == "same":
+            height, width = image_hw(images)
+            multiple = 2 ** (len(self.widths) - 1)
+            pad = [(-height) % multiple, (-width) % multiple]
+            if all(isinstance(p, int) for p in (height, width)) and (pad[0] >= height or pad[1] >= width):
+                raise ValueError(f"a same-padding U-Net of depth {len(self.widths) - 1} mirrors images up to a "
+                                 f"multiple of {multiple}; {height}x{width} is too small for that")
+            x = tf.pad(self.normalize(images), [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]], mode="REFLECT")
+            return {"logits": tf.cast(self.network(x, training=training)[:, :height, :width, :], tf.float32)}
         height, width = self.image_size
-        x = self.normalize(images)
+        x = self.normalize(self._at_image_size(images))
         margin = self.context_margin
         pad_after = [self.network_input_size[0] - height - margin, self.network_input_size[1] - width - margin]
         x = tf.pad(x, [[0, 0], [margin, pad_after[0]], [margin, pad_after[1]], [0, 0]], mode="REFLECT")
         logits = self.network(x, training=training)[:, :height, :width, :]
         return {"logits": tf.cast(logits, tf.float32)}
+
+    def _at_image_size(self, images):
+        """A valid U-Net's input, checked to be image_size and given that static shape (its crops need it)."""
+        height, width = self.image_size
+        message = (f"a valid-padding U-Net keeps the paper's fixed geometry: it takes {height}x{width} images (built "
+                   f"with image_size={[height, width]}, network input {self.network_input_size[0]}x"
+                   f"{self.network_input_size[1]} with {self.context_margin} px of mirrored context); build it for "
+                   "this size, use padding='same' for any size, or predict_tiled for larger images")
+        static = tuple(images.shape[1:3])
+        if None not in static:
+            if static != (height, width):
+                raise ValueError(f"{message}; got {static[0]}x{static[1]}")
+            return images
+        check = tf.debugging.assert_equal(tf.shape(images)[1:3], tf.constant([height, width]), message=message)
+        with tf.control_dependencies([check]):
+            return tf.reshape(images, [-1, height, width, images.shape[-1] or 3])
 
     def logits_from_context(self, windows):
         """windows [B, H + 2m, W + 2m, 3] with real context (m = context_margin) -> logits [B, H, W, C]."""
@@ -160,18 +197,25 @@ class UNet(SemanticSegmenter):
         x = tf.pad(x, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]], mode="REFLECT")
         return tf.cast(self.network(x)[:, :height, :width, :], tf.float32)
 
-    def encode_targets(self, batch):
-        """{"labels": [B, H, W]} (+ "weights": [B, H, W] border weight map from batch["masks"] [B, N, H, W])."""
-        targets = super().encode_targets(batch)
-        if not self.border_weights:
-            return targets
-        if "masks" not in batch:
-            raise ConfigError("U-Net with border_weights needs instance masks: build the dataset with "
-                              "make_tf_dataset(..., with_masks=True), or set border_weights: false")
-        instances = instance_label_image(batch["masks"])
-        targets["weights"] = border_weight_map(instances, targets["labels"], self.class_weight_vector,
-                                               w0=self.w0, sigma=self.sigma)
+    def standardize_targets(self, y, image_size):
+        """With border weights y must carry the instance masks: {"segmentation_masks": [B, H, W(, 1)],
+        "masks": [B, N, H, W]} (0/1, zero rows = padding)."""
+        targets = super().standardize_targets(y, image_size)
+        if self.border_weights and "masks" not in targets:
+            raise ValueError("UNet(border_weights=True) trains on y = {'segmentation_masks': [B, H, W, 1] class ids, "
+                             "'masks': [B, N, H, W] instance masks} (its weight map needs the instances; kdet's "
+                             "pipeline gives both with with_masks=True); got semantic masks only. Pass the instance "
+                             "masks or build the model with border_weights=False")
         return targets
+
+    def encode_targets(self, targets, image_size):
+        """{"labels": [B, H, W]} (+ "weights": [B, H, W] border weight map from targets["masks"] [B, N, H, W])."""
+        encoded = super().encode_targets(targets, image_size)
+        if self.border_weights:
+            instances = instance_label_image(targets["masks"])
+            encoded["weights"] = border_weight_map(instances, encoded["labels"], self.class_weight_vector,
+                                                   w0=self.w0, sigma=self.sigma)
+        return encoded
 
     def get_config(self):
         return dict(super().get_config(), widths=list(self.widths), padding=self.padding, batch_norm=self.batch_norm,

@@ -1,4 +1,5 @@
-"""U-Net's border weight map, as graph ops for tf.data (Ronneberger et al. 2015, eq. 2):
+"""U-Net's border weight map, as graph ops (run in the train step from the instance masks; Ronneberger et al. 2015,
+eq. 2):
 
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2))
 
