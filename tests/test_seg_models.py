@@ -273,6 +273,10 @@ def test_unet_border_weights_need_instance_masks_and_weigh_the_loss_like_the_pap
     ce = -np.take_along_axis(log_softmax, np.minimum(semantic, 1)[..., None], -1)[..., 0]
     assert weights.max() > 5  # the gap between the discs is weighted up
     assert loss == pytest.approx((weights * ce).sum() / weights.sum(), rel=1e-5)
+    # kdet's pipeline makes the same map ahead of the step (pipeline_targets): the same loss
+    ahead = model.pipeline_targets({k: tf.constant(v) for k, v in y.items()}, images)
+    assert sorted(ahead) == ["segmentation_masks", "weights"]
+    assert float(model.compute_loss(x=images, y=ahead, y_pred=outputs)) == pytest.approx(loss, rel=1e-6)
 
 
 @pytest.mark.slow

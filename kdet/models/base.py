@@ -86,6 +86,11 @@ class Detector(keras.Model):
     def adapt(self, dataset):
         """Compute statistics of the training data before fit (models whose `data_needs.adapt` is True)."""
 
+    def pipeline_targets(self, y, images):
+        """Target work the training recipe may run inside tf.data instead of the train step, with identical results
+        (default: none). y and images as `fit` receives them; returns y in a form `compute_loss` also accepts."""
+        return y
+
     # -- pieces subclasses use ----------------------------------------------------------------------------------------
     def track_loss(self, name, value):
         """Record one loss part (a name in `loss_names`) so `fit` shows it in the progress bar and history."""

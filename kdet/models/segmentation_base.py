@@ -29,14 +29,15 @@ def semantic_targets(y):
     """Fit targets of a semantic model -> {"segmentation_masks": int32 [B, H, W]} (+ "masks" as given).
 
     y: a class-id mask tensor [B, H, W] or [B, H, W, 1] (int, or float from Keras' nearest-neighbour Resizing), or a
-    dict with "segmentation_masks" (kdet's pipeline) and optionally instance "masks" [B, N, H, W].
+    dict with "segmentation_masks" (kdet's pipeline) and optionally instance "masks" [B, N, H, W] or a pixel weight
+    map "weights" [B, H, W].
     """
-    instance_masks = None
+    instance_masks = weights = None
     if isinstance(y, dict):
         if "segmentation_masks" not in y:
             raise ValueError("a semantic model trains on y = masks [B, H, W(, 1)] (0 = background, k = class k - 1, "
                              f"255 = ignored) or {{'segmentation_masks': ...}}; got a dict with {sorted(y)}")
-        instance_masks = y.get("masks")
+        instance_masks, weights = y.get("masks"), y.get("weights")
         y = y["segmentation_masks"]
     masks = tf.convert_to_tensor(y)
     if masks.shape.rank == 4:
@@ -50,6 +51,8 @@ def semantic_targets(y):
     targets = {"segmentation_masks": tf.cast(masks, tf.int32)}
     if instance_masks is not None:
         targets["masks"] = instance_masks
+    if weights is not None:  # a pixel weight map made ahead of the step (U-Net's, in kdet's pipeline)
+        targets["weights"] = tf.cast(weights, tf.float32)
     return targets
 
 

@@ -201,7 +201,7 @@ class UNet(SemanticSegmenter):
         """With border weights y must carry the instance masks: {"segmentation_masks": [B, H, W(, 1)],
         "masks": [B, N, H, W]} (0/1, zero rows = padding)."""
         targets = super().standardize_targets(y, image_size)
-        if self.border_weights and "masks" not in targets:
+        if self.border_weights and "masks" not in targets and "weights" not in targets:
             raise ValueError("UNet(border_weights=True) trains on y = {'segmentation_masks': [B, H, W, 1] class ids, "
                              "'masks': [B, N, H, W] instance masks} (its weight map needs the instances; kdet's "
                              "pipeline gives both with with_masks=True); got semantic masks only. Pass the instance "
@@ -211,11 +211,27 @@ class UNet(SemanticSegmenter):
     def encode_targets(self, targets, image_size):
         """{"labels": [B, H, W]} (+ "weights": [B, H, W] border weight map from targets["masks"] [B, N, H, W])."""
         encoded = super().encode_targets(targets, image_size)
-        if self.border_weights:
-            instances = instance_label_image(targets["masks"])
-            encoded["weights"] = border_weight_map(instances, encoded["labels"], self.class_weight_vector,
-                                                   w0=self.w0, sigma=self.sigma)
+        if "weights" in targets:  # made ahead of the step by pipeline_targets
+            encoded["weights"] = targets["weights"]
+        elif self.border_weights:
+            encoded["weights"] = self._weight_map(targets["masks"], encoded["labels"], self.class_weight_vector)
         return encoded
+
+    def _weight_map(self, masks, labels, class_weights):
+        return border_weight_map(instance_label_image(masks), labels, class_weights, w0=self.w0, sigma=self.sigma)
+
+    def pipeline_targets(self, y, images):
+        """The border weight map made in tf.data (the same numbers the train step would compute, ahead of it, so
+        the ~1 s per batch of distance transforms overlaps the previous step): y with "weights" instead of
+        "masks". Class weights must be final (adapt runs before the pipeline is built)."""
+        if not (self.border_weights and isinstance(y, dict) and "masks" in y):
+            return y
+        labels = self.standardize_targets(y, None)["segmentation_masks"]
+        # The class weights as they are now (a constant in the dataset's graph, not the model's variable).
+        class_weights = None if self.class_weight_vector is None else \
+            tf.constant(keras.ops.convert_to_numpy(self.class_weight_vector))
+        return {"segmentation_masks": y["segmentation_masks"],
+                "weights": self._weight_map(y["masks"], labels, class_weights)}
 
     def get_config(self):
         return dict(super().get_config(), widths=list(self.widths), padding=self.padding, batch_norm=self.batch_norm,

@@ -12,7 +12,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def image_hw(images):
-    """images [B, H, W, C] -> (H, W): ints where the static shape has them, else scalar int32 tensors."""
+    """images [B, H, W, C] (tensor or array) -> (H, W): ints where the static shape has them, else scalar int32
+    tensors."""
+    if not tf.is_tensor(images):
+        images = tf.convert_to_tensor(images)
     static = images.shape
     dynamic = tf.shape(images)
     height = static[1] if static.rank == 4 and static[1] is not None else dynamic[1]

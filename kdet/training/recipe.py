@@ -33,14 +33,16 @@ def to_keras(batch, model):
 
     x: images [B, H, W, 3] 0..255, or {"images", "proposals"} when the batch carries proposals (Fast R-CNN).
     y: {"boxes": [B, M, 4] in model.bounding_box_format, "labels": [B, M] (-1 = padding)} (+ "masks"
-       [B, M, H, W]); semantic models: masks [B, H, W, 1] (or {"segmentation_masks", "masks"} with instance masks).
+       [B, M, H, W]); semantic models: masks [B, H, W, 1] (or {"segmentation_masks", "masks"} with instance masks);
+       then `model.pipeline_targets(y, images)`, target work the model moves ahead of its train step.
     """
     needs = model.data_needs
     images = batch["images"]
     x = {"images": images, "proposals": batch["proposals"]} if "proposals" in batch else images
     if needs.semantic:
         masks = batch["segmentation_masks"]
-        return x, ({"segmentation_masks": masks, "masks": batch["masks"]} if needs.instance_masks else masks)
+        y = {"segmentation_masks": masks, "masks": batch["masks"]} if needs.instance_masks else masks
+        return x, model.pipeline_targets(y, images)
     boxes = batch["bounding_boxes"]["boxes"]
     if model.bounding_box_format != "yxyx":
         height, width = image_hw(images)
@@ -48,7 +50,7 @@ def to_keras(batch, model):
     y = {"boxes": boxes, "labels": batch["bounding_boxes"]["labels"]}
     if needs.instance_masks:
         y["masks"] = batch["masks"]
-    return x, y
+    return x, model.pipeline_targets(y, images)
 
 
 def _batches(model, config, data, training, extra=None):
