@@ -5,6 +5,7 @@ The served SavedModel is a small detector with kdet's export signatures (`servin
 It contains a convolution, so a wrong-rank tensor reaching it would abort this very test process: the bad-request
 tests fail loudly if the server's input checks ever stop working.
 """
+import ast
 import base64
 import json
 import shutil
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,8 +26,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+import kdet.serving
 from kdet.serving import codec as serving_json
-from kdet.serving.core import ModelServer, main
+from kdet.serving.server import ModelServer, main
 
 SIZE, K = 32, 5
 
@@ -339,7 +342,7 @@ def test_new_version_picked_up_and_old_one_still_served(base, tmp_path):
 
 def test_cli_main_serves_until_sigterm(base):
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from kdet.serving.core import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from kdet.serving.server import main; sys.exit(main(sys.argv[1:]))",
          str(base), "--model-name", "cli", "--rest-port", "0", "--grpc-port", "-1"],
         stderr=subprocess.PIPE, text=True)
     port = []
@@ -408,3 +411,55 @@ def test_serves_a_kdet_export_like_keras(tmp_path):
         # a real conv net: this request would abort the process if it reached the graph
         assert rest(server, "/v1/models/classloc:predict", {"inputs": x[0].tolist()})[0] == 400
         assert rest(server, "/v1/models/classloc:predict", {"inputs": x.tolist()})[0] == 200
+
+
+# -- package structure -------------------------------------------------------------------------------------------
+def serving_imports():
+    """{module: serving modules it imports} for kdet/serving/*.py, function-level imports included."""
+    directory = Path(kdet.serving.__file__).parent
+    modules = {f"kdet.serving.{p.stem}" for p in directory.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for module in modules:
+        tree = ast.parse((directory / f"{module.rsplit('.', 1)[1]}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = "kdet.serving" + (f".{node.module}" if node.module else "") if node.level else node.module
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)  # from kdet.serving import codec
+        graph[module] = found & modules - {module}
+    return graph
+
+
+def import_cycles(graph):
+    """Every cycle of a {node: successors} graph, each as [a, b, ..., a] starting at its smallest node."""
+    cycles = set()
+
+    def walk(node, path):
+        for successor in graph.get(node, ()):
+            if successor in path:
+                cycle = path[path.index(successor):]
+                start = cycle.index(min(cycle))
+                cycles.add(tuple(cycle[start:] + cycle[:start] + [min(cycle)]))
+            else:
+                walk(successor, path + [successor])
+
+    for node in graph:
+        walk(node, [node])
+    return sorted(list(c) for c in cycles)
+
+
+def test_cycle_finder_finds_direct_and_indirect_cycles():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert import_cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    assert import_cycles({"core": {"server"}, "rest": {"core"}, "server": {"rest"}}) == [
+        ["core", "server", "rest", "core"]]
+
+
+def test_serving_modules_import_one_way():
+    graph = serving_imports()
+    assert graph["kdet.serving.server"] >= {"kdet.serving.core", "kdet.serving.rest", "kdet.serving.grpc_service"}
+    assert graph["kdet.serving.core"] == set()  # the base of the package
+    assert import_cycles(graph) == []
