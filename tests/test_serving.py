@@ -390,8 +390,9 @@ def test_serves_a_kdet_export_like_keras(tmp_path):
     from kdet.export.saved_model import export_saved_model
     from kdet.models.classloc import ClassLocModel
 
-    model = ClassLocModel(num_classes=3, image_size=(64, 64), widths=(8, 16), hidden=16)
-    export_saved_model(model, tmp_path / "classloc")
+    model = ClassLocModel(num_classes=3, image_size=(64, 64), widths=(8, 16), hidden=16,
+                          class_names=["circle", "square", "triangle"])
+    export_saved_model(model, tmp_path / "classloc")  # with class names: string variables + assets.extra/labels.txt
     x = images(2, seed=21).repeat(2, axis=1).repeat(2, axis=2)  # [2, 64, 64, 3]
     keras_out = {k: np.asarray(v) for k, v in model.detect(tf.constant(x, tf.float32)).items()}
     jpeg = tf.io.encode_jpeg(np.ascontiguousarray(x[0, :48]), quality=95).numpy()  # 48x64: serving_bytes resizes
