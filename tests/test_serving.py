@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -391,6 +392,7 @@ def test_serves_a_kdet_export_like_keras(tmp_path):
     from kdet.export.saved_model import export_saved_model
     from kdet.models.classloc import ClassLocModel
 
+    keras.utils.set_random_seed(3)  # one fixed model: an unseeded one failed a run with a near-tie
     model = ClassLocModel(num_classes=3, image_size=(64, 64), widths=(8, 16), hidden=16,
                           class_names=["circle", "square", "triangle"])
     export_saved_model(model, tmp_path / "classloc")  # with class names: string variables + assets.extra/labels.txt
@@ -403,8 +405,8 @@ def test_serves_a_kdet_export_like_keras(tmp_path):
                 grpc_request(name="classloc", images=x), 30)
         served = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         assert set(served) == {"boxes", "scores", "classes", "num_detections"}
-        for key in keras_out:
-            np.testing.assert_allclose(served[key], keras_out[key], atol=1e-5, err_msg=key)
+        for key in keras_out:  # boxes are pixels up to 64, where float32's spacing is 7.6e-6: allow a few ulps
+            np.testing.assert_allclose(served[key], keras_out[key], atol=1e-4, err_msg=key)
         status, body = rest(server, "/v1/models/classloc:predict", {
             "signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(jpeg).decode()}]})
         assert status == 200
@@ -433,17 +435,10 @@ def serving_imports():
     return graph
 
 
-def import_cycle(graph):
-    """A cycle [a, b, ..., a] of the {module: imported modules} graph, or None (graphlib's check)."""
-    try:
-        graphlib.TopologicalSorter(graph).prepare()
-    except graphlib.CycleError as error:
-        return error.args[1]
-
-
 def test_serving_modules_import_one_way():
     graph = serving_imports()
     assert graph["kdet.serving.server"] >= {"kdet.serving.core", "kdet.serving.rest", "kdet.serving.grpc_service"}
     assert graph["kdet.serving.core"] == set()  # the base of the package
-    assert import_cycle(graph) is None
-    assert import_cycle(dict(graph, **{"kdet.serving.core": {"kdet.serving.rest"}})) is not None  # the old lazy import
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
+    with pytest.raises(graphlib.CycleError):  # what the old lazy import core -> rest made
+        graphlib.TopologicalSorter(dict(graph, **{"kdet.serving.core": {"kdet.serving.rest"}})).prepare()
