@@ -1,5 +1,4 @@
-"""One entry point per direction: `load_dataset(format, path, split)` and `write_dataset(dataset, format, out)`;
-`load_split(config, split)` reads a split the way a kdet config names it.
+"""One entry point per direction: `load_dataset(format, path, split)` and `write_dataset(dataset, format, out)`.
 
 What `kdet data check|convert` and the training configs call, so any reader can feed any writer
 (e.g. shapes or BCCD to COCO json, YOLO or TFRecord). A directory written by `write_dataset(..., split=s)` is read
@@ -119,26 +118,6 @@ def load_dataset(format: str, path=None, split="train", strict=False, **options)
         return load_label_image_dataset(path, split=split, **options)
     _check_options(read_yolo, options, ("yaml_path", "split", "strict"), format)
     return read_yolo(_yolo_yaml(path), split=split, strict=strict, **options)
-
-
-def load_split(config, split: str) -> DetectionDataset:
-    """The `DetectionDataset` of one split ("train", "val", "test") of a kdet config's data section.
-
-    data.<split>_split null reads every image of the dataset; "" means the config has no such split (ConfigError).
-    Splits other than train keep their first data.max_eval_images images; the data's class count must equal
-    model.num_classes (ConfigError otherwise).
-    """
-    d = config.data
-    name = {"train": d.train_split, "val": d.val_split, "test": d.test_split}.get(split, split)
-    if name == "":
-        raise ConfigError(f"data.{split}_split is empty: the config has no {split} split")
-    dataset = load_dataset(d.format, d.path, split=name, strict=d.strict, **d.options)
-    if split != "train" and d.max_eval_images is not None:
-        dataset.records = dataset.records[:d.max_eval_images]
-    if len(dataset.class_names) != config.model.num_classes:
-        raise ConfigError(f"model.num_classes = {config.model.num_classes} but the {d.format} data has "
-                          f"{len(dataset.class_names)} classes ({', '.join(dataset.class_names)})")
-    return dataset
 
 
 def write_dataset(dataset: DetectionDataset, format: str, out, split="train") -> Path:
