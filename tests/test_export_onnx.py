@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_grid_detector_matches_keras_and_uses_onnx_nms(tmp_path):
-    model, images = make_tiny_detector(batch=3)
+    model, images = make_tiny_detector(batch=3, class_names=["red cell", "white cell", "plättchen"])
     path = export_onnx(model, tmp_path / "sub" / "grid.onnx", opset=17)
     reference = keras_outputs(model, images)
     counts = reference["num_detections"]
@@ -23,9 +23,15 @@ def test_grid_detector_matches_keras_and_uses_onnx_nms(tmp_path):
     assert sorted(o.name for o in graph.graph.output) == ["boxes", "classes", "num_detections", "scores"]
     assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
     assert "NonMaxSuppression" in {node.op_type for node in graph.graph.node}
+    # Class names: metadata_props, read back by the runner.
+    assert {p.key: p.value for p in graph.metadata_props} == {
+        "kdet_class_names": '["red cell", "white cell", "plättchen"]'}
+    assert runner.class_names == ["red cell", "white cell", "plättchen"]
 
 
 def test_roi_detector_matches_keras(tmp_path):
     model, images = make_tiny_detector(TinyRoiDetector, batch=2, quantile=0.9)
     path = export_onnx(model, tmp_path / "roi.onnx", opset=13)
-    compare_detections(keras_outputs(model, images), load_runner(path)(images), box_atol=1e-3, name="onnx roi")
+    runner = load_runner(path)
+    compare_detections(keras_outputs(model, images), runner(images), box_atol=1e-3, name="onnx roi")
+    assert runner.class_names is None and not onnx.load(path).metadata_props  # a model without names

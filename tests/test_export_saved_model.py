@@ -17,9 +17,12 @@ from tests.testing import (TinySegmenter, compare_detections, encode_jpeg, encod
 pytestmark = pytest.mark.slow
 
 
+CLASS_NAMES = ["red cell", "white cell", "plättchen"]
+
+
 @pytest.fixture(scope="module")
 def detector():
-    return make_tiny_detector(batch=3)
+    return make_tiny_detector(batch=3, class_names=CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +136,32 @@ def test_runner_rejects_bad_shapes_instead_of_aborting(exported, detector):
         runner(images[:, :32])
     with pytest.raises(KdetError, match="no such artifact"):
         load_runner(os.path.join(exported, "missing"))
+
+
+def test_class_names_for_tf_serving_and_the_runner(detector, exported):
+    # TF Serving users: one name per line beside the SavedModel, in the version directory TF Serving copies.
+    labels = os.path.join(exported, "assets.extra", "labels.txt")
+    with open(labels, encoding="utf-8") as file:
+        assert file.read() == "red cell\nwhite cell\nplättchen\n"
+    # tf.saved_model.load users: an attribute of the loaded object.
+    loaded = tf.saved_model.load(exported)
+    assert [name.numpy().decode() for name in loaded.class_names] == CLASS_NAMES
+    assert load_runner(exported).class_names == CLASS_NAMES
+
+
+def test_class_names_absent_or_unwritable(tmp_path):
+    model = TinySegmenter(image_size=(48, 64))  # no class names
+    path = export_saved_model(model, tmp_path / "plain")
+    assert load_runner(path).class_names is None and not os.path.exists(os.path.join(path, "assets.extra"))
+    bad, _ = make_tiny_detector(batch=1, class_names=["a", "two\nlines", "c"])
+    with pytest.raises(KdetError, match="single lines"):
+        export_saved_model(bad, tmp_path / "bad")
+    assert not os.path.exists(tmp_path / "bad" / "1")
+
+
+def test_keras_runner_reads_class_names(detector, tmp_path):
+    model, images = detector
+    model.save(tmp_path / "tiny.keras")
+    runner = load_runner(tmp_path / "tiny.keras")
+    assert runner.class_names == CLASS_NAMES
+    compare_detections(keras_outputs(model, images), runner(images), name="keras")

@@ -7,6 +7,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export import export_tflite, load_runner
+from kdet.inference.runners import tflite_metadata
 from tests.testing import (TinyGridDetector, TinyRoiDetector, compare_detections, keras_outputs, make_tiny_detector,
                            quantised_report, random_images)
 
@@ -28,9 +29,13 @@ def op_types(path):
     return rows
 
 
+CLASS_NAMES = ["red cell", "white cell", "plättchen"]
+
+
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    model, images = make_tiny_detector(batch=3)
+    # Every file of the fixture carries class names, so the parity tests below run the flatbuffer with metadata added.
+    model, images = make_tiny_detector(batch=3, class_names=CLASS_NAMES)
     directory = tmp_path_factory.mktemp("tflite")
     calibration = random_images(model, 16, seed=5)
     paths = {q: export_tflite(model, directory / f"grid_{q}.tflite", quantize=q, representative_images=calibration)
@@ -79,10 +84,25 @@ def test_evaluate_artifact_scores_the_tflite_model_like_keras(grid):
         detect_dataset(runner, dataset)
 
 
+def test_class_names_in_the_flatbuffer_metadata(grid, tmp_path):
+    _, _, paths = grid
+    for quantize, path in paths.items():
+        entries = tflite_metadata(path)
+        assert entries["kdet_class_names"].decode() == '["red cell", "white cell", "plättchen"]', quantize
+        assert "min_runtime_version" in entries, quantize  # the converter's own entries are kept
+        assert load_runner(path).class_names == CLASS_NAMES, quantize
+    # The same entries through TF's own flatbuffer reader (what other TFLite tooling sees).
+    stored = flatbuffer_utils.read_model(paths[None])
+    names = {m.name.decode(): bytes(stored.buffers[m.buffer].data) for m in stored.metadata}
+    assert names == tflite_metadata(paths[None])
+
+
 def test_roi_detector_fp32_matches_keras(tmp_path):
     model, images = make_tiny_detector(TinyRoiDetector, batch=2, quantile=0.9)
     path = export_tflite(model, tmp_path / "roi.tflite")
-    compare_detections(keras_outputs(model, images), load_runner(path)(images), box_atol=1e-3, name="tflite roi")
+    runner = load_runner(path)
+    compare_detections(keras_outputs(model, images), runner(images), box_atol=1e-3, name="tflite roi")
+    assert runner.class_names is None and "kdet_class_names" not in tflite_metadata(path)  # a model without names
     names = {name for _, name, _, _ in op_types(path)}
     assert "GATHER" in names or "GATHER_ND" in names  # the RoIAlign twin, not CropAndResize
 
@@ -134,8 +154,8 @@ def test_unsupported_op_fails_loudly_naming_the_op(tmp_path):
     class NoTwinDetector(TinyGridDetector):
         """Calls CombinedNonMaxSuppression directly, without a builtins-only twin."""
 
-        def decode(self, outputs):
-            boxes = self.grid_boxes(outputs["box_deltas"])
+        def decode(self, outputs, image_size):
+            boxes = self.grid_boxes(outputs["box_deltas"], image_size)
             scores = tf.reshape(tf.sigmoid(outputs["class_logits"]), [tf.shape(boxes)[0], -1, self.num_classes])
             out = tf.image.combined_non_max_suppression(boxes[:, :, None], scores, 5, 5, clip_boxes=False)
             return {"boxes": out.nmsed_boxes, "scores": out.nmsed_scores,

@@ -18,7 +18,10 @@ import math
 
 import numpy as np
 
-from kdet.errors import DataError
+from kdet.build import load_split
+from kdet.config import load_config
+from kdet.data.io import load_dataset
+from kdet.errors import ConfigError, DataError
 
 # Priors picked by hand, as shapes relative to the image (height, width):
 #   yolo_voc_cfg: the priors of Darknet's yolo-voc.cfg (k-means on VOC, 13 x 13 cells), i.e. somebody else's data;
@@ -166,15 +169,11 @@ def anchors_main(argv=None):
     Raises KdetError (DataError / ConfigError) on bad input, which the kdet CLI prints as one line."""
     args = _parser().parse_args(argv)
     if args.k < 1:
-        from kdet.errors import ConfigError
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     image_size = args.image_size
     if args.format:
-        from kdet.data.io import load_dataset
         dataset = load_dataset(args.format, args.dataset, split=args.split)
     else:
-        from kdet.api import load_split
-        from kdet.config import load_config
         config = load_config(args.dataset)
         dataset = load_split(config, args.split)
         image_size = image_size or config.model.image_size

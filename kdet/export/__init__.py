@@ -4,9 +4,11 @@
                                              "tflite": out_dir/name/name.tflite (name_fp16 / name_int8 when quantised),
                                              "onnx": out_dir/name/name.onnx}
     load_runner(path)(images uint8 [B, H, W, 3]) -> dict of numpy, for .keras / SavedModel / .tflite / .onnx
+    load_runner(path).class_names -> the model's class names stored in the artifact (None when it had none)
 
-Export only uses the model contract (`detect` = `decode(call(images))`, `image_size`, `task`); models never import
-this package.
+Export only uses the model contract (`detect(images)` = `decode(call(images), image_size)`, `image_size`, `task`,
+`class_names`); artifacts take uint8 images at `image_size` and return boxes as yxyx pixels of that size. Models
+never import this package.
 """
 from pathlib import Path
 

@@ -4,6 +4,8 @@ Input "images" uint8 [B, H, W, 3]; outputs named like the detection dict ("boxes
 "num_detections"), or "masks"/"probabilities" for semantic models. The TF ops are kept (not the TFLite twins):
 tf2onnx maps CombinedNonMaxSuppression and NonMaxSuppressionV4/V5 to ONNX NonMaxSuppression, and CropAndResize to a
 Loop of Resize (measured equal to TF within 3.3e-7, opsets 13-18).
+The model's class names are stored in the model's metadata_props under "kdet_class_names" (a JSON list of str):
+`onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map["kdet_class_names"]`.
 """
 import warnings
 from pathlib import Path
@@ -11,7 +13,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from kdet.errors import KdetError
-from kdet.export.saved_model import ensure_built, serving_fn
+from kdet.export.saved_model import checked_class_names, ensure_built, serving_fn
+from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 
 
 def export_onnx(model, path, opset=17):
@@ -20,9 +23,11 @@ def export_onnx(model, path, opset=17):
     Raises:
         KdetError: tf2onnx could not convert an op (the message names it).
     """
+    import onnx
     import tf2onnx
 
     _patch_tf2onnx_for_numpy2()
+    class_names = checked_class_names(model)
     ensure_built(model)
     height, width = model.image_size
     spec = [tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")]
@@ -30,12 +35,15 @@ def export_onnx(model, path, opset=17):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tf2onnx.convert.from_function(function, input_signature=spec, opset=int(opset), output_path=str(path))
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=int(opset))
     except ValueError as error:
         # tf2onnx reports ops it cannot map as "Unsupported ops: Counter({'Op': n})".
         if "Unsupported ops" in str(error):
             raise KdetError(f"ONNX export failed (opset {opset}): {error}") from None
         raise
+    if class_names is not None:
+        onnx.helper.set_model_props(proto, {CLASS_NAMES_KEY: class_names_to_json(class_names)})
+    onnx.save(proto, str(path))
     return str(path)
 
 

@@ -4,6 +4,10 @@
         serving_default(images: uint8 [B, H, W, 3])   -> detection dict (or the semantic dict)
         serving_bytes(image_bytes: string [B])        -> the same dict in each image's own pixel frame
 
+The model's class names (when it has them) travel with it: `tf.saved_model.load(path).class_names` is a list of
+scalar string variables, and `<version>/assets.extra/labels.txt` holds one name per line (TF Serving ignores
+assets.extra/ and copies it with the version, so deployment tooling and clients can read the labels beside it).
+
 `serving_bytes` takes encoded JPEG/PNG (anything `tf.io.decode_image` reads), resizes each image to the model size,
 runs the model and maps the result back: boxes are scaled to the image's own width/height; semantic masks are resized
 with nearest neighbour (probabilities bilinearly) and padded to the largest image of the batch (masks with -1,
@@ -19,8 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.inference.runners import latest_version_dir  # noqa: F401  (re-exported)
 from kdet.errors import KdetError
+from kdet.inference.runners import LABELS_FILE, latest_version_dir  # noqa: F401  (latest_version_dir re-exported)
 
 
 def export_saved_model(model, base_dir, version=None):
@@ -40,11 +44,16 @@ def export_saved_model(model, base_dir, version=None):
         raise KdetError(f"{target}: SavedModel version {version} already exists; versions are immutable, "
                         "pass another version or leave it unset")
     base_dir.mkdir(parents=True, exist_ok=True)
+    class_names = checked_class_names(model)
     archive = build_export_archive(model)
     # Write beside the target and rename: a server watching base_dir must never load a half-written version.
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base_dir))
     try:
         archive.write_out(str(staging), verbose=False)
+        if class_names is not None:
+            labels = staging.joinpath(*LABELS_FILE)
+            labels.parent.mkdir()
+            labels.write_text("".join(f"{name}\n" for name in class_names), encoding="utf-8")
         os.replace(staging, target)
     finally:
         if staging.exists():
@@ -56,6 +65,17 @@ def next_version(base_dir):
     """1 + the highest integer-named subdirectory of base_dir (1 if none)."""
     versions = [int(p.name) for p in Path(base_dir).glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
+
+
+def checked_class_names(model):
+    """The model's class names (None when it has none); KdetError for a name that cannot be one line of labels.txt."""
+    names = getattr(model, "class_names", None)
+    if names is None:
+        return None
+    bad = [name for name in names if not name or "\n" in name or "\r" in name]
+    if bad:
+        raise KdetError(f"class names must be non-empty single lines, got {bad!r}")
+    return list(names)
 
 
 def ensure_built(model):
@@ -126,4 +146,9 @@ def build_export_archive(model):
                          input_signature=[tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")])
     archive.add_endpoint("serving_bytes", bytes_serving_fn(model),
                          input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
+    class_names = checked_class_names(model)
+    if class_names is not None:
+        archive.add_variable_collection("class_names", [
+            tf.Variable(name, dtype=tf.string, trainable=False, name=f"class_name_{i}")
+            for i, name in enumerate(class_names)])
     return archive

@@ -4,7 +4,8 @@ The model is traced inside `with builtins_only():` so that ops without a TFLite 
 CombinedNonMaxSuppression, MaxPoolWithArgmax) take their builtins-only twins, then converted with
 `supported_ops=[TFLITE_BUILTINS]`: an op that still has no builtin fails the export with a `KdetError` naming it.
 Never `model.export(format="litert")`: it adds SELECT_TF_OPS silently, and no Flex delegate can run here
-(DESIGN.md, "Measured facts").
+(DESIGN.md, "Measured facts"). The model's class names go into the flatbuffer's metadata list as the entry
+"kdet_class_names" (a JSON list of str; `kdet.inference.runners.tflite_metadata` reads it).
 
 int8: the network is quantised, decoding + NMS stay float. Measured: with NMS (or the box arithmetic feeding it)
 inside the int8 graph, counts drift or a DIV kernel fails. The decode is traced under the name scope `kdet_decode`;
@@ -23,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.errors import ConfigError, KdetError
-from kdet.export.saved_model import ensure_built
+from kdet.export.saved_model import checked_class_names, ensure_built
+from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 from kdet.ops.mode import builtins_only
 
 DECODE_SCOPE = "kdet_decode"
@@ -48,6 +50,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         raise ConfigError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
     if quantize == "int8":
         representative_images = _check_images(model, representative_images)
+    class_names = checked_class_names(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="kdet-tflite-")
@@ -60,8 +63,27 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
             flatbuffer = _convert(converter)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if class_names is not None:
+        flatbuffer = with_metadata(flatbuffer, {CLASS_NAMES_KEY: class_names_to_json(class_names)})
     path.write_bytes(flatbuffer)
     return str(path)
+
+
+def with_metadata(flatbuffer, entries):
+    """The flatbuffer with {name: text} added to (or replaced in) its Model.metadata list, each in a new buffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    model.metadata = [m for m in model.metadata or [] if m.name.decode() not in entries]
+    for name, text in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(text.encode("utf-8"), np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _write_builtins_saved_model(model, directory):

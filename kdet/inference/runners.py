@@ -8,8 +8,16 @@
 Every runner takes uint8 numpy images [B, H, W, 3] and checks them first: a loaded SavedModel signature called
 with the wrong rank aborts the whole process (measured), so a bad shape must never reach it.
 Used by `kdet benchmark` (latency of any artifact on the same images) and by the parity tests.
+
+`runner.class_names` is the list of class names the artifact carries (None when it has none), read from
+    .keras        the model's `class_names`
+    SavedModel    the `class_names` attribute of the loaded object (one scalar string variable per class); the same
+                  names, one per line, are in <version>/assets.extra/labels.txt for TF Serving users
+    .tflite       the flatbuffer's metadata entry "kdet_class_names" (JSON list of str)
+    .onnx         the model's metadata_props "kdet_class_names" (JSON list of str)
 """
 import abc
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +25,39 @@ import numpy as np
 from kdet.errors import KdetError
 
 NUM_THREADS = 2
+CLASS_NAMES_KEY = "kdet_class_names"  # TFLite metadata name and ONNX metadata_props key
+LABELS_FILE = ("assets.extra", "labels.txt")  # SavedModel version dir -> the class names file
+
+
+def class_names_to_json(class_names):
+    """["rbc", "wbc"] -> '["rbc", "wbc"]', the text stored in TFLite and ONNX metadata."""
+    return json.dumps([str(name) for name in class_names], ensure_ascii=False)
+
+
+def class_names_from_json(path, text):
+    """The inverse of class_names_to_json; KdetError when the stored text is not a JSON list of strings."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise KdetError(f"{path}: metadata {CLASS_NAMES_KEY} is not a JSON list of strings: {text[:80]!r}")
+    return names
 
 
 class Runner(abc.ABC):
     """callable(images uint8 [B, H, W, 3]) -> {name: numpy array}.
 
-    Attributes: path, format ("keras", "saved_model", "tflite", "onnx"), image_size (H, W).
+    Attributes: path, format ("keras", "saved_model", "tflite", "onnx"), image_size (H, W),
+    class_names (list of str, or None when the artifact carries none).
     """
 
     format = None
 
-    def __init__(self, path, image_size):
+    def __init__(self, path, image_size, class_names=None):
         self.path = str(path)
         self.image_size = tuple(int(s) for s in image_size)
+        self.class_names = None if class_names is None else list(class_names)
 
     def __call__(self, images):
         images = np.asarray(images)
@@ -59,7 +87,7 @@ class KerasRunner(Runner):
         height, width = self.model.image_size
         self._detect = tf.function(lambda images: self.model.detect(tf.cast(images, tf.float32)),
                                    input_signature=[tf.TensorSpec((None, height, width, 3), tf.uint8)])
-        super().__init__(path, self.model.image_size)
+        super().__init__(path, self.model.image_size, getattr(self.model, "class_names", None))
 
     def run(self, images):
         return {k: v.numpy() for k, v in self._detect(images).items()}
@@ -79,7 +107,9 @@ class SavedModelRunner(Runner):
         self._loaded = tf.saved_model.load(str(directory))
         self._signature = self._loaded.signatures["serving_default"]
         spec = self._signature.structured_input_signature[1]["images"]
-        super().__init__(directory, spec.shape[1:3])
+        names = getattr(self._loaded, "class_names", None)
+        names = None if names is None else [name.numpy().decode("utf-8") for name in names]
+        super().__init__(directory, spec.shape[1:3], names)
 
     def run(self, images):
         import tensorflow as tf
@@ -98,7 +128,9 @@ class TFLiteRunner(Runner):
         detail = self._runner.get_input_details()["images"]
         # A batch dimension fixed at conversion (shape_signature 1) cannot be resized: run image by image.
         self._dynamic_batch = int(detail["shape_signature"][0]) == -1
-        super().__init__(path, detail["shape"][1:3])
+        stored = tflite_metadata(path).get(CLASS_NAMES_KEY)
+        names = None if stored is None else class_names_from_json(path, stored.decode("utf-8", errors="replace"))
+        super().__init__(path, detail["shape"][1:3], names)
 
     def run(self, images):
         if self._dynamic_batch:
@@ -121,11 +153,27 @@ class OnnxRunner(Runner):
         image_input = self._session.get_inputs()[0]
         self._input_name = image_input.name
         self._output_names = [o.name.split(":")[0] for o in self._session.get_outputs()]
-        super().__init__(path, image_input.shape[1:3])
+        text = self._session.get_modelmeta().custom_metadata_map.get(CLASS_NAMES_KEY)
+        super().__init__(path, image_input.shape[1:3], None if text is None else class_names_from_json(path, text))
 
     def run(self, images):
         outputs = self._session.run(None, {self._input_name: images})
         return dict(zip(self._output_names, outputs))
+
+
+def tflite_metadata(path):
+    """{name: bytes} of the metadata entries of a .tflite flatbuffer (the Model table's `metadata` list)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    entries = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())  # kdet writes metadata inline (not after the flatbuffer)
+        content = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+        entries[entry.Name().decode("utf-8")] = content
+    return entries
 
 
 def latest_version_dir(base_dir):

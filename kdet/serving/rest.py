@@ -1,7 +1,7 @@
 """REST side of `kdet serve`: TensorFlow Serving's HTTP API on the standard library's ThreadingHTTPServer.
 
 Paths and error texts follow TensorFlow Serving (http_rest_api_handler.cc); the JSON tensor formats live in
-`serving_json.py`. Errors come back as {"error": "..."} with TF Serving's HTTP mapping of status codes
+`codec.py`. Errors come back as {"error": "..."} with TF Serving's HTTP mapping of status codes
 (INVALID_ARGUMENT and FAILED_PRECONDITION 400, NOT_FOUND 404, UNIMPLEMENTED 501, ...).
 """
 import json
