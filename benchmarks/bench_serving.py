@@ -4,7 +4,7 @@
     python benchmarks/bench_serving.py --clients 50 --rounds 4 --size 128
 
 A kdet model is exported with `kdet.export.saved_model.export_saved_model` into a temporary model base directory
-and served by `kdet.serving.core.ModelServer` in this process (free ports, loopback only). Each round releases
+and served by `kdet.serving.server.ModelServer` in this process (free ports, loopback only). Each round releases
 `--clients` threads at once (a barrier), each sending one single-image request: REST with the JSON row format
 of raw pixels (urllib, one connection per request, as curl would), REST with a base64 JPEG for `serving_bytes`
 (the cheap way to send images as JSON: parsing thousands of pixel integers dominates the raw-pixel case), and gRPC
@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from kdet.export.saved_model import export_saved_model
-from kdet.serving.core import ModelServer
+from kdet.serving.server import ModelServer
 from kdet.models.classloc import ClassLocModel
 
 

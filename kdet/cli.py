@@ -203,7 +203,7 @@ def _run_data(args):
 
 
 # Commands whose options belong to another module's parser: handed their arguments untouched.
-_DELEGATED = {("serve",): ("kdet.serving.core", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
+_DELEGATED = {("serve",): ("kdet.serving.server", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
                                                                                  "anchors_main")}
 
 
