@@ -181,7 +181,8 @@ def semantic_report(reference, candidate):
 
 def check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite", "onnx"), box_atol=1e-3,
                         score_atol=1e-4, representative_images=None, check_serving_bytes=True):
-    """Export `model` to each format and check every artifact against Keras `detect` on `images`.
+    """Export `model` to each format and check every artifact against Keras `detect` on `images`, and that it
+    carries the model's class names.
 
     Args:
         model: a kdet model (Detector contract), built or not.
@@ -216,7 +217,9 @@ def check_export_parity(model, images, tmp_path, formats=("saved_model", "tflite
             path = export_onnx(model, tmp_path / "model.onnx")
         else:
             raise ValueError(f"unknown format {fmt!r}")
-        outputs = load_runner(path)(images)
+        runner = load_runner(path)
+        assert runner.class_names == getattr(model, "class_names", None), f"{fmt}: class names not carried"
+        outputs = runner(images)
         if fmt in QUANTISED_FORMATS:
             reports[fmt] = semantic_report(reference, outputs) if semantic else quantised_report(reference, outputs)
         elif semantic:
