@@ -86,3 +86,26 @@ def test_history_survives_in_the_run_directory(tmp_path):
     assert [row["epoch"] for row in rows] == [1, 2]
     assert all(np.isfinite(row["loss"]) and row["seconds"] > 0 for row in rows)
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "last.weights.h5").is_file()
+
+
+@pytest.mark.slow
+def test_a_yolov2_config_trains_multiscale_through_kdet_train(tmp_path, monkeypatch):
+    """The model declares multi-scale (data_needs); `kdet.train` applies it: the train step sees several sizes."""
+    from kdet.models import MODELS
+    from kdet.models.yolo_v2 import YOLOv2
+    seen = []
+
+    class Recording(YOLOv2):
+        def loss_from_targets(self, y, y_pred, images, training=True):
+            record = tf.py_function(lambda size: seen.append(int(size)) or size, [tf.shape(images)[1]], tf.int32)
+            with tf.control_dependencies([record]):
+                return super().loss_from_targets(y, y_pred, images, training)
+
+    monkeypatch.setitem(MODELS, "yolo_v2", Recording)
+    config = load_config(os.path.join(REPO, "configs/yolov2_shapes.yaml"), [
+        "data.options.num_images=16", "data.max_eval_images=8", "train.batch_size=2", "train.epochs=1",
+        "train.steps_per_epoch=24", "model.args.multiscale_every=2", f"train.output_dir={tmp_path}"])
+    result = kdet.train(config, verbose=0)
+    assert result["model"].data_needs.multiscale_sizes == (96, 128, 160)
+    assert len(seen) == 24 and set(seen) <= {96, 128, 160} and len(set(seen)) >= 2, seen
+    assert all(seen[i] == seen[i + 1] for i in range(0, 24, 2))  # a new size every 2 batches
