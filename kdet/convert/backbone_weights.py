@@ -22,6 +22,10 @@ def _build_backbone(model):
     model.backbone(np.zeros((1, 32, 32, 3), np.float32))  # creates every backbone variable (any size will do)
 
 
+def kind_of(model):
+    return "vgg16" if model.backbone_name == "vgg16" else "resnet"
+
+
 def _vgg_head_matches(model):
     return (model.representation_size == 4096 and model.roi_output_size == 7 and model.vgg_widths[-1] == 512
             and model.box_head is not None)
@@ -29,6 +33,9 @@ def _vgg_head_matches(model):
 
 def backbone_table(model):
     """The backbone of a kdet FasterRCNN <- a bare torchvision classification network's state dict names."""
+    _build_backbone(model)
+    if kind_of(model) == "vgg16" and _vgg_head_matches(model) and not model.box_head.built:
+        model(np.zeros((1, *model.image_size, 3), np.float32))  # fc6 / fc7 are built by a forward pass
     if model.backbone_name == "vgg16":
         entries = vgg_entries(model.backbone, "features")
         if _vgg_head_matches(model):
@@ -43,14 +50,11 @@ def load_torchvision_backbone(model, source):
     classifier.0 / .3 too when the head cannot take them; any other difference fails like `load_state_dict`, before
     any variable changes. Returns the tensor count."""
     state = read_state_dict(source)
-    kind = "vgg16" if model.backbone_name == "vgg16" else "resnet"
+    kind = kind_of(model)
     dropped = CLASSIFICATION_ONLY[kind]
     if kind == "vgg16" and not _vgg_head_matches(model):
         dropped = ("classifier.",)
     state = {name: value for name, value in state.items() if not name.startswith(dropped)}
-    _build_backbone(model)
-    if model.box_head is not None and not model.box_head.built:
-        model(np.zeros((1, *model.image_size, 3), np.float32))
     return load_state_dict(model, state, table=backbone_table(model))
 
 
