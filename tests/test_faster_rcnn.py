@@ -136,12 +136,32 @@ def test_config_round_trip_save_load_and_options(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")  # safe_mode: every layer is registered
     np.testing.assert_allclose(loaded(images)["class_logits"], expected["class_logits"], atol=1e-6)
     assert model.anchor_grid((64, 64))[0].shape == (4 * 4 * 9, 4)
+    assert FasterRCNN.from_config(dict(config, backbone_weights=None)).get_config() == config  # older .keras files
     with pytest.raises(ValueError, match="roi_pooling='pool' needs a single feature map"):
         FasterRCNN(3, image_size=(64, 64), roi_pooling="pool", **{**TINY_FPN, "max_detections": 5})
     with pytest.raises(ValueError, match="backbone must be one of"):
         FasterRCNN(3, backbone="resnet_c5")
     with pytest.raises(ValueError, match="anchor_sizes needs 5 level"):
         FasterRCNN(3, image_size=(64, 64), **{**TINY_FPN, "anchor_sizes": ((32,),)})
+
+
+def test_fast_rcnn_stage_on_given_proposals():
+    """stage "fast_rcnn" with x = {"images", "proposals"} (what the schedules feed): Keras' compute_loss finds the
+    images in the dict, the RPN does not run, the given proposals (clipped to the input) are the RoIs."""
+    keras.utils.set_random_seed(3)
+    model = FasterRCNN(3, image_size=(64, 64), stage="fast_rcnn", **TINY_VGG)
+    x = {"images": tf.fill([1, 48, 80, 3], 100.0),
+         "proposals": tf.constant([[[4.0, 6.0, 30.0, 40.0], [10.0, 50.0, 60.0, 90.0], [0.0, 0.0, 0.0, 0.0]]])}
+    y = {"boxes": tf.constant([[[5.0, 5.0, 30.0, 42.0]]]), "labels": tf.constant([[2.0]])}  # float, as Keras gives
+    y_pred = model(x, training=True)
+    assert "rpn_objectness" not in y_pred
+    np.testing.assert_array_equal(y_pred["proposals"].numpy()[0, :2], [[4, 6, 30, 40], [10, 50, 48, 80]])
+    np.testing.assert_array_equal(y_pred["proposal_valid"].numpy(), [[True, True, False]])
+    loss = model.compute_loss(x, y, y_pred)
+    parts = {m.name: float(m.result()) for m in model.metrics if m.name in model.loss_names}
+    assert parts["rpn_objectness"] == 0 and parts["classification"] > 0 and parts["box_regression"] > 0
+    np.testing.assert_allclose(float(loss), parts["classification"] + parts["box_regression"], rtol=1e-6)
+    assert model.detect(x)["boxes"].shape == (1, 20, 4)
 
 
 @pytest.mark.slow
