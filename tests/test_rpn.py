@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from kdet.heads.rpn import IGNORE, SMOOTH_L1_BETA, RPNHead, rpn_loss, rpn_targets
-from kdet.losses.box import smooth_l1
 from kdet.layers.proposals import ProposalGenerator
+from kdet.losses.box import smooth_l1
 from kdet.ops import multilevel_anchors
 
 
