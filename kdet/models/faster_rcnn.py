@@ -238,8 +238,8 @@ class FasterRCNN(Detector):
             pooled = self.roi_align(features[0], rois)
         else:
             batch, count = tf.shape(rois)[0], tf.shape(rois)[1]
-            flat = roi_pool(tf.cast(features[0], tf.float32), tf.reshape(rois, [-1, 4]), tf.repeat(tf.range(batch), count),
-                            self.roi_output_size, spatial_scale=1.0 / 16)
+            flat = roi_pool(tf.cast(features[0], tf.float32), tf.reshape(rois, [-1, 4]),  # float32 as RoIAlign
+                            tf.repeat(tf.range(batch), count), self.roi_output_size, spatial_scale=1.0 / 16)
             pooled = tf.reshape(flat, tf.concat([[batch, count], tf.shape(flat)[1:]], axis=0))
         if self.box_head is None:  # C4: the ResNet's res5 stage on each RoI, then a global average pool
             shape = tf.shape(pooled)
