@@ -13,7 +13,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def image_hw(images):
     """images [B, H, W, C] -> (H, W): ints where the static shape has them, else scalar int32 tensors."""
-    static = tf.TensorShape(images.shape)  # numpy inputs have a tuple shape
+    static = images.shape
     dynamic = tf.shape(images)
     height = static[1] if static.rank == 4 and static[1] is not None else dynamic[1]
     width = static[2] if static.rank == 4 and static[2] is not None else dynamic[2]
