@@ -206,14 +206,14 @@ class FasterRCNN(Detector):
                                                              self.aspect_ratios, feature_sizes).numpy()
         return tf.constant(self._anchor_cache[key]), [int(n) for n in counts]
 
-    def propose(self, images, training=False):
-        """The RPN's proposals for images [B, H, W, 3] 0..255 (no second stage): the `ProposalGenerator` dict;
-        training=True uses the training-time numbers of proposals (rpn_*_train)."""
-        size = image_hw(images)
-        objectness, deltas = self.rpn_head(self.extract_features(images)[0])
+    def propose(self, outputs, images, training=False):
+        """The RPN's proposals from the outputs of `self(images)` (images [B, H, W, 3] give the anchors' and the
+        clipping size): the `ProposalGenerator` dict; training=True uses the training-time numbers of proposals
+        (rpn_*_train, which the paper's Fast R-CNN step trains on)."""
+        size = image_hw(self.images_of(images))
         anchors, counts = self.anchor_grid(size)
-        return self.proposal_generator(objectness, deltas, anchors, anchors_per_level=counts, image_size=size,
-                                       training=training)
+        return self.proposal_generator(outputs["rpn_objectness"], outputs["rpn_box_deltas"], anchors,
+                                       anchors_per_level=counts, image_size=size, training=training)
 
     def extract_features(self, images, training=False):
         """images [B, H, W, 3] 0..255 -> (RPN feature maps, RoI feature maps), finest first."""
@@ -267,9 +267,7 @@ class FasterRCNN(Detector):
             valid = (proposals[..., 2] > proposals[..., 0]) & (proposals[..., 3] > proposals[..., 1])
             outputs.update(proposals=tf.where(valid[..., None], proposals, 0.0), proposal_valid=valid)
         elif not (training and self.stage == "rpn"):  # the RPN stage's loss needs no proposals
-            anchors, counts = self.anchor_grid(size)
-            generated = self.proposal_generator(outputs["rpn_objectness"], outputs["rpn_box_deltas"], anchors,
-                                                anchors_per_level=counts, image_size=size, training=training)
+            generated = self.propose(outputs, images, training=training)
             outputs.update(proposals=generated["proposals"], proposal_valid=generated["proposal_valid"])
         if not training:
             class_logits, box_regression = self.box_head_outputs(roi_features, outputs["proposals"])
