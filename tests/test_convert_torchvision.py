@@ -110,3 +110,36 @@ def test_retinanet_resnet50_fpn_twin():
         expected = fixture[name]
         assert relative_error(value.numpy()[..., :expected.shape[-1]], expected) <= 1e-3, name
     check_dense_twin_outputs(model, images, fixture)  # anchors exact
+
+
+def test_faster_rcnn_backbone_weights(tmp_path):
+    """kdet.convert.backbone_weights: a .weights.h5 round trip, and torchvision ImageNet state dicts (ResNet with its
+    fc.*, VGG-16 with its classifier.*, which a narrow box head cannot take) land in the backbone."""
+    from kdet.convert.backbone_weights import backbone_table, load_backbone_weights, save_backbone_weights
+    from kdet.models.faster_rcnn import FasterRCNN
+
+    small = dict(image_size=(32, 32), representation_size=8, max_detections=5)
+    resnet = dict(backbone="resnet_fpn", depth=18, base_width=4, fpn_channels=8, **small)
+    keras.utils.set_random_seed(0)
+    source = FasterRCNN(2, **resnet)
+    path = save_backbone_weights(source, tmp_path / "backbone.weights.h5")
+    target = FasterRCNN(2, **resnet)
+    assert load_backbone_weights(target, path) is None
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.backbone.weights, target.backbone.weights))
+    with pytest.raises(ConfigError, match="cannot load backbone weights"):
+        load_backbone_weights(FasterRCNN(2, **{**resnet, "depth": 34}), path)
+
+    shapes = {e.torch_name: e.torch_shape() for e in backbone_table(target)}
+    state = dict(seeded_state_dict(shapes, seed=3), **{"fc.weight": np.zeros((1000, 32), np.float32),
+                                                       "fc.bias": np.zeros(1000, np.float32)})
+    np.savez(tmp_path / "resnet18.npz", **state)
+    assert load_backbone_weights(target, tmp_path / "resnet18.npz") == len(shapes)
+    np.testing.assert_array_equal(target.backbone.conv1[-1].kernel.numpy(), state["conv1.weight"].transpose(2, 3, 1, 0))
+
+    vgg = FasterRCNN(2, backbone="vgg16", vgg_widths=(4, 4, 8, 8, 8), anchor_sizes=((8, 16, 32),), **small)
+    shapes = {e.torch_name: e.torch_shape() for e in backbone_table(vgg)}
+    assert sorted(shapes)[-2:] == ["features.7.bias", "features.7.weight"] and "features.28.weight" in shapes
+    state = dict(seeded_state_dict(shapes, seed=4), **{"classifier.0.weight": np.zeros((16, 8 * 7 * 7), np.float32)})
+    assert load_backbone_weights(vgg, state) == len(shapes)
+    conv5_3 = vgg.backbone.stages[4][0][2][0]
+    np.testing.assert_array_equal(conv5_3.kernel.numpy(), state["features.28.weight"].transpose(2, 3, 1, 0))

@@ -1,4 +1,5 @@
-"""Faster R-CNN as a model: joint training on shapes, decoding, export parity, save/load, bad input, options."""
+"""Faster R-CNN as a model: the Keras-native path, joint training on shapes, decoding, export parity, save/load,
+mixed precision, bad input, options."""
 import keras
 import numpy as np
 import pytest
@@ -6,7 +7,9 @@ import tensorflow as tf
 
 from kdet.data.pipeline import make_tf_dataset
 from kdet.data.shapes import make_shapes
+from kdet.layers.proposals import ProposalGenerator
 from kdet.models.faster_rcnn import FasterRCNN
+from tests.harness import check_keras_native, keras_shapes_dataset, shapes_images
 from tests.testing import check_export_parity
 
 SIZE = (128, 128)
@@ -37,13 +40,25 @@ def separated_threshold(model, images, floor=1e-3):
     return float(candidates[best] + candidates[best + 1]) / 2
 
 
-def batches(model, num_images=48, batch_size=8, empty_batches=0):
-    """Shapes batches for `fit`, after `empty_batches` batches of images without any object (M = 0)."""
+def batches(num_images=48, batch_size=8, empty_batches=0):
+    """Shapes batches (images, {"boxes" yxyx, "labels"}) for `fit`, after `empty_batches` batches of images without
+    any object (M = 0)."""
     ds = make_tf_dataset(make_shapes(num_images, SIZE), SIZE, batch_size, training=True, seed=0)
     if empty_batches:
         empty = make_shapes(batch_size * empty_batches, SIZE, min_objects=0, max_objects=0)
         ds = make_tf_dataset(empty, SIZE, batch_size).concatenate(ds.repeat())
-    return ds.map(lambda batch: (batch["images"], model.encode_targets(batch))).repeat()
+    return ds.map(lambda batch: (batch["images"], batch["bounding_boxes"])).repeat()
+
+
+def test_keras_native_path(tmp_path):
+    """Must show (issue 14): fit on a Keras-only tf.data pipeline (xyxy boxes), predict a 96x128 image with boxes in
+    its own pixels equal to a model built at that size, reload in a fresh process with the class names."""
+    keras.utils.set_random_seed(0)
+    model = FasterRCNN(3, image_size=(64, 64), bounding_box_format="xyxy", class_names=["a", "b", "c"],
+                       **{**TINY_FPN, "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
+                          "max_detections": 10})
+    model.box_settings["box_score_threshold"] = 0.0  # an untrained box head: detections all the same
+    check_keras_native(model, tmp_path, other_size=(96, 128), epochs=3, steps_per_epoch=3)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +70,7 @@ def trained():
     model = FasterRCNN(3, image_size=SIZE, **TINY_FPN)
     model(np.zeros((1, *SIZE, 3), np.float32))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(batches(model, empty_batches=2), steps_per_epoch=10, epochs=12, verbose=0).history
+    history = model.fit(batches(empty_batches=2), steps_per_epoch=10, epochs=12, verbose=0).history
     return model, history
 
 
@@ -120,13 +135,33 @@ def test_config_round_trip_save_load_and_options(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")  # safe_mode: every layer is registered
     np.testing.assert_allclose(loaded(images)["class_logits"], expected["class_logits"], atol=1e-6)
-    assert model.anchors.shape == (4 * 4 * 9, 4)
+    assert model.anchor_grid((64, 64))[0].shape == (4 * 4 * 9, 4)
+    assert FasterRCNN.from_config(dict(config, backbone_weights=None)).get_config() == config  # older .keras files
     with pytest.raises(ValueError, match="roi_pooling='pool' needs a single feature map"):
         FasterRCNN(3, image_size=(64, 64), roi_pooling="pool", **{**TINY_FPN, "max_detections": 5})
     with pytest.raises(ValueError, match="backbone must be one of"):
         FasterRCNN(3, backbone="resnet_c5")
     with pytest.raises(ValueError, match="anchor_sizes needs 5 level"):
         FasterRCNN(3, image_size=(64, 64), **{**TINY_FPN, "anchor_sizes": ((32,),)})
+
+
+def test_fast_rcnn_stage_on_given_proposals():
+    """stage "fast_rcnn" with x = {"images", "proposals"} (what the schedules feed): Keras' compute_loss finds the
+    images in the dict, the RPN does not run, the given proposals (clipped to the input) are the RoIs."""
+    keras.utils.set_random_seed(3)
+    model = FasterRCNN(3, image_size=(64, 64), stage="fast_rcnn", **TINY_VGG)
+    x = {"images": tf.fill([1, 48, 80, 3], 100.0),
+         "proposals": tf.constant([[[4.0, 6.0, 30.0, 40.0], [10.0, 50.0, 60.0, 90.0], [0.0, 0.0, 0.0, 0.0]]])}
+    y = {"boxes": tf.constant([[[5.0, 5.0, 30.0, 42.0]]]), "labels": tf.constant([[2.0]])}  # float, as Keras gives
+    y_pred = model(x, training=True)
+    assert "rpn_objectness" not in y_pred
+    np.testing.assert_array_equal(y_pred["proposals"].numpy()[0, :2], [[4, 6, 30, 40], [10, 50, 48, 80]])
+    np.testing.assert_array_equal(y_pred["proposal_valid"].numpy(), [[True, True, False]])
+    loss = model.compute_loss(x, y, y_pred)
+    parts = {m.name: float(m.result()) for m in model.metrics if m.name in model.loss_names}
+    assert parts["rpn_objectness"] == 0 and parts["classification"] > 0 and parts["box_regression"] > 0
+    np.testing.assert_allclose(float(loss), parts["classification"] + parts["box_regression"], rtol=1e-6)
+    assert model.detect(x)["boxes"].shape == (1, 20, 4)
 
 
 @pytest.mark.slow
@@ -136,17 +171,17 @@ def test_c4_head_on_an_image_smaller_than_the_anchors():
     model = FasterRCNN(3, image_size=(32, 32), backbone="resnet_c4", depth=18, base_width=8, frozen_stages=1,
                        rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=100,
                        rpn_post_nms_top_n_test=32, box_batch_size_per_image=32, max_detections=10)
-    assert model.anchor_sizes == ((128, 256, 512),) and model.anchors.shape == (2 * 2 * 9, 4)
+    assert model.anchor_sizes == ((128, 256, 512),) and model.anchor_grid((32, 32))[0].shape == (2 * 2 * 9, 4)
     images = tf.fill([2, 32, 32, 3], 128.0)
-    targets = model.encode_targets({"bounding_boxes": {"boxes": tf.constant([[[4.0, 4.0, 20.0, 24.0]], [[0.0] * 4]]),
-                                                       "labels": tf.constant([[1], [-1]])}})
+    targets = model.encode_targets({"boxes": tf.constant([[[4.0, 4.0, 20.0, 24.0]], [[0.0] * 4]]),
+                                    "labels": tf.constant([[1], [-1]])}, (32, 32))
     assert targets["rpn_labels"].numpy()[0].max() == 1 and targets["rpn_labels"].numpy()[1].max() == 0
     # One eager forward + backward pass (no graph to trace): the frozen stem is not trained, the per-RoI res5 is.
     model(images)
     stem, res5 = model.backbone.conv1[-1].kernel, model.backbone.stages[3][0].conv1[-1].kernel
     assert not any(v is stem for v in model.trainable_weights) and any(v is res5 for v in model.trainable_weights)
     with tf.GradientTape() as tape:
-        loss = model.compute_loss(y=targets, y_pred=model(images, training=True))
+        loss = model.loss_from_targets(targets, model(images, training=True), images)
     gradients = tape.gradient(loss, model.trainable_weights)
     assert np.isfinite(loss.numpy()) and {m.name: m for m in model.metrics}["rpn_objectness"].result() > 0
     assert all(g is None or np.all(np.isfinite(g)) for g in gradients)
@@ -154,3 +189,32 @@ def test_c4_head_on_an_image_smaller_than_the_anchors():
     features = model.extract_features(images)[1]
     assert model.box_head_outputs(features, tf.zeros([2, 5, 4]))[1].shape == (2, 5, 4, 4)
     assert model.detect(images)["boxes"].shape == (2, 10, 4)
+
+
+def test_mixed_bfloat16_builds_fits_and_predicts():
+    """Under mixed_bfloat16 (issue 18: the proposal generator cast the anchors to bf16 and crashed) the model builds,
+    fits and predicts at another size; anchors, proposals and box decoding stay float32."""
+    data = keras_shapes_dataset((64, 64), 2, bounding_box_format="yxyx")  # its Keras layers keep float32 images
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(1)
+        model = FasterRCNN(3, image_size=(64, 64), **{**TINY_FPN, "rpn_pre_nms_top_n_test": 300,
+                                                      "rpn_post_nms_top_n_test": 100, "max_detections": 10})
+        assert model.compute_dtype == "bfloat16" and model.proposal_generator.compute_dtype == "float32"
+        assert model.roi_align.compute_dtype == "float32"
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        history = model.fit(data, steps_per_epoch=1, epochs=1, verbose=0).history
+        assert all(np.isfinite(values).all() for values in history.values()) and history["rpn_objectness"][0] > 0
+        model.box_settings["box_score_threshold"] = 0.0
+        out = model.predict(shapes_images((80, 96)), verbose=0)
+        assert out["boxes"].dtype == np.float32 and out["num_detections"].min() > 0
+        assert np.all(out["boxes"] >= 0) and np.all(out["boxes"][..., [0, 2]] <= 80) and \
+            np.all(out["boxes"][..., [1, 3]] <= 96)
+        # Zero deltas give the anchors back to the bit: in bfloat16 1000.25 would be 1000 (spacing 4 there).
+        anchors = tf.constant([[1000.25, 1500.75, 1100.75, 1650.5], [10.5, 20.25, 60.5, 90.75]])
+        proposals = ProposalGenerator()(tf.constant([[2.0, 1.0]], tf.bfloat16), tf.zeros([1, 2, 4], tf.bfloat16),
+                                        anchors, anchors_per_level=[2], image_size=(2000, 2000))
+        assert proposals["proposals"].dtype == tf.float32
+        np.testing.assert_array_equal(proposals["proposals"].numpy()[0, :2], anchors.numpy())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

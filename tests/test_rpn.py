@@ -1,10 +1,13 @@
 """RPN targets, sampling, loss and proposals against slow, obviously-correct numpy references (torchvision's rules)."""
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.heads.rpn import IGNORE, RPNHead, rpn_loss, rpn_targets, smooth_l1
+from kdet.heads.rpn import IGNORE, SMOOTH_L1_BETA, RPNHead, rpn_loss, rpn_targets
 from kdet.layers.proposals import ProposalGenerator
+from kdet.losses.box import smooth_l1
 from kdet.ops import multilevel_anchors
 
 
@@ -180,8 +183,8 @@ def test_rpn_loss_matches_numpy():
     beta = 1 / 9
     smooth = np.where(error < beta, 0.5 * error ** 2 / beta, error - 0.5 * beta)
     np.testing.assert_allclose(box.numpy(), smooth.sum() / sampled.sum(), rtol=1e-5)
-    np.testing.assert_allclose(smooth_l1(tf.constant([0.05, -0.5])).numpy(), [0.5 * 0.05 ** 2 * 9, 0.5 - 0.5 / 9],
-                               rtol=1e-6)
+    np.testing.assert_allclose(smooth_l1(tf.constant([0.05, -0.5]), SMOOTH_L1_BETA).numpy(),
+                               [0.5 * 0.05 ** 2 * 9, 0.5 - 0.5 / 9], rtol=1e-6)
 
 
 def test_head_output_order_matches_anchors():
@@ -206,13 +209,13 @@ def test_proposals_match_numpy_filter_proposals(builtins):
     deltas = (0.3 * rng.normal(size=(2, len(anchors), 4))).astype(np.float32)
     deltas[0, :5, 2] = -12.0  # top-scoring boxes that shrink below min_size and are dropped
     objectness[0, :5] = 5.0
-    layer = ProposalGenerator(per_level, size, pre_nms_top_n=(50, 40), post_nms_top_n=(60, 30), nms_threshold=0.6,
-                              min_size=1.0)
+    layer = ProposalGenerator(pre_nms_top_n=(50, 40), post_nms_top_n=(60, 30), nms_threshold=0.6, min_size=1.0)
+    run = functools.partial(layer, objectness, deltas, anchors, anchors_per_level=per_level, image_size=size)
     if builtins:
         with builtins_only():
-            out = layer(objectness, deltas, anchors, training=False)
+            out = run(training=False)
     else:
-        out = layer(objectness, deltas, anchors, training=False)
+        out = run(training=False)
     for b in range(2):
         boxes, scores = np_filter_proposals(objectness[b].astype(np.float64), deltas[b].astype(np.float64),
                                             anchors.astype(np.float64), per_level, size, 40, 30, 0.6, 1.0)
@@ -222,5 +225,12 @@ def test_proposals_match_numpy_filter_proposals(builtins):
         np.testing.assert_allclose(out["proposal_scores"][b].numpy()[valid], scores, atol=1e-6)
         assert not np.any(out["proposals"][b].numpy()[~valid])
     # Training mode uses the training counts.
-    assert layer(objectness, deltas, anchors, training=True)["proposals"].shape == (2, 60, 4)
+    assert run(training=True)["proposals"].shape == (2, 60, 4)
+    # Sizes known only at run time (a trace relaxed to any input size) give the same proposals.
+    relaxed = tf.function(lambda o, d, a, n0, n1, h, w: layer(o, d, a, anchors_per_level=[n0, n1], image_size=(h, w)),
+                          input_signature=[tf.TensorSpec([None, None]), tf.TensorSpec([None, None, 4]),
+                                           tf.TensorSpec([None, 4])] + [tf.TensorSpec([], tf.int32)] * 4)
+    again = relaxed(objectness, deltas, anchors, *per_level, *size)
+    for key in ("proposals", "proposal_scores", "proposal_valid"):
+        np.testing.assert_array_equal(again[key].numpy(), out[key].numpy())
     assert IGNORE == -1

@@ -1,15 +1,18 @@
-"""torchvision state dict -> kdet model, through one table per architecture.
+"""torchvision state dict -> kdet model, through one table per architecture: the one home of kdet's converter tables.
 
 A table is a list of `Entry(torch_name, variable, kind, permutation)`: which torchvision tensor fills which Keras
 variable, and how its layout changes:
   * "conv": OIHW -> HWIO;  "depthwise": (C, 1, kh, kw) -> (kh, kw, C, 1);  "linear": (out, in) -> (in, out);
   * "vector": as is (biases, BatchNorm weight / bias / running_mean / running_var, scales);
   * permutation: an optional reordering of the output channels (dimension 0 in torch), e.g. torchvision's box
-    deltas (dx, dy, dw, dh) per anchor -> kdet's (dy, dx, dh, dw).
-Tables are built from small pieces (`conv_entries`, `batch_norm_entries`, `resnet_entries`, `fpn_entries`, ...)
-so another architecture (Faster R-CNN) composes its own from the same pieces, and either passes it to
-`load_state_dict(model, state, table=...)` or adds its builder to the plain dict `TABLES` (model class name ->
-builder).
+    deltas (dx, dy, dw, dh) per anchor -> kdet's (dy, dx, dh, dw);
+  * `ChannelsFirstFlattenEntry`: a Dense fed by flattened (h, w, c) features from a torch Linear fed by (c, h, w)
+    ones (the fc6 of Faster R-CNN's box head).
+Tables are built from small pieces (`conv_entries`, `batch_norm_entries`, `resnet_entries`, `fpn_entries`,
+`vgg_entries`, ...), and each architecture's builder is in the plain dict `TABLES` (model class name -> builder):
+RetinaNet (retinanet_resnet50_fpn), SSD (ssd300_vgg16), FasterRCNN (fasterrcnn_resnet50_fpn v1). A part of a model
+composes its table from the same pieces and passes it as `load_state_dict(model, state, table=...)`
+(`kdet.convert.backbone_weights` does so for ImageNet backbones).
 
 `load_state_dict` refuses a state dict that does not fit exactly: it lists the torch names the table expects but
 the state lacks (missing), the names the state has but the table does not use (unexpected; BatchNorm's
@@ -55,6 +58,19 @@ class Entry:
         if self.kind == "linear":
             return (shape[1], shape[0])
         return shape
+
+
+@dataclasses.dataclass
+class ChannelsFirstFlattenEntry(Entry):
+    """A Dense kernel fed by flattened [h, w, C] features, from a torch Linear fed by flattened [C, h, w] ones."""
+
+    channels: int = 1
+
+    def to_keras(self, array):
+        array = np.asarray(array, np.float32)  # (out, C * h * w)
+        out, flat = array.shape
+        side = int(round((flat // self.channels) ** 0.5))
+        return array.reshape(out, self.channels, side, side).transpose(2, 3, 1, 0).reshape(flat, out)
 
 
 # -- table pieces ---------------------------------------------------------------------------------------------------
@@ -181,7 +197,34 @@ def ssd300_table(model):
     return ssd_vgg_entries(model.features) + ssd_head_entries(model.head)
 
 
-TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table}
+def fc_head_entries(head, fc6_name, fc7_name, channels):
+    """kdet TwoFCHead <- torch Linear layers `<fc6_name>` (on (c, h, w)-flattened RoI features of `channels`) and
+    `<fc7_name>`."""
+    return ([ChannelsFirstFlattenEntry(f"{fc6_name}.weight", head.fc6.kernel, "linear", channels=channels),
+             Entry(f"{fc6_name}.bias", head.fc6.bias)] + conv_entries(fc7_name, head.fc7, kind="linear"))
+
+
+def faster_rcnn_table(model):
+    """kdet FasterRCNN(backbone="resnet_fpn") <- torchvision fasterrcnn_resnet50_fpn (v1) and its ResNet-18/34/101
+    variants built alike: backbone.body.*, backbone.fpn.*, rpn.head.*, roi_heads.box_head.fc6 / fc7,
+    roi_heads.box_predictor.*."""
+    if model.backbone_name != "resnet_fpn":
+        raise ConfigError(f"torchvision's Faster R-CNN layout needs backbone='resnet_fpn', got {model.backbone_name!r}")
+    head, predictor = model.rpn_head, model.box_predictor
+    entries = resnet_entries(model.backbone, "backbone.body") + fpn_entries(model.fpn, "backbone.fpn")
+    for i, conv in enumerate(head.convs):
+        entries += conv_entries(f"rpn.head.conv.{i}.0", conv)
+    entries += conv_entries("rpn.head.cls_logits", head.cls_logits)
+    entries += conv_entries("rpn.head.bbox_pred", head.bbox_pred, box_delta_permutation(head.num_anchors))
+    entries += fc_head_entries(model.box_head, "roi_heads.box_head.fc6", "roi_heads.box_head.fc7",
+                               channels=model.fpn_channels)
+    entries += conv_entries("roi_heads.box_predictor.cls_score", predictor.cls_score, kind="linear")
+    entries += conv_entries("roi_heads.box_predictor.bbox_pred", predictor.bbox_pred,
+                            box_delta_permutation(predictor.num_classes + 1), kind="linear")
+    return entries
+
+
+TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table, "FasterRCNN": faster_rcnn_table}
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ converter reorders fc6's input rows, so the layers here stay plain Keras.
 import keras
 import tensorflow as tf
 
-from kdet.heads.rpn import smooth_l1
+from kdet.heads.rpn import SMOOTH_L1_BETA
+from kdet.losses.box import box_loss
 from kdet.ops import clip_boxes, combined_nms, decode_boxes
 
 CLS_INIT = keras.initializers.RandomNormal(stddev=0.01)    # Detectron's Fast R-CNN predictor initialisation
@@ -104,9 +105,9 @@ def fast_rcnn_loss(class_logits, box_regression, roi_labels, roi_box_targets):
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=class_logits)
     classification_loss = tf.reduce_sum(tf.where(sampled, cross_entropy, 0.0)) / count
     own_class = tf.gather(box_regression, labels, batch_dims=2)  # [B, S, 4]
-    box = tf.reduce_sum(smooth_l1(own_class - roi_box_targets), axis=-1)
-    box_loss = tf.reduce_sum(tf.where(foreground, box, 0.0)) / count
-    return classification_loss, box_loss
+    box = box_loss(own_class - roi_box_targets, "smooth_l1", SMOOTH_L1_BETA)
+    regression_loss = tf.reduce_sum(tf.where(foreground, box, 0.0)) / count
+    return classification_loss, regression_loss
 
 
 def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_size, max_detections,

@@ -5,32 +5,25 @@ deltas (ty, tx, th, tw) per location, A anchors per location (9 = 3 sizes x 3 ra
 of one size per FPN level). Outputs are flattened level by level, then row-major location, then anchor: the order of
 `kdet.ops.multilevel_anchors`, so element n goes with anchor n.
 
-Targets (`rpn_targets`, static per image, so they are computed inside tf.data): an anchor whose best IoU with a
-ground-truth box is >= 0.7 is positive, < 0.3 negative, in between ignored, and every ground-truth box also claims
-the anchors that overlap it best (torchvision's Matcher with allow_low_quality_matches). 256 anchors are sampled per
-image, at most half positive; missing positives are topped up with negatives.
+Targets (`rpn_targets`, computed in the train step from the anchors of the input's size): an anchor whose best IoU
+with a ground-truth box is >= 0.7 is positive, < 0.3 negative, in between ignored, and every ground-truth box also
+claims the anchors that overlap it best (torchvision's Matcher with allow_low_quality_matches). 256 anchors are
+sampled per image, at most half positive; missing positives are topped up with negatives.
 
-Loss (`rpn_loss`): binary cross-entropy on the sampled anchors (mean) and smooth-L1 (beta 1/9) on the deltas of the
-sampled positives, summed and divided by the number of sampled anchors, over the whole batch (torchvision).
+Loss (`rpn_loss`): binary cross-entropy on the sampled anchors (mean) and smooth-L1 (`kdet.losses.box`, beta 1/9)
+on the deltas of the sampled positives, summed and divided by the number of sampled anchors, over the whole batch
+(torchvision).
 """
 import keras
 import tensorflow as tf
 
-from kdet.ops.anchor_targets import match_anchors
+from kdet.losses.box import box_loss
 from kdet.ops import encode_boxes, sample_balanced
+from kdet.ops.anchor_targets import match_anchors
 
 RPN_INIT = keras.initializers.RandomNormal(stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
-SMOOTH_L1_BETA = 1.0 / 9.0  # torchvision's RPN and box head
+SMOOTH_L1_BETA = 1.0 / 9.0  # torchvision's RPN and box head (kdet.losses.box.smooth_l1's beta)
 IGNORE = -1                 # rpn_labels value of an anchor that is not in the sampled minibatch
-
-
-def smooth_l1(error, beta=SMOOTH_L1_BETA):
-    """torch.nn.functional.smooth_l1_loss per element: 0.5 x^2 / beta if |x| < beta else |x| - 0.5 beta.
-
-    error: any shape, must be finite everywhere (a masked-out inf still poisons the gradient through tf.where).
-    """
-    absolute = tf.abs(error)
-    return tf.where(absolute < beta, 0.5 * tf.square(error) / beta, absolute - 0.5 * beta)
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -120,6 +113,6 @@ def rpn_loss(objectness, deltas, rpn_labels, rpn_box_targets):
     num_sampled = tf.maximum(tf.reduce_sum(tf.cast(sampled, tf.float32)), 1.0)
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(positive, tf.float32), logits=objectness)
     objectness_loss = tf.reduce_sum(tf.where(sampled, bce, 0.0)) / num_sampled
-    box = tf.reduce_sum(smooth_l1(deltas - rpn_box_targets), axis=-1)
-    box_loss = tf.reduce_sum(tf.where(positive, box, 0.0)) / num_sampled
-    return objectness_loss, box_loss
+    box = box_loss(deltas - rpn_box_targets, "smooth_l1", SMOOTH_L1_BETA)
+    regression_loss = tf.reduce_sum(tf.where(positive, box, 0.0)) / num_sampled
+    return objectness_loss, regression_loss

@@ -22,47 +22,50 @@ PADDING_LABEL = -1  # roi_labels of a sampled slot that holds no RoI (fewer cand
 @keras.saving.register_keras_serializable(package="kdet")
 class ProposalGenerator(keras.layers.Layer):
     """Args:
-        anchors_per_level: number of anchors of each level (in the order of the RPN outputs).
-        image_size: (H, W) the boxes are clipped to.
         pre_nms_top_n: (training, inference) candidates per level before NMS (torchvision 2000, 1000).
         post_nms_top_n: (training, inference) proposals kept per image after NMS (torchvision 2000, 1000).
         nms_threshold: IoU above which a lower-scoring box of the same level is suppressed (0.7).
         min_size: boxes with a side shorter than this (pixels) are dropped (torchvision 1e-3).
         score_threshold: objectness probabilities below this are dropped (0.0: none).
 
-    call(objectness [B, N], deltas [B, N, 4], anchors [N, 4], training) ->
+    call(objectness [B, N], deltas [B, N, 4], anchors [N, 4], anchors_per_level=..., image_size=..., training) ->
         {"proposals": [B, P, 4] yxyx pixels by descending score, zero rows past the valid ones,
          "proposal_scores": [B, P] objectness probabilities (0 past the valid ones),
          "proposal_valid": [B, P] bool}, P = post_nms_top_n of the mode.
+    anchors_per_level (the number of anchors of each level, in the order of the RPN outputs) and image_size ((H, W)
+    the boxes are clipped to) come from the input at run time: ints when the traced shape is static (the graph then
+    holds constants, as an export wants), scalar int tensors when it is not.
+
+    The layer computes in float32 whatever the global dtype policy: anchors and box decoding in bfloat16 would move
+    boxes by pixels (and Keras would cast the anchors to the compute dtype on the way in).
     """
 
-    def __init__(self, anchors_per_level, image_size, pre_nms_top_n=(2000, 1000), post_nms_top_n=(2000, 1000),
-                 nms_threshold=0.7, min_size=1e-3, score_threshold=0.0, **kwargs):
+    def __init__(self, pre_nms_top_n=(2000, 1000), post_nms_top_n=(2000, 1000), nms_threshold=0.7, min_size=1e-3,
+                 score_threshold=0.0, **kwargs):
+        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
-        self.anchors_per_level = tuple(int(n) for n in anchors_per_level)
-        self.image_size = tuple(int(s) for s in image_size)
         self.pre_nms_top_n = tuple(int(n) for n in pre_nms_top_n)
         self.post_nms_top_n = tuple(int(n) for n in post_nms_top_n)
         self.nms_threshold = float(nms_threshold)
         self.min_size = float(min_size)
         self.score_threshold = float(score_threshold)
 
-    def call(self, objectness, deltas, anchors, training=False):
+    def call(self, objectness, deltas, anchors, anchors_per_level, image_size, training=False):
         mode = 0 if training else 1
         pre_nms, post_nms = self.pre_nms_top_n[mode], self.post_nms_top_n[mode]
         objectness = tf.stop_gradient(tf.cast(objectness, tf.float32))
         deltas = tf.stop_gradient(tf.cast(deltas, tf.float32))
-        anchors = tf.convert_to_tensor(anchors, tf.float32)
-        num_levels = len(self.anchors_per_level)
+        anchors = tf.cast(anchors, tf.float32)
+        num_levels = len(anchors_per_level)
         boxes, scores = [], []
         start = 0
-        for level, count in enumerate(self.anchors_per_level):
-            k = min(pre_nms, count)
+        for level, count in enumerate(anchors_per_level):
+            k = tf.minimum(pre_nms, count) if tf.is_tensor(count) else min(pre_nms, int(count))
             level_logits = objectness[:, start:start + count]
             top_logits, top = tf.math.top_k(level_logits, k=k)  # sorted, ties by lower index (torch.topk)
             level_boxes = decode_boxes(tf.gather(deltas[:, start:start + count], top, batch_dims=1),
                                        tf.gather(anchors[start:start + count], top))
-            boxes.append(clip_boxes(level_boxes, *self.image_size))
+            boxes.append(clip_boxes(level_boxes, *image_size))
             # One score column per level: NMS runs within a level only; -1 marks "not in this level".
             column = tf.constant([i == level for i in range(num_levels)])
             scores.append(tf.where(column, tf.sigmoid(top_logits)[..., None], -1.0))
@@ -79,8 +82,7 @@ class ProposalGenerator(keras.layers.Layer):
         return {"proposals": result["boxes"], "proposal_scores": result["scores"], "proposal_valid": valid}
 
     def get_config(self):
-        return dict(super().get_config(), anchors_per_level=list(self.anchors_per_level),
-                    image_size=list(self.image_size), pre_nms_top_n=list(self.pre_nms_top_n),
+        return dict(super().get_config(), pre_nms_top_n=list(self.pre_nms_top_n),
                     post_nms_top_n=list(self.post_nms_top_n), nms_threshold=self.nms_threshold,
                     min_size=self.min_size, score_threshold=self.score_threshold)
 

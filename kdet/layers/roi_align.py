@@ -2,6 +2,8 @@
 
 Both take either flat RoIs (boxes [K, 4] + box_indices [K]) or per-image RoIs (boxes [B, R, 4], the fixed-shape
 form two-stage Keras models use), in input-image pixels, yxyx. The TFLite twin is chosen by `kdet.ops` itself.
+Both compute in float32 unless given another dtype, whatever the global policy (torchvision's autocast does the
+same): under mixed_bfloat16 Keras would otherwise cast the boxes to bfloat16, a pixel off at a few hundred pixels.
 """
 import keras
 import tensorflow as tf
@@ -51,6 +53,7 @@ class RoIAlign(keras.layers.Layer):
 
     def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, max_sampling_ratio=None,
                  **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.output_size = _pair(output_size)
         self.spatial_scale = float(spatial_scale)
@@ -84,6 +87,7 @@ class MultiScaleRoIAlign(keras.layers.Layer):
 
     def __init__(self, output_size, strides, sampling_ratio=2, canonical_scale=224, canonical_level=4,
                  aligned=False, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.output_size = _pair(output_size)
         self.strides = tuple(int(s) for s in strides)
