@@ -87,7 +87,7 @@ def main():
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from kdet.convert.faster_rcnn_mapping import load_faster_rcnn_state_dict
+    from kdet.convert.torchvision import load_state_dict
     from kdet.models.faster_rcnn import FasterRCNN
     torch.set_num_threads(args.threads)
 
@@ -97,7 +97,7 @@ def main():
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
     model = FasterRCNN(NUM_CLASSES - 1, image_size=(HEIGHT, WIDTH))
     model(np.zeros((1, HEIGHT, WIDTH, 3), np.float32))
-    load_faster_rcnn_state_dict(model, state)
+    load_state_dict(model, state)
 
     pixels = image()
     tensor = torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32) / 255.0)

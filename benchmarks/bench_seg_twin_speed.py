@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
 from kdet.metrics import round_robin_latency
-from kdet.convert.fcn_resnet_mapping import fcn_resnet_table
+from kdet.convert.torchvision import fcn_resnet_table
 from kdet.models.fcn_resnet import FCNResNet
 
 SEED = 5

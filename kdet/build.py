@@ -25,6 +25,8 @@ def build_model(config, class_names=None):
     """The Keras model named by `model.name`, its weights created at `model.image_size`.
 
     class_names: saved with the model (and its exports); default `data.options.class_names` if the config has them.
+    model.backbone_weights: initial backbone weights from a local file (kdet.convert.backbone_weights), e.g. a
+    torchvision ImageNet ResNet state dict.
     """
     m = config.model
     if m.name not in MODELS:
@@ -44,6 +46,9 @@ def build_model(config, class_names=None):
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model.args for {m.name}: {error}") from None
     model(tf.zeros([1, *m.image_size, 3]))
+    if m.backbone_weights:
+        from kdet.convert.backbone_weights import load_backbone_weights
+        load_backbone_weights(model, m.backbone_weights)
     return model
 
 

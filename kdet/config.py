@@ -119,6 +119,7 @@ class ModelConfig:
         default_factory=lambda: [128, 128])
     max_detections: PositiveInt = 100
     args: dict = dataclasses.field(default_factory=dict)  # extra constructor arguments of the model class
+    backbone_weights: typing.Optional[Text] = None  # initial backbone weights: a local .weights.h5 or torchvision .pth
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import tensorflow as tf
 from kdet.backbones.resnet_dilated import DilatedResNet
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
 from kdet.models import MODELS
-from kdet.convert.fcn_resnet_mapping import fcn_resnet_table
+from kdet.convert.torchvision import fcn_resnet_table
 from kdet.models.fcn_resnet import FCNResNet
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fcn_resnet50_twin.npz"

@@ -224,7 +224,21 @@ def faster_rcnn_table(model):
     return entries
 
 
-TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table, "FasterRCNN": faster_rcnn_table}
+def fcn_resnet_table(model):
+    """kdet FCNResNet <- torchvision fcn_resnet50 / 101 names: backbone.*, classifier.{0,1,4}, aux_classifier.{0,1,4}."""
+
+    def head(prefix, layer):
+        return (conv_entries(f"{prefix}.0", layer.conv) + batch_norm_entries(f"{prefix}.1", layer.bn)
+                + conv_entries(f"{prefix}.4", layer.classifier))
+
+    entries = resnet_entries(model.backbone, prefix="backbone") + head("classifier", model.classifier)
+    if model.aux_classifier is not None:
+        entries += head("aux_classifier", model.aux_classifier)
+    return entries
+
+
+TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table, "FasterRCNN": faster_rcnn_table,
+          "FCNResNet": fcn_resnet_table}
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ scores layer4 at stride 8, and the scores are resized bilinearly (align_corners=
 head on layer3 (1024 -> 256 -> classes) adds half its loss during training, as torchvision's reference recipe.
 
 Built as a numerical twin: weights map one to one from a torchvision state dict through
-`load_state_dict(model, state, table=fcn_resnet_table)` (kdet.convert.fcn_resnet_mapping), and normalisation is
+`load_state_dict(model, state)` (kdet.convert.torchvision, `fcn_resnet_table`), and normalisation is
 torchvision's ImageNet mean / std (kdet.ops.images.normalize_imagenet), inside the model. Any input size.
 """
 import keras
