@@ -243,8 +243,8 @@ def test_predict_with_a_trace_of_unknown_size():
     static = {k: v.numpy() for k, v in m.detect(tf.constant(images, tf.float32)).items()}
     dynamic = {k: v.numpy() for k, v in relaxed(tf.constant(images, tf.float32)).items()}
     assert static["num_detections"][0] > 0
-    for key in static:
-        np.testing.assert_allclose(dynamic[key], static[key], atol=1e-4, err_msg=key)
+    for key, value in static.items():
+        np.testing.assert_allclose(dynamic[key], value, atol=1e-4, err_msg=key)
     assert static["boxes"][..., [0, 2]].max() <= 48 and static["boxes"][..., [1, 3]].max() <= 64
 
 
