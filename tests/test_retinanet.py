@@ -1,4 +1,5 @@
-"""RetinaNet: anchors per level, loss and decoding against numpy references, bad input, training and export."""
+"""RetinaNet: anchors per level, loss and decoding against numpy references, bad input, the Keras-native path
+(fit, any input size, reload) and export."""
 import math
 from pathlib import Path
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.data.shapes import make_shapes
 from kdet.models import MODELS
 from kdet.models.retinanet import RetinaNet, retinanet_anchor_sizes
+from tests.harness import check_keras_native
 from tests.testing import check_export_parity, random_images
 
 TINY = dict(depth=18, base_width=8, fpn_channels=16, head_convs=2)
@@ -31,13 +32,13 @@ def model():
 def test_anchor_count_and_order_per_level(model):
     sizes = retinanet_anchor_sizes((32, 64, 128, 256, 512), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
     assert sizes[0] == (32, 40, 50) and sizes[4] == (512, 645, 812)
-    start = 0
-    for level, (base_sizes, count) in enumerate(zip(sizes, model.anchors_per_level)):
+    anchors, start = model.anchors_for((128, 160)).numpy(), 0
+    for level, (base_sizes, count) in enumerate(zip(sizes, model.anchors_per_level((128, 160)))):
         feat_h, feat_w = math.ceil(128 / 2 ** (level + 3)), math.ceil(160 / 2 ** (level + 3))
         # torchvision's cell size is image // cells: 160 px over ceil(160 / 64) = 3 P6 cells is 53 px, not 64
         stride_y, stride_x = 128 // feat_h, 160 // feat_w
         assert count == feat_h * feat_w * 9
-        level_anchors = model.anchors[start:start + count].reshape(feat_h, feat_w, 9, 4)
+        level_anchors = anchors[start:start + count].reshape(feat_h, feat_w, 9, 4)
         first = level_anchors[0, 0]
         heights, widths = first[:, 2] - first[:, 0], first[:, 3] - first[:, 1]
         # ratio (h / w) outer, scale inner; half sizes rounded: h = 2 * round(s * sqrt(r) / 2)
@@ -50,10 +51,10 @@ def test_anchor_count_and_order_per_level(model):
         if feat_h > 1:
             np.testing.assert_allclose(level_anchors[1, 0] - first, [[stride_y, 0, stride_y, 0]] * 9)
         start += count
-    assert start == len(model.anchors)
+    assert start == len(anchors)
     outputs = model(tf.zeros([2, 128, 160, 3]))
-    assert outputs["cls_logits"].shape == (2, len(model.anchors), 3)
-    assert outputs["box_regression"].shape == (2, len(model.anchors), 4)
+    assert outputs["cls_logits"].shape == (2, len(anchors), 3)
+    assert outputs["box_regression"].shape == (2, len(anchors), 4)
 
 
 def test_class_bias_starts_at_prior(model):
@@ -83,13 +84,13 @@ def loss_reference(labels, box_targets, logits, deltas, num_classes, alpha=0.25,
 
 def test_loss_matches_numpy_reference(model):
     rng = np.random.default_rng(0)
-    n = len(model.anchors)
+    n = len(model.anchors_for(model.image_size))
     labels = rng.choice([-2, -1, -1, -1, 0, 1, 2], size=(2, n)).astype(np.int32)
     labels[1] = -1  # an image without objects contributes its negatives, normalised by 1
     box_targets = np.where(labels[..., None] >= 0, rng.normal(size=(2, n, 4)), 0).astype(np.float32)
     y_pred = {"cls_logits": rng.normal(-2, 2, (2, n, 3)).astype(np.float32),
               "box_regression": rng.normal(size=(2, n, 4)).astype(np.float32)}
-    total = model.compute_loss(y={"labels": labels, "box_targets": box_targets}, y_pred=y_pred).numpy()
+    total = model.loss_from_targets({"labels": labels, "box_targets": box_targets}, y_pred, None).numpy()
     cls, box = loss_reference(labels, box_targets, y_pred["cls_logits"], y_pred["box_regression"], 3)
     np.testing.assert_allclose(total, cls + box, rtol=1e-5)
 
@@ -110,17 +111,18 @@ def iou(a, b):
     return ih * iw / union if union > 0 else 0.0
 
 
-def decode_reference(model, logits, deltas):
-    """torchvision RetinaNet.postprocess_detections for one image, in numpy."""
-    height, width = model.image_size
+def decode_reference(model, logits, deltas, image_size):
+    """torchvision RetinaNet.postprocess_detections for one image of `image_size`, in numpy."""
+    height, width = image_size
+    all_anchors = model.anchors_for(image_size).numpy()
     boxes, scores, labels, start = [], [], [], 0
-    for count in model.anchors_per_level:
+    for count in model.anchors_per_level(image_size):
         flat = (1 / (1 + np.exp(-logits[start:start + count].astype(np.float64)))).reshape(-1)
         candidates = np.flatnonzero(flat > model.score_threshold)
         candidates = candidates[np.argsort(-flat[candidates], kind="stable")][:model.topk_candidates]
         for c in candidates:
             a, k = divmod(int(c), model.num_classes)
-            anchor, d = model.anchors[start + a], deltas[start + a]
+            anchor, d = all_anchors[start + a], deltas[start + a]
             ah, aw = anchor[2] - anchor[0], anchor[3] - anchor[1]
             cy, cx = anchor[0] + ah / 2 + d[0] * ah, anchor[1] + aw / 2 + d[1] * aw
             h, w = ah * np.exp(min(d[2], np.log(1000 / 16))), aw * np.exp(min(d[3], np.log(1000 / 16)))
@@ -138,16 +140,18 @@ def decode_reference(model, logits, deltas):
 
 
 def test_decode_matches_numpy_reference():
+    # decode follows the size it is given, not the constructor's: built at 96 x 128, decoded at 160 x 96
     keras.utils.set_random_seed(1)
     m = tiny(num_classes=4, image_size=(96, 128), max_detections=15, topk_candidates=50)  # decode needs no weights
     rng = np.random.default_rng(2)
-    n = len(m.anchors)
+    size = (160, 96)
+    n = len(m.anchors_for(size))
     outputs = {"cls_logits": rng.normal(-4.5, 1.2, (2, n, 4)).astype(np.float32),
                "box_regression": rng.normal(0, 0.3, (2, n, 4)).astype(np.float32)}
     outputs["box_regression"][0, :5, 2:] = 20.0  # huge deltas: clamped before exp, then clipped to the image
-    result = {k: v.numpy() for k, v in m.decode(outputs).items()}
+    result = {k: v.numpy() for k, v in m.decode(outputs, size).items()}
     for b in range(2):
-        boxes, scores, labels = decode_reference(m, outputs["cls_logits"][b], outputs["box_regression"][b])
+        boxes, scores, labels = decode_reference(m, outputs["cls_logits"][b], outputs["box_regression"][b], size)
         count = int(result["num_detections"][b])
         assert count == len(scores) and 0 < count <= 15
         order = np.argsort(-result["scores"][b, :count], kind="stable")
@@ -158,27 +162,27 @@ def test_decode_matches_numpy_reference():
 
 
 def test_input_size_not_divisible_by_128():
-    m = tiny(image_size=(200, 300), base_width=4, fpn_channels=8, head_convs=1)
+    m = tiny(image_size=(64, 64), base_width=4, fpn_channels=8, head_convs=1)  # runs at any size: 200 x 300 here
     out = m(tf.zeros([1, 200, 300, 3]))
-    assert out["cls_logits"].shape[1] == len(m.anchors) == sum(m.anchors_per_level)
+    anchors, counts = m.anchors_for((200, 300)).numpy(), m.anchors_per_level((200, 300))
+    assert out["cls_logits"].shape[1] == len(anchors) == sum(counts)
     # P7 is ceil(200 / 128) x ceil(300 / 128) = 2 x 3 cells; torchvision's anchor stride there is 200 // 2 = 100.
-    p7 = m.anchors[-m.anchors_per_level[-1]:].reshape(2, 3, 9, 4)
+    p7 = anchors[-counts[-1]:].reshape(2, 3, 9, 4)
     np.testing.assert_allclose(p7[1, 2, 0] - p7[0, 0, 0], [100, 200, 100, 200])
     assert m.detect(tf.zeros([1, 200, 300, 3]))["boxes"].shape == (1, 20, 4)
 
 
 def test_degenerate_boxes_and_empty_images_in_a_training_batch(model):
-    batch = {"bounding_boxes": {
-        "boxes": tf.constant([[[10, 10, 10, 60], [30, 40, 20, 50], [0, 0, 0, 0]],     # only degenerate boxes
-                              [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],             # no objects at all
-                              [[20, 30, 90, 100], [5, 5, 5.5, 5.5], [0, 0, 0, 0]]], tf.float32),
-        "labels": tf.constant([[0, 1, -1], [-1, -1, -1], [2, 1, -1]], tf.int32)}}
-    y = model.encode_targets(batch)
+    targets = {"boxes": tf.constant([[[10, 10, 10, 60], [30, 40, 20, 50], [0, 0, 0, 0]],     # only degenerate boxes
+                                     [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],             # no objects at all
+                                     [[20, 30, 90, 100], [5, 5, 5.5, 5.5], [0, 0, 0, 0]]], tf.float32),
+               "labels": tf.constant([[0, 1, -1], [-1, -1, -1], [2, 1, -1]], tf.int32)}
+    y = model.encode_targets(targets, (128, 160))
     labels = y["labels"].numpy()
     assert (labels[0] == -1).all() and (labels[1] == -1).all()
     assert set(np.unique(labels[2])) >= {-1, 2}
     with tf.GradientTape() as tape:
-        loss = model.compute_loss(y=y, y_pred=model(tf.zeros([3, 128, 160, 3]), training=True))
+        loss = model.loss_from_targets(y, model(tf.zeros([3, 128, 160, 3]), training=True), None)
     gradients = tape.gradient(loss, model.trainable_weights)
     assert np.isfinite(loss.numpy()) and all(np.isfinite(g.numpy()).all() for g in gradients if g is not None)
 
@@ -186,13 +190,14 @@ def test_degenerate_boxes_and_empty_images_in_a_training_batch(model):
 def test_label_ids_map_classes_to_head_columns():
     m = tiny(image_size=(64, 64), label_ids=(2, 5, 7), max_detections=50)  # decode and targets need no weights
     assert m.num_columns == 8
-    batch = {"bounding_boxes": {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
-                                "labels": tf.constant([[0, 2]], tf.int32)}}
-    assert set(np.unique(m.encode_targets(batch)["labels"].numpy())) <= {-2, -1, 2, 7}
-    logits = np.full((1, len(m.anchors), 8), -9.0, np.float32)
+    targets = {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
+               "labels": tf.constant([[0, 2]], tf.int32)}
+    assert set(np.unique(m.encode_targets(targets, (64, 64))["labels"].numpy())) <= {-2, -1, 2, 7}
+    n = len(m.anchors_for((64, 64)))
+    logits = np.full((1, n, 8), -9.0, np.float32)
     logits[0, :40, [0, 1, 3]] = 3.0       # unused columns: never reported
     logits[0, 40:45, 5] = 2.0             # column 5 = class 1
-    out = m.decode({"cls_logits": logits, "box_regression": np.zeros((1, len(m.anchors), 4), np.float32)})
+    out = m.decode({"cls_logits": logits, "box_regression": np.zeros((1, n, 4), np.float32)}, (64, 64))
     count = int(out["num_detections"][0])
     assert count > 0 and set(out["classes"].numpy()[0, :count]) == {1}
     with pytest.raises(ValueError, match="label_ids"):
@@ -216,29 +221,31 @@ def test_configs_load_and_construct(name):
     m = config.model
     model = MODELS[m.name](num_classes=m.num_classes, image_size=tuple(m.image_size),
                            max_detections=m.max_detections, **m.args)
-    assert len(model.anchors) > 0 and model.num_classes == m.num_classes
+    assert len(model.anchors_for(model.image_size)) > 0 and model.num_classes == m.num_classes
 
 
-def shapes_batches(model, count=16, batch_size=8, seed=0):
-    data = make_shapes(count, image_size=model.image_size, max_objects=3, seed=seed)
-    images = np.stack([r.image for r in data.records]).astype(np.float32)
-    boxes = np.zeros((count, 3, 4), np.float32)
-    labels = -np.ones((count, 3), np.int32)
-    for i, r in enumerate(data.records):
-        boxes[i, :len(r.boxes)], labels[i, :len(r.labels)] = r.boxes, r.labels
-    batch = {"bounding_boxes": {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}}
-    return tf.data.Dataset.from_tensor_slices((images, model.encode_targets(batch))).batch(batch_size), images
-
-
-@pytest.mark.slow
-def test_training_on_shapes_lowers_the_loss():
+def test_keras_native_fit_any_size_and_reload(tmp_path):
+    """The one-path Must-show: fit on a Keras-only pipeline (xyxy boxes), predict a 96 x 128 image with boxes in its
+    own pixels (the same as a model built at that size), reload in a fresh process after `import kdet`."""
     keras.utils.set_random_seed(0)
+    m = tiny(image_size=(64, 64), head_convs=1, bounding_box_format="xyxy",
+             class_names=["circle", "square", "triangle"])
+    check_keras_native(m, tmp_path, other_size=(96, 128), learning_rate=2e-3)
+
+
+def test_predict_with_a_trace_of_unknown_size():
+    """Anchors from tensor sizes (a trace Keras relaxed to [None, None, None, 3]) = anchors from int sizes."""
+    keras.utils.set_random_seed(2)
     m = tiny(image_size=(64, 64), head_convs=1)
-    dataset, _ = shapes_batches(m, count=8, batch_size=8)
-    m.compile(optimizer=keras.optimizers.Adam(2e-3))
-    history = m.fit(dataset, epochs=12, verbose=0).history  # one batch per epoch: 12 steps
-    assert history["loss"][-1] < 0.6 * history["loss"][0], history
-    assert history["classification"][-1] < history["classification"][0]
+    images = random_images(m, 1, seed=2)[:, :48]  # 48 x 64: P6 and P7 of one row
+    m.score_threshold = 0.0095  # below every random-init score (about 0.01): the full candidate lists
+    relaxed = tf.function(m.detect, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    static = {k: v.numpy() for k, v in m.detect(tf.constant(images, tf.float32)).items()}
+    dynamic = {k: v.numpy() for k, v in relaxed(tf.constant(images, tf.float32)).items()}
+    assert static["num_detections"][0] > 0
+    for key, value in static.items():
+        np.testing.assert_allclose(dynamic[key], value, atol=1e-4, err_msg=key)
+    assert static["boxes"][..., [0, 2]].max() <= 48 and static["boxes"][..., [1, 3]].max() <= 64
 
 
 def threshold_with_margin(scores, quantile, window=20):

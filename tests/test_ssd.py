@@ -1,5 +1,5 @@
 """SSD300 / SSDLite: default boxes, L2Norm, hard negative mining, MultiBox loss and decoding against numpy
-references, the ssd300_vgg16 twin fixture, bad input, training and export."""
+references, the ssd300_vgg16 twin fixture, bad input, the Keras-native path (fit, any input size, reload) and export."""
 import math
 from pathlib import Path
 
@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.backbones.mobilenet_ssdlite import MobileNetSSDLiteFeatures
 from kdet.backbones.vgg_ssd import L2Norm, SSDVGGFeatures
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
 from kdet.losses.ssd import hard_negative_mask, multibox_loss
 from kdet.models import MODELS
 from kdet.models.ssd import SSD, SSDLite, default_boxes, linear_scales
+from tests.harness import check_keras_native
 from tests.test_retinanet import nms_reference, threshold_with_margin
 from tests.testing import check_dense_twin_outputs, check_export_parity, random_images
 
@@ -44,13 +46,35 @@ def test_ssd300_default_boxes():
     model = SSD(20, **TINY_SSD)
     sizes = SSDVGGFeatures.feature_sizes((300, 300))
     assert sizes == [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
-    assert model.anchors.shape == (8732, 4)  # 38^2*4 + 19^2*6 + 10^2*6 + 5^2*6 + 3^2*4 + 1*4
+    anchors = model.anchors_for((300, 300)).numpy()
+    assert anchors.shape == (8732, 4)  # 38^2*4 + 19^2*6 + 10^2*6 + 5^2*6 + 3^2*4 + 1*4
     reference = default_boxes_reference((300, 300), sizes, model.aspect_ratios, model.scales, model.steps)
-    np.testing.assert_allclose(model.anchors, reference, atol=1e-3)
+    np.testing.assert_allclose(anchors, reference, atol=1e-3)
     # first location of conv4_3: centre (4, 4) px, a 21 px square (.07 * 300), a 30.74 px one (sqrt(.07 * .15) * 300)
     half = math.sqrt(0.07 * 0.15) * 150
-    np.testing.assert_allclose(model.anchors[:2], [[-6.5, -6.5, 14.5, 14.5], [4 - half, 4 - half, 4 + half, 4 + half]],
+    np.testing.assert_allclose(anchors[:2], [[-6.5, -6.5, 14.5, 14.5], [4 - half, 4 - half, 4 + half, 4 + half]],
                                atol=1e-4)
+
+
+def test_default_boxes_follow_the_feature_maps_of_the_input():
+    """Another input size: as many default boxes as the maps have cells (torchvision's DefaultBoxGenerator rule,
+    steps included), the same from int and from tensor sizes (a trace relaxed to unknown sizes)."""
+    model = SSD(3, **TINY_SSD)
+    size = (320, 416)
+    sizes = SSDVGGFeatures.feature_sizes(size)
+    assert sizes == [(40, 52), (20, 26), (10, 13), (5, 7), (3, 5), (1, 3)]
+    anchors = model.anchors_for(size).numpy()
+    reference = default_boxes_reference(size, sizes, model.aspect_ratios, model.scales, model.steps)
+    np.testing.assert_allclose(anchors, reference, atol=1e-3)
+    assert model(tf.zeros([1, *size, 3]))["cls_logits"].shape[1] == len(anchors)
+    relaxed = tf.function(lambda hw: model.anchors_for((hw[0], hw[1])))(tf.constant(size))
+    np.testing.assert_array_equal(relaxed.numpy(), anchors)
+    lite = SSDLite(3, image_size=(96, 96), **TINY_LITE)
+    for size in ((96, 96), (100, 130), (97, 211)):  # odd sizes inside MobileNetV2: its maps and the boxes agree
+        maps = [tuple(f.shape[1:3]) for f in lite.features(tf.zeros([1, *size, 3]))]
+        assert maps == MobileNetSSDLiteFeatures.feature_sizes(size), size
+        relaxed = tf.function(lambda hw: lite.anchors_for((hw[0], hw[1])))(tf.constant(size))
+        np.testing.assert_array_equal(relaxed.numpy(), lite.anchors_for(size).numpy())
 
 
 def test_ssdlite_default_boxes_without_steps():
@@ -92,6 +116,10 @@ def test_multibox_loss_matches_numpy_reference():
     box_pred = rng.normal(size=(2, 120, 4)).astype(np.float32)
     box_targets = np.where(labels[..., None] >= 0, rng.normal(size=(2, 120, 4)) * 2, 0).astype(np.float32)
     classification, box = multibox_loss(labels, box_targets, logits, box_pred, 3.0)
+    model = SSDLite(3, image_size=(64, 64), **TINY_LITE)  # the model's loss is this one, summed
+    total = model.loss_from_targets({"labels": labels, "box_targets": box_targets},
+                                    {"cls_logits": logits, "box_regression": box_pred}, None)
+    np.testing.assert_allclose(total.numpy(), (classification + box).numpy(), rtol=1e-6)
     log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     column = np.where(labels >= 0, labels + 1, 0)
     ce = -np.take_along_axis(log_softmax, column[..., None], -1)[..., 0]
@@ -106,12 +134,12 @@ def test_multibox_loss_matches_numpy_reference():
     np.testing.assert_allclose(box.numpy(), expected_box / 4, rtol=1e-5)
 
 
-def decode_reference(model, logits, deltas):
-    """torchvision SSD.postprocess_detections for one image, numpy."""
-    height, width = model.image_size
+def decode_reference(model, logits, deltas, image_size):
+    """torchvision SSD.postprocess_detections for one image of `image_size`, numpy."""
+    height, width = image_size
     exp = np.exp(logits - logits.max(-1, keepdims=True))
     scores = exp / exp.sum(-1, keepdims=True)
-    a = model.anchors
+    a = model.anchors_for(image_size).numpy()
     ah, aw = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
     cy, cx = a[:, 0] + ah / 2 + deltas[:, 0] / 10 * ah, a[:, 1] + aw / 2 + deltas[:, 1] / 10 * aw
     h = ah * np.exp(np.minimum(deltas[:, 2] / 5, np.log(1000 / 16)))
@@ -128,15 +156,17 @@ def decode_reference(model, logits, deltas):
 
 
 def test_decode_matches_numpy_reference():
+    # decode follows the size it is given, not the constructor's: built at 96 x 96, decoded at 128 x 96
     model = SSDLite(3, image_size=(96, 96), max_detections=20, topk_candidates=15, **TINY_LITE)  # no weights needed
     rng = np.random.default_rng(3)
-    n = len(model.anchors)
+    size = (128, 96)
+    n = len(model.anchors_for(size))
     logits = rng.normal(0, 1.5, (2, n, 4)).astype(np.float32)
     logits[..., 0] += 3.0
     deltas = rng.normal(0, 1.0, (2, n, 4)).astype(np.float32)
-    result = {k: v.numpy() for k, v in model.decode({"cls_logits": logits, "box_regression": deltas}).items()}
+    result = {k: v.numpy() for k, v in model.decode({"cls_logits": logits, "box_regression": deltas}, size).items()}
     for b in range(2):
-        boxes, scores, classes = decode_reference(model, logits[b], deltas[b])
+        boxes, scores, classes = decode_reference(model, logits[b], deltas[b], size)
         count = int(result["num_detections"][b])
         assert count == len(scores) > 0
         np.testing.assert_allclose(result["scores"][b, :count], scores, rtol=1e-5)
@@ -150,7 +180,7 @@ def test_bad_sizes_config_and_registry():
     assert MODELS["ssd"] is SSD and MODELS["ssdlite"] is SSDLite
     model = SSDLite(3, image_size=(100, 130), **TINY_LITE)  # not a multiple of 32 or 128: ceil sizes everywhere
     out = model(tf.zeros([1, 100, 130, 3]))
-    assert out["cls_logits"].shape == (1, len(model.anchors), 4)
+    assert out["cls_logits"].shape == (1, len(model.anchors_for((100, 130))), 4)
     assert SSDLite.from_config(model.get_config()).get_config() == model.get_config()
     tiny = SSD(3, **TINY_SSD)
     assert SSD.from_config(tiny.get_config()).get_config() == tiny.get_config()
@@ -158,29 +188,29 @@ def test_bad_sizes_config_and_registry():
 
 def test_label_ids_map_classes_to_softmax_columns():
     model = SSDLite(2, image_size=(64, 64), label_ids=(3, 1), max_detections=30, **TINY_LITE)
-    batch = {"bounding_boxes": {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
-                                "labels": tf.constant([[0, 1]], tf.int32)}}
+    targets = {"boxes": tf.constant([[[8, 8, 40, 40], [30, 20, 60, 60]]], tf.float32),
+               "labels": tf.constant([[0, 1]], tf.int32)}
     # class 0 -> column 3, class 1 -> column 1; loss labels are column - 1
-    assert set(np.unique(model.encode_targets(batch)["labels"].numpy())) == {-1, 0, 2}
-    n = len(model.anchors)
+    assert set(np.unique(model.encode_targets(targets, (64, 64))["labels"].numpy())) == {-1, 0, 2}
+    n = len(model.anchors_for((64, 64)))
     logits = np.zeros((1, n, 4), np.float32)
     logits[0, :, 2] = 6.0                 # column 2 belongs to no class
     logits[0, :3, 3] = 9.0                # column 3 = class 0
-    out = model.decode({"cls_logits": logits, "box_regression": np.zeros((1, n, 4), np.float32)})
+    out = model.decode({"cls_logits": logits, "box_regression": np.zeros((1, n, 4), np.float32)}, (64, 64))
     count = int(out["num_detections"][0])
     assert count > 0 and set(out["classes"].numpy()[0, :count]) <= {0, 1} and 0 in out["classes"].numpy()[0, :count]
 
 
 def test_degenerate_boxes_and_empty_images():
     model = SSDLite(3, image_size=(96, 96), **TINY_LITE)
-    batch = {"bounding_boxes": {"boxes": tf.constant([[[10, 10, 10, 50], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]],
-                                                      [[20, 20, 60, 70], [5, 5, 4, 9]]], tf.float32),
-                                "labels": tf.constant([[1, -1], [-1, -1], [2, 0]], tf.int32)}}
-    y = model.encode_targets(batch)
+    targets = {"boxes": tf.constant([[[10, 10, 10, 50], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]],
+                                     [[20, 20, 60, 70], [5, 5, 4, 9]]], tf.float32),
+               "labels": tf.constant([[1, -1], [-1, -1], [2, 0]], tf.int32)}
+    y = model.encode_targets(targets, (96, 96))
     labels = y["labels"].numpy()
     assert (labels[:2] == -1).all() and (labels[2] == 2).sum() >= 1 and not (labels[2] == 0).any()
     with tf.GradientTape() as tape:
-        loss = model.compute_loss(y=y, y_pred=model(tf.zeros([3, 96, 96, 3]), training=True))
+        loss = model.loss_from_targets(y, model(tf.zeros([3, 96, 96, 3]), training=True), None)
     assert np.isfinite(loss.numpy())
     assert all(np.isfinite(g.numpy()).all() for g in tape.gradient(loss, model.trainable_weights) if g is not None)
 
@@ -205,33 +235,19 @@ def test_ssd300_vgg16_twin():
     check_dense_twin_outputs(model, images, fixture, anchor_atol=1e-4)  # SSD's float32 default-box arithmetic
 
 
-def shapes_batch(model, count=8):
-    from kdet.data.shapes import make_shapes
-    data = make_shapes(count, image_size=model.image_size, max_objects=3, seed=0)
-    images = np.stack([r.image for r in data.records]).astype(np.float32)
-    boxes = np.zeros((count, 3, 4), np.float32)
-    labels = -np.ones((count, 3), np.int32)
-    for i, r in enumerate(data.records):
-        boxes[i, :len(r.boxes)], labels[i, :len(r.labels)] = r.boxes, r.labels
-    return images, model.encode_targets({"bounding_boxes": {"boxes": tf.constant(boxes),
-                                                            "labels": tf.constant(labels)}})
-
-
-@pytest.mark.slow
-def test_training_lowers_the_loss():
-    # SSD300 at a quarter width, in an eager loop (no tf.function compile: seconds instead of a minute on 2 cores;
-    # RetinaNet's test covers fit). SSDLite shares this loss; it trains in benchmarks/bench_ssd_accuracy.py.
+def test_ssd300_keras_native_fit_any_size_and_reload(tmp_path):
+    """The one-path Must-show for SSD300 at narrow VGG widths: fit on a Keras-only pipeline (xyxy boxes), predict a
+    320 x 416 image with boxes in its own pixels, reload in a fresh process after `import kdet`."""
     keras.utils.set_random_seed(0)
-    model = SSD(3, **TINY_SSD)
-    images, targets = shapes_batch(model)
-    optimizer = keras.optimizers.Adam(2e-3)
-    losses = []
-    for _ in range(8):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(y=targets, y_pred=model(images, training=True))
-        optimizer.apply(tape.gradient(loss, model.trainable_weights), model.trainable_weights)
-        losses.append(float(loss))
-    assert losses[-1] < 0.7 * losses[0], losses
+    model = SSD(3, bounding_box_format="xyxy", class_names=["circle", "square", "triangle"], **TINY_SSD)
+    check_keras_native(model, tmp_path, other_size=(320, 416), learning_rate=2e-3, epochs=2, steps_per_epoch=3)
+
+
+def test_ssdlite_keras_native_fit_any_size_and_reload(tmp_path):
+    """The same for SSDLite at alpha 0.35 (yxyx boxes), built at 96 x 96, predicting 128 x 160."""
+    keras.utils.set_random_seed(0)
+    model = SSDLite(3, image_size=(96, 96), class_names=["circle", "square", "triangle"], **TINY_LITE)
+    check_keras_native(model, tmp_path, other_size=(128, 160), learning_rate=2e-3)
 
 
 def spread_class_scores(model, images, logit_std=2.0):

@@ -3,10 +3,13 @@
 
 Outputs six maps: the expansion layer of block 13 (stride 16, before its depthwise conv, as the paper attaches the
 first SSDLite layer), the last 1x1 conv (stride 32), then four extra blocks of 1x1 conv (half width) ->
-depthwise 3x3 stride 2 -> 1x1 conv, each with BatchNorm + ReLU6. Every stride-2 step gives ceil(size / 2).
-"""
-import math
+depthwise 3x3 stride 2 -> 1x1 conv, each with BatchNorm + ReLU6.
 
+MobileNetV2 is built for any input size ((None, None, 3)): its stride-2 depthwise convs then pad (0, 1), so after the
+first conv ("same", ceil(size / 2)) each stride-2 step gives floor(size / 2); the extra blocks pad (1, 1), ceil.
+(keras.applications picks (1, 1) padding for odd sizes only when the size is fixed at construction; with sizes that
+are multiples of 32 both give the same maps.)
+"""
 import keras
 
 SSDLITE_EXTRA_WIDTHS = (512, 256, 256, 128)
@@ -31,19 +34,17 @@ def _conv_bn_relu6(filters, kernel_size, strides=1, depthwise=False, name=None):
 
 class MobileNetSSDLiteFeatures(keras.layers.Layer):
     """Args:
-        image_size: (H, W) the network runs at (Keras applications build for a fixed input shape).
         alpha: MobileNetV2 width multiplier (1.0; 0.35 for tiny test models).
         extra_widths: output channels of the four extra blocks.
 
-    call(images [B, H, W, 3] in [-1, 1]) -> list of 6 maps, sizes `feature_sizes(image_size)`.
+    call(images [B, H, W, 3] in [-1, 1], any H, W) -> list of 6 maps, sizes `feature_sizes((H, W))`.
     """
 
-    def __init__(self, image_size=(320, 320), alpha=1.0, extra_widths=SSDLITE_EXTRA_WIDTHS, **kwargs):
+    def __init__(self, alpha=1.0, extra_widths=SSDLITE_EXTRA_WIDTHS, **kwargs):
         super().__init__(**kwargs)
-        self.image_size = tuple(int(s) for s in image_size)
         self.alpha = float(alpha)
         self.extra_widths = tuple(int(w) for w in extra_widths)
-        mobilenet = keras.applications.MobileNetV2(input_shape=(*self.image_size, 3), alpha=self.alpha,
+        mobilenet = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=self.alpha,
                                                    include_top=False, weights=None)
         self.mobilenet = keras.Model(mobilenet.input, [mobilenet.get_layer(C4_LAYER).output,
                                                        mobilenet.get_layer(C5_LAYER).output], name="mobilenet_v2")
@@ -59,10 +60,12 @@ class MobileNetSSDLiteFeatures(keras.layers.Layer):
 
     @staticmethod
     def feature_sizes(image_size, num_extras=4):
-        """(h, w) of the six maps: ceil(size / 16), ceil(size / 32), then halved (rounding up) per extra block."""
-        sizes = [tuple(math.ceil(s / 16) for s in image_size), tuple(math.ceil(s / 32) for s in image_size)]
+        """(h, w) of the six maps: c4 = floor(floor(floor(ceil(size / 2) / 2) / 2) / 2) (stride 16), c5 = floor(c4 / 2),
+        then ceil(x / 2) per extra block. image_size: ints or scalar int tensors (sizes of the same kind)."""
+        c4 = [-(-s // 2) // 2 // 2 // 2 for s in image_size]
+        sizes = [tuple(c4), tuple(s // 2 for s in c4)]
         for _ in range(num_extras):
-            sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
+            sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
         return sizes
 
     def call(self, x, training=False):
@@ -75,5 +78,4 @@ class MobileNetSSDLiteFeatures(keras.layers.Layer):
         return outputs
 
     def get_config(self):
-        return dict(super().get_config(), image_size=list(self.image_size), alpha=self.alpha,
-                    extra_widths=list(self.extra_widths))
+        return dict(super().get_config(), alpha=self.alpha, extra_widths=list(self.extra_widths))

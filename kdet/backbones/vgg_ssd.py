@@ -8,8 +8,6 @@ On top of kdet's VGG-16 (kdet.backbones.vgg, pool3 in ceil mode so 75 -> 38):
   * four extra blocks (1x1 conv then 3x3 conv, ReLU): two with stride 2, two "valid" 3x3.
 For a 300 x 300 input the six maps are 38, 19, 10, 5, 3 and 1 cells wide.
 """
-import math
-
 import keras
 import tensorflow as tf
 
@@ -88,15 +86,19 @@ class SSDVGGFeatures(keras.layers.Layer):
     @staticmethod
     def feature_sizes(image_size):
         """(h, w) of the six maps: pools 1, 2, 4 round down, pool3 up; stride-2 extras ceil(x / 2), valid 3x3
-        extras x - 2. 300 -> 38, 19, 10, 5, 3, 1."""
+        extras x - 2. 300 -> 38, 19, 10, 5, 3, 1.
+
+        image_size: (H, W) ints, or scalar int tensors (then the sizes are tensors; -(-a // b) is ceil for both).
+        """
         sizes = []
         for size in image_size:
-            conv4 = math.ceil((size // 2 // 2) / 2)
+            conv4 = -(-(size // 2 // 2) // 2)
             fc7 = conv4 // 2
-            conv8 = math.ceil(fc7 / 2)
-            conv9 = math.ceil(conv8 / 2)
+            conv8 = -(-fc7 // 2)
+            conv9 = -(-conv8 // 2)
             sizes.append((conv4, fc7, conv8, conv9, conv9 - 2, conv9 - 4))
-        if min(sizes[0] + sizes[1]) < 1:
+        static = [s for s in sizes[0] + sizes[1] if isinstance(s, int)]
+        if static and min(static) < 1:
             raise ValueError(f"image_size {tuple(image_size)} is too small for SSD300's layers (at least 268)")
         return list(zip(*sizes))
 

@@ -2,11 +2,13 @@
 
 Softmax cross-entropy over C + 1 columns (0 = background) for every positive default box and for the
 `neg_pos_ratio` x (positives of the image) background boxes with the highest loss ("hard negatives"; 3:1 in the
-paper), plus smooth-L1 (Huber, delta 1) on the box deltas of the positives. Both sums are divided by the number
+paper), plus smooth-L1 (beta 1, kdet.losses.box) on the box deltas of the positives. Both sums are divided by the number
 of positives in the whole batch. An image without objects therefore contributes nothing, as in torchvision.
 """
 import keras
 import tensorflow as tf
+
+from kdet.losses.box import box_loss
 
 
 def hard_negative_mask(losses, positive, neg_pos_ratio=3.0):
@@ -44,7 +46,6 @@ def multibox_loss(labels, box_targets, cls_logits, box_regression, neg_pos_ratio
     negatives = hard_negative_mask(tf.stop_gradient(per_box), positive, neg_pos_ratio)
     num_positive = tf.maximum(tf.reduce_sum(tf.cast(positive, tf.float32)), 1.0)
     classification = tf.reduce_sum(tf.where(positive | negatives, per_box, 0.0)) / num_positive
-    error = tf.abs(tf.cast(box_regression, tf.float32) - box_targets)
-    smooth_l1 = tf.reduce_sum(tf.where(error < 1.0, 0.5 * error ** 2, error - 0.5), axis=-1)
+    smooth_l1 = box_loss(tf.cast(box_regression, tf.float32) - box_targets, "smooth_l1", beta=1.0)  # [B, N]
     box = tf.reduce_sum(tf.where(positive, smooth_l1, 0.0)) / num_positive
     return classification, box

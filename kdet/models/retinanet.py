@@ -9,24 +9,24 @@ The defaults are torchvision's `retinanet_resnet50_fpn` (v1), so its state dict 
     by the image's number of positive anchors, averaged over images;
   * decoding: per level the top 1000 (anchor, class) scores above 0.05, boxes clipped to the image, per-class
     NMS at 0.5, the best `max_detections` kept (torchvision keeps 300 by default, the paper 100).
-Input: images 0..255, normalised inside with the ImageNet mean / std on the 0..1 scale, as torchvision's transform.
+Input: images 0..255 of any size, normalised inside with the ImageNet mean / std on the 0..1 scale, as torchvision's
+transform. The anchors come from the input's size at run time (`anchors_for`), so a model built at 320 x 320 predicts
+a 480 x 640 image in that image's pixels, and trains on batches of any size.
 """
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kdet.backbones.resnet import ResNet
-from kdet.ops.anchor_targets import anchor_targets
 from kdet.heads.retina_head import RetinaHead
+from kdet.losses.box import box_loss
 from kdet.losses.focal import AnchorClassificationLoss
 from kdet.models.base import Detector
 from kdet.necks.fpn import FPN
 from kdet.ops import clip_boxes, combined_nms, decode_boxes, multilevel_anchors
+from kdet.ops.anchor_targets import anchor_targets
+from kdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BOX_LOSSES = ("l1", "smooth_l1")
 
 
@@ -57,7 +57,7 @@ class RetinaNet(Detector):
             and the other columns are never trained nor reported.
 
     call(images [B, H, W, 3] 0..255) -> {"cls_logits": [B, N, columns], "box_regression": [B, N, 4]}, N = number
-    of anchors (`self.anchors`, [N, 4] yxyx pixels, same order), columns = max(label_ids) + 1 (K by default).
+    of anchors of the input's size (`anchors_for((H, W))`, same order), columns = max(label_ids) + 1 (K by default).
     """
 
     loss_names = ("classification", "box_regression")
@@ -98,20 +98,25 @@ class RetinaNet(Detector):
         self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn, name="backbone")
         self.fpn = FPN((3, 4, 5), self.fpn_channels, "p6p7", p6_from, name="fpn")
         self.levels = self.fpn.output_levels  # (3, 4, 5, 6, 7)
-        sizes = retinanet_anchor_sizes(self.anchor_sizes, self.anchor_scales)
         self.num_anchors_per_location = len(self.anchor_scales) * len(self.aspect_ratios)
         self.head = RetinaHead(self.num_anchors_per_location, self.num_columns, self.fpn_channels, self.head_convs,
                                self.prior_probability, name="head")
-        feature_sizes = sizes_of_levels(self.image_size, self.levels)
-        self.anchors = multilevel_anchors(self.image_size, [2 ** level for level in self.levels], sizes,
-                                          self.aspect_ratios, feature_sizes).numpy()
-        self.anchors_per_level = [h * w * self.num_anchors_per_location for h, w in feature_sizes]
         self.classification_loss_fn = AnchorClassificationLoss(classification_loss, self.focal_alpha,
                                                                self.focal_gamma)
 
     def normalize(self, images):
-        x = tf.cast(images, self.compute_dtype) / 255.0
-        return (x - tf.constant(self.image_mean, x.dtype)) / tf.constant(self.image_std, x.dtype)
+        return normalize_imagenet(images, self.compute_dtype, self.image_mean, self.image_std)
+
+    def anchors_for(self, image_size):
+        """The anchors of an input of `image_size` (H, W): ints, or scalar int tensors (a trace relaxed to unknown
+        sizes). Returns [N, 4] float32 yxyx pixels, torchvision's order and values, level by level P3-P7."""
+        sizes = retinanet_anchor_sizes(self.anchor_sizes, self.anchor_scales)
+        return multilevel_anchors(image_size, [2 ** level for level in self.levels], sizes, self.aspect_ratios,
+                                  sizes_of_levels(image_size, self.levels))
+
+    def anchors_per_level(self, image_size):
+        """[N_l] for P3-P7 at an input of `image_size`: ints, or scalar tensors for tensor sizes."""
+        return [h * w * self.num_anchors_per_location for h, w in sizes_of_levels(image_size, self.levels)]
 
     def call(self, images, training=False):
         features = self.backbone(self.normalize(images), training=training)
@@ -119,15 +124,18 @@ class RetinaNet(Detector):
         outputs = self.head([pyramid[f"P{level}"] for level in self.levels])
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
-    def encode_targets(self, batch):
-        """Padded batch -> {"labels": [B, N] head column / -1 negative / -2 ignored, "box_targets": [B, N, 4]}."""
-        targets = anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
-                                 "retinanet", self.fg_iou_threshold, self.bg_iou_threshold)
-        labels = targets["labels"]
+    def encode_targets(self, targets, image_size):
+        """{"boxes": [B, M, 4] yxyx pixels, "labels": [B, M] (-1 padding)} -> {"labels": [B, N] head column / -1
+        negative / -2 ignored, "box_targets": [B, N, 4]}, on the anchors of `image_size`."""
+        encoded = anchor_targets(self.anchors_for(image_size), targets["boxes"], targets["labels"], "retinanet", self.fg_iou_threshold,
+                                 self.bg_iou_threshold)
+        labels = encoded["labels"]
         columns = tf.gather(tf.constant(self.label_ids, tf.int32), tf.maximum(labels, 0))
-        return dict(targets, labels=tf.where(labels >= 0, columns, labels))
+        return dict(encoded, labels=tf.where(labels >= 0, columns, labels))
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def loss_from_targets(self, y, y_pred, images=None, training=True):
+        """Focal (or cross-entropy) loss over positives and negatives + L1 (or smooth-L1) on the positives' deltas,
+        each divided by the image's number of positives (at least 1), averaged over images (torchvision)."""
         labels = y["labels"]
         positive = labels >= 0
         counted = labels >= -1  # positives and negatives; -2 is the ignored band
@@ -135,32 +143,31 @@ class RetinaNet(Detector):
         targets = tf.one_hot(labels, self.num_columns)  # negatives (-1) and ignored (-2) give all-zero rows
         per_anchor = self.classification_loss_fn(targets, y_pred["cls_logits"])
         classification = tf.reduce_sum(tf.where(counted, per_anchor, 0.0), axis=1) / num_positive
-        error = y_pred["box_regression"] - y["box_targets"]
-        if self.box_loss == "l1":
-            per_anchor_box = tf.reduce_sum(tf.abs(error), axis=-1)
-        else:
-            absolute = tf.abs(error)
-            per_anchor_box = tf.reduce_sum(tf.where(absolute < 1.0, 0.5 * error ** 2, absolute - 0.5), axis=-1)
+        per_anchor_box = box_loss(tf.cast(y_pred["box_regression"], tf.float32) - y["box_targets"], self.box_loss)
         box_regression = tf.reduce_sum(tf.where(positive, per_anchor_box, 0.0), axis=1) / num_positive
         classification, box_regression = tf.reduce_mean(classification), tf.reduce_mean(box_regression)
         self.track_loss("classification", classification)
         self.track_loss("box_regression", box_regression)
         return classification + box_regression
 
-    def decode(self, outputs):
-        """Per level top-k (anchor, class) pairs above the score threshold -> boxes -> per-class NMS."""
-        height, width = self.image_size
-        logits = tf.split(outputs["cls_logits"], self.anchors_per_level, axis=1)
-        deltas = tf.split(outputs["box_regression"], self.anchors_per_level, axis=1)
-        anchors = tf.split(tf.constant(self.anchors), self.anchors_per_level, axis=0)
+    def decode(self, outputs, image_size):
+        """Per level top-k (anchor, class) pairs above the score threshold -> boxes -> per-class NMS; boxes in the
+        pixels of the input of `image_size` (H, W)."""
+        height, width = image_size
+        anchors_per_level = self.anchors_per_level(image_size)
+        logits = tf.split(outputs["cls_logits"], anchors_per_level, axis=1)
+        deltas = tf.split(outputs["box_regression"], anchors_per_level, axis=1)
+        anchors = tf.split(self.anchors_for(image_size), anchors_per_level, axis=0)
         columns = self.num_columns
         column_to_label = np.full(columns, -1, np.int32)
         column_to_label[list(self.label_ids)] = np.arange(self.num_classes)
         boxes, scores, classes = [], [], []
-        for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, self.anchors_per_level):
+        for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, anchors_per_level):
             batch = tf.shape(level_logits)[0]
             flat = tf.reshape(tf.sigmoid(level_logits), [batch, count * columns])
-            top_scores, top = tf.math.top_k(flat, k=min(self.topk_candidates, count * columns))
+            k = min(self.topk_candidates, count * columns) if isinstance(count, int) else \
+                tf.minimum(self.topk_candidates, count * columns)
+            top_scores, top = tf.math.top_k(flat, k=k)
             anchor_index = top // columns
             label = tf.gather(tf.constant(column_to_label), top % columns)  # -1: a column no class uses
             level_boxes = decode_boxes(tf.gather(level_deltas, anchor_index, batch_dims=1),
@@ -191,6 +198,8 @@ class RetinaNet(Detector):
 
 
 def sizes_of_levels(image_size, levels=(3, 4, 5, 6, 7)):
-    """(H, W) of each pyramid level for an input size: ceil(size / 2^level) (stride-2 convs with padding 1)."""
-    return [tuple(math.ceil(s / 2 ** level) for s in image_size) for level in levels]
+    """(H, W) of each pyramid level for an input size: ceil(size / 2^level) (stride-2 convs with padding 1).
+
+    image_size: ints or scalar int tensors; the sizes are of the same kind (-(-a // b) is ceil for both)."""
+    return [tuple(-(-s // 2 ** level) for s in image_size) for level in levels]
 

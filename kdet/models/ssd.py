@@ -13,6 +13,8 @@ and box deltas for a fixed set of default boxes; they differ in the feature extr
 Training (both): IoU >= 0.5 positive plus each object's best default box, hard negative mining 3:1, softmax
 cross-entropy + smooth-L1 (kdet.losses.ssd). The paper's photometric / expand / crop augmentation is
 kdet.data.ssd_augment.
+Both run at any input size: the default boxes follow the feature maps of the input (`anchors_for(image_size)`), as
+torchvision's DefaultBoxGenerator does.
 """
 import math
 
@@ -23,11 +25,12 @@ import tensorflow as tf
 from kdet.backbones.mobilenet_ssdlite import SSDLITE_EXTRA_WIDTHS, MobileNetSSDLiteFeatures
 from kdet.backbones.vgg import VGG16_WIDTHS
 from kdet.backbones.vgg_ssd import SSD300_EXTRA_WIDTHS, SSDVGGFeatures
-from kdet.ops.anchor_targets import anchor_targets
 from kdet.heads.ssd_head import SSDHead
 from kdet.losses.ssd import multibox_loss
 from kdet.models.base import Detector
 from kdet.ops import clip_boxes, combined_nms, decode_boxes
+from kdet.ops.anchor_targets import anchor_targets
+from kdet.ops.images import normalize_imagenet
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # (wy, wx, wh, ww): torchvision's (10, 10, 5, 5)
 SSD300_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
@@ -49,10 +52,13 @@ def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, 
     s'_k = sqrt(s_k s_{k+1}), then for each ratio r: (s_k sqrt(r), s_k / sqrt(r)) and its transpose; clipped to
     [0, 1] (clip=True). Centres ((j + 0.5) / f, (i + 0.5) / f) with f = image / step (or the map size).
 
+    Args:
+        image_size: (H, W) ints, or scalar int tensors; feature_sizes: (h_k, w_k) per level, of the same kind.
     Returns:
         [N, 4] float32 yxyx pixels; N = sum_k h_k w_k (2 + 2 len(ratios_k)).
     """
     height, width = image_size
+    scale = tf.cast(tf.stack([width, height]), tf.float32)  # x, y order as torchvision
     boxes = []
     for k, ((feat_h, feat_w), ratios) in enumerate(zip(feature_sizes, aspect_ratios)):
         s_k, s_prime = scales[k], math.sqrt(scales[k] * scales[k + 1])
@@ -63,22 +69,23 @@ def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, 
         pairs = np.asarray(pairs, np.float32)
         if clip:
             pairs = np.clip(pairs, 0.0, 1.0)
-        f_x, f_y = (width / steps[k], height / steps[k]) if steps is not None else (feat_w, feat_h)
-        cx = (np.arange(feat_w, dtype=np.float32) + np.float32(0.5)) / np.float32(f_x)
-        cy = (np.arange(feat_h, dtype=np.float32) + np.float32(0.5)) / np.float32(f_y)
-        grid_y, grid_x = np.meshgrid(cy, cx, indexing="ij")
-        centres = np.repeat(np.stack([grid_x.reshape(-1), grid_y.reshape(-1)], 1), len(pairs), axis=0)
-        sizes = np.tile(pairs, (feat_h * feat_w, 1))
-        half = np.float32(0.5) * sizes
-        scale = np.array([width, height], np.float32)
-        low, high = (centres - half) * scale, (centres + half) * scale  # x, y order as torchvision
-        boxes.append(np.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1))
-    return np.concatenate(boxes).astype(np.float32)
+        if steps is not None:  # image / step in float64 then float32, for int and tensor sizes alike
+            f_x, f_y = (tf.cast(tf.cast(size, tf.float64) / steps[k], tf.float32) for size in (width, height))
+        else:
+            f_x, f_y = tf.cast(feat_w, tf.float32), tf.cast(feat_h, tf.float32)
+        cx = (tf.cast(tf.range(feat_w), tf.float32) + 0.5) / f_x
+        cy = (tf.cast(tf.range(feat_h), tf.float32) + 0.5) / f_y
+        grid_y, grid_x = tf.meshgrid(cy, cx, indexing="ij")
+        centres = tf.repeat(tf.stack([tf.reshape(grid_x, [-1]), tf.reshape(grid_y, [-1])], 1), len(pairs), axis=0)
+        half = 0.5 * tf.tile(tf.constant(pairs), [feat_h * feat_w, 1])
+        low, high = (centres - half) * scale, (centres + half) * scale
+        boxes.append(tf.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1))
+    return tf.concat(boxes, axis=0)
 
 
 class _MultiBoxDetector(Detector):
     """What SSD and SSDLite share: normalisation, targets, MultiBox loss and decoding. Subclasses set
-    self.features (-> list of maps), self.head (SSDHead) and self.anchors ([N, 4] yxyx pixels)."""
+    self.features (-> list of maps) and self.head (SSDHead), and define anchors_for(image_size)."""
 
     loss_names = ("classification", "box_regression")
 
@@ -97,36 +104,43 @@ class _MultiBoxDetector(Detector):
                              f"{label_ids}")
 
     def normalize(self, images):
-        x = tf.cast(images, self.compute_dtype) / 255.0
-        return (x - tf.constant(self.image_mean, x.dtype)) / tf.constant(self.image_std, x.dtype)
+        return normalize_imagenet(images, self.compute_dtype, self.image_mean, self.image_std)
+
+    def anchors_for(self, image_size):
+        """The default boxes of an input of `image_size` (H, W) (ints or scalar tensors): [N, 4] float32 yxyx px."""
+        raise NotImplementedError
 
     def call(self, images, training=False):
         outputs = self.head(self.features(self.normalize(images), training=training), training=training)
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
-    def encode_targets(self, batch):
-        """Padded batch -> {"labels": [B, N] head column - 1 (class c: label_ids[c] - 1) or -1 (background),
-        "box_targets": [B, N, 4]}."""
-        targets = anchor_targets(self.anchors, batch["bounding_boxes"]["boxes"], batch["bounding_boxes"]["labels"],
-                                 "ssd", self.fg_iou_threshold, self.fg_iou_threshold, BOX_WEIGHTS)
-        labels = targets["labels"]
+    def encode_targets(self, targets, image_size):
+        """{"boxes": [B, M, 4] yxyx pixels, "labels": [B, M] (-1 padding)} -> {"labels": [B, N] head column - 1
+        (class c: label_ids[c] - 1) or -1 (background), "box_targets": [B, N, 4]}, on the default boxes of
+        `image_size`."""
+        encoded = anchor_targets(self.anchors_for(image_size), targets["boxes"], targets["labels"], "ssd",
+                                 self.fg_iou_threshold, self.fg_iou_threshold, BOX_WEIGHTS)
+        labels = encoded["labels"]
         columns = tf.gather(tf.constant(self.label_ids, tf.int32) - 1, tf.maximum(labels, 0))
-        return dict(targets, labels=tf.where(labels >= 0, columns, labels))
+        return dict(encoded, labels=tf.where(labels >= 0, columns, labels))
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def loss_from_targets(self, y, y_pred, images=None, training=True):
         classification, box_regression = multibox_loss(y["labels"], y["box_targets"], y_pred["cls_logits"],
                                                        y_pred["box_regression"], self.neg_pos_ratio)
         self.track_loss("classification", classification)
         self.track_loss("box_regression", box_regression)
         return classification + box_regression
 
-    def decode(self, outputs):
-        """Softmax -> per class the top-k scores above the threshold -> boxes -> per-class NMS (torchvision)."""
-        height, width = self.image_size
-        boxes = clip_boxes(decode_boxes(outputs["box_regression"], tf.constant(self.anchors)[None], BOX_WEIGHTS),
+    def decode(self, outputs, image_size):
+        """Softmax -> per class the top-k scores above the threshold -> boxes -> per-class NMS (torchvision); boxes
+        in the pixels of the input of `image_size` (H, W)."""
+        height, width = image_size
+        boxes = clip_boxes(decode_boxes(outputs["box_regression"], self.anchors_for(image_size)[None], BOX_WEIGHTS),
                            height, width)
         scores = tf.gather(tf.nn.softmax(outputs["cls_logits"], axis=-1), list(self.label_ids), axis=-1)  # [B, N, C]
-        k = min(self.topk_candidates, len(self.anchors))
+        num_boxes = outputs["cls_logits"].shape[1]
+        k = min(self.topk_candidates, num_boxes) if num_boxes is not None else \
+            tf.minimum(self.topk_candidates, tf.shape(outputs["cls_logits"])[1])
         # Per class, the k-th best score: anything below it is not a candidate (top-k before NMS, torchvision).
         kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # [B, C]
         scores = tf.where(scores >= kth[:, None, :], scores, 0.0)
@@ -155,7 +169,8 @@ class SSD(_MultiBoxDetector):
         label_ids: the softmax column of each class (default 1..K; 0 is background). torchvision's COCO SSD has 91
             columns indexed by COCO category id: class c of kdet's contiguous COCO labels uses column label_ids[c].
 
-    call(images) -> {"cls_logits": [B, N, max(label_ids) + 1], "box_regression": [B, N, 4]}, N = 8732 at 300 x 300.
+    call(images [B, H, W, 3]) -> {"cls_logits": [B, N, max(label_ids) + 1], "box_regression": [B, N, 4]}, N = 8732
+    at 300 x 300 (any H, W >= 268).
     """
 
     def __init__(self, num_classes, image_size=(300, 300), max_detections=200, vgg_widths=VGG16_WIDTHS,
@@ -171,8 +186,11 @@ class SSD(_MultiBoxDetector):
         self.steps = tuple(int(s) for s in steps)
         self.features = SSDVGGFeatures(vgg_widths, fc_width, extra_widths, name="backbone")
         self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], max(self.label_ids), name="head")
-        self.anchors = default_boxes(self.image_size, SSDVGGFeatures.feature_sizes(self.image_size),
-                                     self.aspect_ratios, self.scales, self.steps)
+        SSDVGGFeatures.feature_sizes(self.image_size)  # refuses sizes too small for the layers
+
+    def anchors_for(self, image_size):
+        return default_boxes(image_size, SSDVGGFeatures.feature_sizes(image_size), self.aspect_ratios, self.scales,
+                             self.steps)
 
     def get_config(self):
         return dict(super().get_config(), **self._common_config(), vgg_widths=list(self.features.vgg_widths),
@@ -186,7 +204,7 @@ class SSDLite(_MultiBoxDetector):
     """SSDLite with MobileNetV2 (keras.applications, random init).
 
     Args:
-        num_classes, image_size (320 x 320; any size), max_detections.
+        num_classes, image_size (320 x 320; it runs at any size), max_detections.
         alpha: MobileNetV2 width multiplier; extra_widths: the four extra blocks.
         aspect_ratios: per level (six levels of (2, 3)); min_ratio, max_ratio: the linear scale range.
         the rest as `SSD` (defaults: score 0.01, NMS 0.55, top 300 per class).
@@ -205,12 +223,14 @@ class SSDLite(_MultiBoxDetector):
         self.alpha = float(alpha)
         self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
         self.min_ratio, self.max_ratio = float(min_ratio), float(max_ratio)
-        self.features = MobileNetSSDLiteFeatures(self.image_size, self.alpha, extra_widths, name="backbone")
+        self.features = MobileNetSSDLiteFeatures(self.alpha, extra_widths, name="backbone")
         self.head = SSDHead([2 + 2 * len(r) for r in self.aspect_ratios], max(self.label_ids), separable=True,
                             name="head")
-        sizes = MobileNetSSDLiteFeatures.feature_sizes(self.image_size, len(extra_widths))
-        self.anchors = default_boxes(self.image_size, sizes, self.aspect_ratios,
-                                     linear_scales(len(sizes), self.min_ratio, self.max_ratio))
+
+    def anchors_for(self, image_size):
+        sizes = MobileNetSSDLiteFeatures.feature_sizes(image_size, len(self.features.extra_widths))
+        return default_boxes(image_size, sizes, self.aspect_ratios,
+                             linear_scales(len(sizes), self.min_ratio, self.max_ratio))
 
     def get_config(self):
         return dict(super().get_config(), **self._common_config(), alpha=self.alpha,

@@ -1,6 +1,7 @@
 """Anchor targets for single-shot detectors: match padded ground truth to a fixed anchor set, encode the boxes.
 
-Runs inside tf.data on padded batches (the anchors are a constant of the model). Two matching rules:
+Runs in graph on padded batches: in the models' train step (kdet.models.base.Detector.compute_loss), on the anchors
+of the batch's input size, or inside tf.data. Two matching rules:
   * "retinanet": torchvision's Matcher(fg, bg, allow_low_quality_matches=True): IoU >= fg positive, < bg
     negative, in between ignored, and every object also keeps the anchors that overlap it best;
   * "ssd": torchvision's SSDMatcher(t): IoU >= t positive, else negative, and each object's single best anchor is
