@@ -14,14 +14,19 @@ from kdet.data.records import DetectionDataset, Record
 from kdet.data.shapes import make_shapes
 from kdet.errors import DataError
 from kdet.models import TinyYOLOv2, YOLOv1
+from kdet.ops.images import image_hw
 
 
 def test_multiscale_batches_change_size_every_n_batches():
     dataset = make_shapes(48, (64, 64), max_objects=3, seed=2)
     batches = make_tf_dataset(dataset, (64, 64), 2)
     model = TinyYOLOv2(num_classes=3, image_size=(64, 64), width_multiplier=0.0625, multiscale_sizes=(32, 64, 96))
-    pairs = multiscale_batches(batches, model.multiscale_sizes, every=3, seed=4,
-                               map_fn=lambda b: (b, model.encode_targets(b)))
+
+    def with_targets(batch):  # what the train step does, here inside tf.data to see the grid per size
+        size = image_hw(batch["images"])
+        return batch, model.encode_targets(model.standardize_targets(batch["bounding_boxes"], size), size)
+
+    pairs = multiscale_batches(batches, model.data_needs.multiscale_sizes, every=3, seed=4, map_fn=with_targets)
     assert pairs.element_spec[0]["images"].shape.as_list() == [None, None, None, 3]
     sizes, originals = [], list(batches)
     for i, (batch, targets) in enumerate(pairs):
@@ -126,9 +131,9 @@ def test_bad_yolo_txt_class_out_of_range_and_zero_size_box(tmp_path):
         read_yolo(yaml_path, "train", strict=True, verbose=False)
     model = YOLOv1(num_classes=2, image_size=(64, 64), width_multiplier=0.0625, fc_units=(8,))
     batch = next(iter(make_tf_dataset(dataset, (64, 64), 2)))
-    targets = model.encode_targets(batch)
+    targets = model.encode_targets(batch["bounding_boxes"], (64, 64))
     per_image_objects = tf.reduce_sum(targets["grid"][..., 4], axis=[1, 2]).numpy()
     order = [Path(dataset.records[i].path).name for i in batch["image_id"].numpy()]
     assert dict(zip(order, per_image_objects)) == {"a.png": 1.0, "empty.png": 0.0}
-    loss = model.compute_loss(batch["images"], targets, model(batch["images"]))
+    loss = model.compute_loss(batch["images"], batch["bounding_boxes"], model(batch["images"]))
     assert np.isfinite(float(loss))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.losses.yolo import responsible_predictor, v2_boxes, yolo_v1_loss, yolo_v2_loss
-from kdet.ops import yolo_v1_encode, yolo_v2_decode, yolo_v2_encode
+from kdet.losses.yolo import responsible_predictor, yolo_v1_loss, yolo_v2_loss
+from kdet.ops import yolo_v1_encode, yolo_v2_encode
 
 
 def sigmoid(v):
@@ -161,7 +161,7 @@ def random_v2_case(seed, grid=3, nc=3, stride=32, count=5):
     corner = rng.uniform(0, size * 0.7, (2, count, 2))
     boxes = np.concatenate([corner, corner + rng.uniform(10, size * 0.5, (2, count, 2))], -1).astype(np.float32)
     labels = rng.integers(-1, nc, (2, count)).astype(np.int32)
-    target = yolo_v2_encode(boxes, labels, anchors, (size, size), grid, nc).numpy()
+    target = yolo_v2_encode(boxes, labels, anchors, (size, size), nc, stride).numpy()
     pred = rng.normal(0, 0.8, (2, grid, grid, len(anchors) * (5 + nc))).astype(np.float32)
     # Make some predictions overlap their truth well, so the ignore-threshold branch is exercised both ways.
     pred_view = pred.reshape(2, grid, grid, len(anchors), 5 + nc)
@@ -188,7 +188,7 @@ def test_v2_ignore_threshold_and_prior_switch():
     anchors = np.array([[32.0, 32.0], [64.0, 64.0]], np.float32)
     boxes = np.array([[[40.0, 40.0, 72.0, 72.0]]], np.float32)  # 32 x 32 in cell (1, 1): anchor 0 is assigned
     labels = np.array([[0]], np.int32)
-    target = yolo_v2_encode(boxes, labels, anchors, (96, 96), 3, 2).numpy()
+    target = yolo_v2_encode(boxes, labels, anchors, (96, 96), 2).numpy()
     assert target[0, 1, 1, 0, 4] == 1 and target[0, 1, 1, 1, 4] == 0
     raw = np.zeros((1, 3, 3, 2, 7), np.float32)
     raw[..., 4] = -20.0  # no objectness anywhere ...
@@ -208,13 +208,23 @@ def test_v2_ignore_threshold_and_prior_switch():
     assert float(yolo_v2_loss(pred, target, boxes, labels, anchors, 32, 2, prior_weight=0.01)["prior"]) > 0
 
 
-def test_v2_dynamic_box_decode_equals_ops_decode():
-    rng = np.random.default_rng(3)
-    anchors = np.array([[40.0, 30.0], [90.0, 120.0]], np.float32)
-    pred = rng.normal(0, 1, (2, 5, 4, 2 * 8)).astype(np.float32)
-    want = yolo_v2_decode(pred, anchors, (160, 128), 3)["boxes"].numpy()
-    got = v2_boxes(tf.reshape(pred, [2, 5, 4, 2, 8]), anchors, 32.0).numpy().reshape(2, -1, 4)
-    np.testing.assert_allclose(got, want, atol=1e-4)
+@pytest.mark.parametrize("seed", range(2))
+def test_v2_loss_in_a_relaxed_trace_equals_the_static_one(seed):
+    """Multi-scale fit runs the loss in a trace Keras relaxed to unknown sizes (grid and image size are tensors):
+    the same terms as with static shapes, which equal the numpy formula above."""
+    pred, target, boxes, labels, anchors, stride, nc = random_v2_case(seed, grid=4)
+    spec = [tf.TensorSpec([None, None, None, pred.shape[-1]]), tf.TensorSpec([None, None, None, 2, 5 + nc]),
+            tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([2], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def relaxed(pred, target, boxes, labels, size):
+        return yolo_v2_loss(pred, target, boxes, labels, anchors, stride, nc, image_size=(size[0], size[1]))
+
+    got = {k: float(v) for k, v in relaxed(pred, target, boxes, labels, tf.constant([128, 128])).items()}
+    want = {k: float(v) for k, v in yolo_v2_loss(pred, target, boxes, labels, anchors, stride, nc,
+                                                 image_size=(128, 128)).items()}
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
 
 
 def test_v2_loss_image_without_objects():
@@ -223,7 +233,7 @@ def test_v2_loss_image_without_objects():
     anchors = np.array([[32.0, 32.0]], np.float32)
     boxes = np.zeros((1, 0, 4), np.float32)
     labels = np.zeros((1, 0), np.int32)
-    target = yolo_v2_encode(boxes, labels, anchors, (96, 96), grid, nc)
+    target = yolo_v2_encode(boxes, labels, anchors, (96, 96), nc, stride)
     pred = np.random.default_rng(0).normal(0, 1, (1, grid, grid, 5 + nc)).astype(np.float32)
     terms = {k: float(v) for k, v in yolo_v2_loss(pred, target, boxes, labels, anchors, stride, nc).items()}
     assert terms["coord"] == terms["object"] == terms["class"] == 0.0

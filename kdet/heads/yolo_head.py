@@ -103,7 +103,8 @@ def grid_nms(boxes, scores, max_detections, iou_threshold, score_threshold, pre_
     with every YOLO model here); without a loop the YOLO models quantise to int8 with the NMS inside.
 
     Args:
-        boxes: [B, N, 4] yxyx pixels (static N); scores: [B, N, C] (static C), e.g. objectness * class probability.
+        boxes: [B, N, 4] yxyx pixels; scores: [B, N, C] (static C), e.g. objectness * class probability. N may be
+            dynamic (a YOLOv2 grid at an input size the trace does not know).
         max_detections: K; iou_threshold: suppress IoU > it within a class; score_threshold: keep scores > it.
         pre_nms_top_k: candidates per image (by score) that enter NMS; bounds the NMS cost at low thresholds.
     Returns:
@@ -113,9 +114,11 @@ def grid_nms(boxes, scores, max_detections, iou_threshold, score_threshold, pre_
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     scores = tf.convert_to_tensor(scores, tf.float32)
     batch = tf.shape(scores)[0]
-    num_boxes, num_classes = scores.shape[1], scores.shape[2]
-    top = min(int(pre_nms_top_k), num_boxes * num_classes)
-    candidate_scores, candidates = tf.math.top_k(tf.reshape(scores, [batch, num_boxes * num_classes]), k=top)
+    num_classes = scores.shape[2]
+    pairs = scores.shape[1] * num_classes if scores.shape[1] is not None else tf.shape(scores)[1] * num_classes
+    # Static sizes give Python ints (what TFLite and ONNX export see); dynamic ones scalar tensors.
+    top = min(int(pre_nms_top_k), pairs) if isinstance(pairs, int) else tf.minimum(int(pre_nms_top_k), pairs)
+    candidate_scores, candidates = tf.math.top_k(tf.reshape(scores, [batch, pairs]), k=top)
     candidate_boxes = tf.gather(boxes, candidates // num_classes, batch_dims=1)  # [B, T, 4]
     candidate_classes = candidates % num_classes  # [B, T]
     group = tf.range(batch)[:, None] * num_classes + candidate_classes
@@ -125,9 +128,10 @@ def grid_nms(boxes, scores, max_detections, iou_threshold, score_threshold, pre_
     valid = (tf.reshape(kept_mask, [batch, top]) > 0) & (candidate_scores > score_threshold)
     # A finite "dropped" rank: tf2onnx may turn the final tf.where into arithmetic, and -inf * 0 is NaN there.
     ranked = tf.where(valid, candidate_scores, DROPPED_SCORE)
-    if top < max_detections:  # top_k needs k <= the candidates
-        ranked = tf.pad(ranked, [[0, 0], [0, max_detections - top]], constant_values=DROPPED_SCORE)
-        valid = tf.pad(valid, [[0, 0], [0, max_detections - top]])
+    shortfall = max_detections - top if isinstance(top, int) else tf.maximum(max_detections - top, 0)
+    if not isinstance(shortfall, int) or shortfall > 0:  # top_k needs k <= the candidates
+        ranked = tf.pad(ranked, [[0, 0], [0, shortfall]], constant_values=DROPPED_SCORE)
+        valid = tf.pad(valid, [[0, 0], [0, shortfall]])
     top_scores, slots = tf.math.top_k(ranked, k=max_detections)
     good = tf.gather(valid, slots, batch_dims=1)
     slots = tf.minimum(slots, top - 1)

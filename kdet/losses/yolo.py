@@ -29,7 +29,9 @@ IoU targets are constants (stop_gradient), as Darknet's rescore uses them.
 """
 import tensorflow as tf
 
+from kdet.losses.box import box_loss
 from kdet.ops.box_ops import box_iou
+from kdet.ops.yolo_grid import cell_offsets, yolo_v2_boxes
 
 
 def split_v1(predictions, num_boxes, num_classes):
@@ -40,15 +42,9 @@ def split_v1(predictions, num_boxes, num_classes):
     return boxes[..., :4], boxes[..., 4], predictions[..., num_boxes * 5:num_boxes * 5 + num_classes]
 
 
-def _cell_grid(grid_h, grid_w):
-    """rows, cols [S_h, S_w] float32 (cell indices)."""
-    rows, cols = tf.meshgrid(tf.range(grid_h, dtype=tf.float32), tf.range(grid_w, dtype=tf.float32), indexing="ij")
-    return rows, cols
-
-
 def _v1_relative_boxes(y, x, h, w, grid):
     """Cell offsets + sizes relative to the image -> yxyx relative to the image (all broadcast [B, S, S, ...])."""
-    rows, cols = _cell_grid(grid, grid)
+    rows, cols = cell_offsets(grid, grid)
     extra = len(y.shape) - 3
     rows = tf.reshape(rows, [1, grid, grid] + [1] * extra)
     cols = tf.reshape(cols, [1, grid, grid] + [1] * extra)
@@ -98,7 +94,7 @@ def yolo_v1_loss(predictions, targets, num_boxes, num_classes, lambda_coord=5.0,
     index, iou = responsible_predictor(predictions, targets, num_boxes, num_classes)
     responsible = tf.one_hot(index, num_boxes) * has_object[..., None]  # 1obj_ij [B, S, S, nb]
     truth = tf.stack([targets[..., 0], targets[..., 1], tf.sqrt(targets[..., 2]), tf.sqrt(targets[..., 3])], -1)
-    coord = tf.reduce_sum(responsible * tf.reduce_sum(tf.square(boxes - truth[..., None, :]), axis=-1))
+    coord = tf.reduce_sum(responsible * box_loss(boxes - truth[..., None, :], "l2"))
     object_term = tf.reduce_sum(responsible * tf.square(tf.stop_gradient(iou) - confidence))
     noobject = tf.reduce_sum((1.0 - responsible) * tf.square(confidence))
     class_term = tf.reduce_sum(has_object * tf.reduce_sum(tf.square(targets[..., 5:] - class_probs), axis=-1))
@@ -106,26 +102,9 @@ def yolo_v1_loss(predictions, targets, num_boxes, num_classes, lambda_coord=5.0,
             "noobject": lambda_noobj * noobject / batch, "class": class_term / batch}
 
 
-def v2_boxes(raw, anchors, stride):
-    """Decoded YOLOv2 boxes for any (dynamic) grid size, as the loss needs them during multi-scale training.
-
-    `kdet.ops.yolo_v2_decode` reads the grid size statically; this is the same formula with `tf.shape`.
-    Args:
-        raw: [B, S_h, S_w, A, 5 + C]; anchors: [A, 2] (h, w) pixels; stride: pixels per cell.
-    Returns:
-        [B, S_h, S_w, A, 4] yxyx pixels.
-    """
-    shape = tf.shape(raw)
-    rows, cols = _cell_grid(shape[1], shape[2])
-    cy = (tf.sigmoid(raw[..., 0]) + rows[None, :, :, None]) * stride
-    cx = (tf.sigmoid(raw[..., 1]) + cols[None, :, :, None]) * stride
-    h = anchors[:, 0] * tf.exp(raw[..., 2])
-    w = anchors[:, 1] * tf.exp(raw[..., 3])
-    return tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
-
-
 def yolo_v2_loss(predictions, targets, gt_boxes, gt_labels, anchors, stride, num_classes, lambda_coord=1.0,
-                 lambda_object=5.0, lambda_noobject=1.0, lambda_class=1.0, ignore_threshold=0.6, prior_weight=0.01):
+                 lambda_object=5.0, lambda_noobject=1.0, lambda_class=1.0, ignore_threshold=0.6, prior_weight=0.01,
+                 image_size=None):
     """The YOLOv2 loss (module docstring).
 
     Args:
@@ -134,6 +113,8 @@ def yolo_v2_loss(predictions, targets, gt_boxes, gt_labels, anchors, stride, num
         gt_boxes: [B, N, 4] yxyx pixels of the network input; gt_labels: [B, N], -1 = padding (ignored).
         anchors: [A, 2] prior (height, width) pixels; stride: pixels per cell (32 for DarkNet-19).
         prior_weight: weight of the early-training prior term (0 turns it off).
+        image_size: (H, W) of the input, ints or scalar tensors, for the (2 - h w) weight of relative sizes;
+            None = the grid's extent (S_h * stride, S_w * stride).
     Returns:
         {"coord", "object", "noobject", "class", "prior"}: per-image sums averaged over the batch.
     """
@@ -145,26 +126,25 @@ def yolo_v2_loss(predictions, targets, gt_boxes, gt_labels, anchors, stride, num
     targets = tf.cast(targets, tf.float32)
     batch = tf.cast(shape[0], tf.float32)
     assigned = targets[..., 4]  # [B, S_h, S_w, A]
-    image_h = tf.cast(shape[1], tf.float32) * stride
-    image_w = tf.cast(shape[2], tf.float32) * stride
+    if image_size is None:
+        image_size = (tf.cast(shape[1], tf.float32) * stride, tf.cast(shape[2], tf.float32) * stride)
+    image_h, image_w = (tf.cast(s, tf.float32) for s in image_size)
 
-    pred_boxes = v2_boxes(raw, anchors, stride)  # [B, S_h, S_w, A, 4]
+    pred_boxes = yolo_v2_boxes(raw, anchors, stride)  # [B, S_h, S_w, A, 4]
     sig_y, sig_x, objectness = tf.sigmoid(raw[..., 0]), tf.sigmoid(raw[..., 1]), tf.sigmoid(raw[..., 4])
 
     # Coordinates, with Darknet's (2 - w h) weight from the truth's relative size.
-    truth_h = anchors[:, 0] * tf.exp(targets[..., 2]) / image_h
-    truth_w = anchors[:, 1] * tf.exp(targets[..., 3]) / image_w
-    scale = tf.where(assigned > 0, 2.0 - truth_h * truth_w, 0.0)
-    coord_error = (tf.square(sig_y - targets[..., 0]) + tf.square(sig_x - targets[..., 1])
-                   + tf.square(raw[..., 2] - targets[..., 2]) + tf.square(raw[..., 3] - targets[..., 3]))
+    truth_hp = anchors[:, 0] * tf.exp(targets[..., 2])  # the truth's size in pixels
+    truth_wp = anchors[:, 1] * tf.exp(targets[..., 3])
+    scale = tf.where(assigned > 0, 2.0 - (truth_hp / image_h) * (truth_wp / image_w), 0.0)
+    coord_error = box_loss(tf.stack([sig_y, sig_x, raw[..., 2], raw[..., 3]], -1) - targets[..., 0:4], "l2")
     coord = tf.reduce_sum(scale * coord_error)
 
     # Objectness: the assigned prediction's target is its IoU with its truth (rescore).
     cell_shape = tf.shape(assigned)
-    rows, cols = _cell_grid(shape[1], shape[2])
+    rows, cols = cell_offsets(shape[1], shape[2])
     truth_cy = (targets[..., 0] + rows[None, :, :, None]) * stride
     truth_cx = (targets[..., 1] + cols[None, :, :, None]) * stride
-    truth_hp, truth_wp = truth_h * image_h, truth_w * image_w
     truth_boxes = tf.stack([truth_cy - truth_hp / 2, truth_cx - truth_wp / 2,
                             truth_cy + truth_hp / 2, truth_cx + truth_wp / 2], axis=-1)
     flat_pred = tf.reshape(pred_boxes, [cell_shape[0], -1, 1, 4])
@@ -181,7 +161,7 @@ def yolo_v2_loss(predictions, targets, gt_boxes, gt_labels, anchors, stride, num
 
     class_term = tf.reduce_sum(assigned * tf.nn.softmax_cross_entropy_with_logits(targets[..., 5:], raw[..., 5:]))
 
-    prior_error = (tf.square(sig_y - 0.5) + tf.square(sig_x - 0.5) + tf.square(raw[..., 2]) + tf.square(raw[..., 3]))
+    prior_error = box_loss(tf.stack([sig_y - 0.5, sig_x - 0.5, raw[..., 2], raw[..., 3]], -1), "l2")
     prior = tf.reduce_sum((1.0 - assigned) * prior_error)
     return {"coord": lambda_coord * coord / batch, "object": lambda_object * object_term / batch,
             "noobject": lambda_noobject * noobject / batch, "class": lambda_class * class_term / batch,

@@ -3,10 +3,13 @@ each cell of an S x S grid, B boxes with a confidence each and one set of C clas
 
     images [B, 448, 448, 3] -> 24 conv layers (Fast YOLO: 9) -> 7x7x1024 -> FC 4096 -> dropout -> FC -> 7x7x(B*5+C)
 
-Training: `encode_targets` puts each object in the cell holding its centre (`kdet.ops.yolo_v1_encode`); the loss is
-the paper's sum-squared error (`kdet.losses.yolo.yolo_v1_loss`). Inference: class-specific confidence
-Pr(class | object) * confidence for each of the S*S*B boxes, then per-class NMS (`kdet.heads.yolo_head.grid_nms`) to
-the fixed-size detection dict.
+The fully connected head fixes the network's input size: images of any other size are resized to `image_size`
+inside the model (the grid then covers the whole input, so boxes come back in the input's own pixels).
+
+Training (in the train step): `encode_targets` puts each object in the cell holding its centre
+(`kdet.ops.yolo_v1_encode`); the loss is the paper's sum-squared error (`kdet.losses.yolo.yolo_v1_loss`). Inference:
+class-specific confidence Pr(class | object) * confidence for each of the S*S*B boxes, then per-class NMS
+(`kdet.heads.yolo_head.grid_nms`) to the fixed-size detection dict.
 """
 import keras
 import tensorflow as tf
@@ -16,6 +19,7 @@ from kdet.heads.yolo_head import YoloV1Head, grid_nms
 from kdet.losses.yolo import yolo_v1_loss
 from kdet.models.base import Detector
 from kdet.ops.box_ops import clip_boxes
+from kdet.ops.images import resize_to
 from kdet.ops.yolo_grid import yolo_v1_decode, yolo_v1_encode
 
 
@@ -23,7 +27,8 @@ from kdet.ops.yolo_grid import yolo_v1_decode, yolo_v1_encode
 class YOLOv1(Detector):
     """Args:
         num_classes: C (20 for VOC).
-        image_size: (H, W), square and a multiple of 64 (the network's stride); 448 gives the paper's S = 7.
+        image_size: (H, W), square and a multiple of 64 (the network's stride); 448 gives the paper's S = 7. Inputs
+            of other sizes are resized to it; boxes come back in the input's pixels.
         max_detections: K, rows of the detection dict.
         num_boxes: B, boxes per cell (2).
         width_multiplier: scales every conv's filters (1.0 = the paper).
@@ -36,7 +41,8 @@ class YOLOv1(Detector):
         iou_threshold: per-class NMS.
         pre_nms_top_k: the best (box, class) pairs per image that enter NMS.
 
-    call(images [B, H, W, 3]) -> {"predictions": [B, S, S, B * 5 + C]}, boxes (y, x, sqrt h, sqrt w, confidence).
+    call(images [B, H, W, 3], any H, W) -> {"predictions": [B, S, S, B * 5 + C]}, boxes (y, x, sqrt h, sqrt w,
+    confidence) relative to the cell / image.
     """
 
     backbone_layout = "yolo_v1"
@@ -64,28 +70,29 @@ class YOLOv1(Detector):
                                name="head")
 
     def call(self, images, training=False):
-        features = self.backbone(self.normalize(images), training=training)["C5"]
+        features = self.backbone(self.normalize(resize_to(images, self.image_size)), training=training)["C5"]
         return {"predictions": tf.cast(self.head(features, training=training), tf.float32)}
 
-    def encode_targets(self, batch):
-        """Padded batch -> {"grid": [B, S, S, 5 + C]}. Labels outside 0..C-1 count as padding (a bad class id never
-        becomes an all-zero one-hot with objectness 1)."""
-        labels = batch["bounding_boxes"]["labels"]
+    def encode_targets(self, targets, image_size):
+        """{"boxes": [B, M, 4] yxyx input pixels, "labels": [B, M]} -> {"grid": [B, S, S, 5 + C]}; the grid covers
+        the input whatever its size (image_size: ints or scalar tensors). Labels outside 0..C-1 count as padding
+        (a bad class id never becomes an all-zero one-hot with objectness 1)."""
+        labels = targets["labels"]
         labels = tf.where((labels >= 0) & (labels < self.num_classes), labels, -1)
-        return {"grid": yolo_v1_encode(batch["bounding_boxes"]["boxes"], labels, self.image_size, self.grid_size,
-                                       self.num_classes)}
+        return {"grid": yolo_v1_encode(targets["boxes"], labels, image_size, self.grid_size, self.num_classes)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def loss_from_targets(self, y, y_pred, images, training=True):
         terms = yolo_v1_loss(y_pred["predictions"], y["grid"], self.num_boxes, self.num_classes,
                              self.lambda_coord, self.lambda_noobj)
         for name, value in terms.items():
             self.track_loss(f"{name}_loss", value)
         return tf.add_n(list(terms.values()))
 
-    def decode(self, outputs):
-        """Class-specific confidences, clipped boxes, per-class NMS -> detection dict (boxes in input pixels)."""
-        height, width = self.image_size
-        boxes, scores = yolo_v1_decode(outputs["predictions"], self.image_size, self.num_boxes, self.num_classes)
+    def decode(self, outputs, image_size):
+        """Class-specific confidences, boxes in the pixels of an input of `image_size` (clipped to it), per-class
+        NMS -> detection dict."""
+        height, width = image_size
+        boxes, scores = yolo_v1_decode(outputs["predictions"], image_size, self.num_boxes, self.num_classes)
         return grid_nms(clip_boxes(boxes, height, width), scores, self.max_detections, self.iou_threshold,
                         self.score_threshold, self.pre_nms_top_k)
 
