@@ -2,8 +2,8 @@
 square input size is drawn from `sizes`, and the batches are resized to it, boxes scaled with them.
 
     batches = make_tf_dataset(dataset, (416, 416), 8, training=True, ...)
-    train = multiscale_batches(batches, model.multiscale_sizes, every=10, seed=0,
-                               map_fn=lambda b: (b["images"], model.encode_targets(b)))
+    train = multiscale_batches(batches, model.data_needs.multiscale_sizes, every=10, seed=0,
+                               map_fn=lambda b: kdet.training.recipe.to_keras(b, model))  # what kdet train does
 
 Each size is one branch of a `tf.switch_case`, so inside a branch the batch has a static size and `map_fn` (the
 target encoding, whose grid size depends on the input size) is traced once per size with static shapes; the
