@@ -23,8 +23,9 @@ TINY_SSD = dict(vgg_widths=(4, 8, 8, 16, 16), fc_width=16, extra_widths=((8, 16)
 TINY_LITE = dict(alpha=0.35, extra_widths=(32, 16, 16, 16))
 
 
-def default_boxes_reference(image_size, feature_sizes, ratios, scales, steps):
-    """The paper's formula, one box at a time: centre ((j + .5) step / W, (i + .5) step / H), sizes as listed."""
+def default_boxes_reference(image_size, feature_sizes, ratios, scales, steps, steps_size=(300, 300)):
+    """The paper's formula, one box at a time: centre ((j + .5) / w_k, (i + .5) / h_k) of the image, or at SSD300's
+    own 300 x 300 torchvision's ((j + .5) step / 300, (i + .5) step / 300); sizes as listed."""
     height, width = image_size
     out = []
     for k, (f, level_ratios) in enumerate(zip(feature_sizes, ratios)):
@@ -34,7 +35,10 @@ def default_boxes_reference(image_size, feature_sizes, ratios, scales, steps):
                                                                               scales[k] * math.sqrt(r))]
         for i in range(f[0]):
             for j in range(f[1]):
-                cx, cy = (j + 0.5) * steps[k] / width, (i + 0.5) * steps[k] / height
+                if tuple(image_size) == tuple(steps_size):
+                    cx, cy = (j + 0.5) * steps[k] / steps_size[1], (i + 0.5) * steps[k] / steps_size[0]
+                else:
+                    cx, cy = (j + 0.5) / f[1], (i + 0.5) / f[0]
                 for w, h in sizes:
                     w, h = min(w, 1.0), min(h, 1.0)
                     out.append([(cy - h / 2) * height, (cx - w / 2) * width, (cy + h / 2) * height,
@@ -57,8 +61,9 @@ def test_ssd300_default_boxes():
 
 
 def test_default_boxes_follow_the_feature_maps_of_the_input():
-    """Another input size: as many default boxes as the maps have cells (torchvision's DefaultBoxGenerator rule,
-    steps included), the same from int and from tensor sizes (a trace relaxed to unknown sizes)."""
+    """Another input size: as many default boxes as the maps have cells, centres spread evenly over the image by
+    the paper's rule (torchvision's fixed steps would put the last maps' centres past the edge), the same from int
+    and from tensor sizes (a trace relaxed to unknown sizes)."""
     model = SSD(3, **TINY_SSD)
     size = (320, 416)
     sizes = SSDVGGFeatures.feature_sizes(size)
@@ -66,6 +71,8 @@ def test_default_boxes_follow_the_feature_maps_of_the_input():
     anchors = model.anchors_for(size).numpy()
     reference = default_boxes_reference(size, sizes, model.aspect_ratios, model.scales, model.steps)
     np.testing.assert_allclose(anchors, reference, atol=1e-3)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assert centres.min() > 0 and (centres < size).all()
     assert model(tf.zeros([1, *size, 3]))["cls_logits"].shape[1] == len(anchors)
     relaxed = tf.function(lambda hw: model.anchors_for((hw[0], hw[1])))(tf.constant(size))
     np.testing.assert_array_equal(relaxed.numpy(), anchors)

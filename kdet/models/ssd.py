@@ -45,12 +45,17 @@ def linear_scales(num_levels, min_ratio=0.2, max_ratio=0.95):
     return tuple(min_ratio + (max_ratio - min_ratio) * k / (num_levels - 1.0) for k in range(num_levels)) + (1.0,)
 
 
-def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, clip=True):
+def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, clip=True, steps_size=(300, 300)):
     """SSD default boxes in torchvision's DefaultBoxGenerator order and float32 arithmetic.
 
     Per level k, per location (row-major), boxes (w, h) relative to the image: (s_k, s_k), (s'_k, s'_k) with
     s'_k = sqrt(s_k s_{k+1}), then for each ratio r: (s_k sqrt(r), s_k / sqrt(r)) and its transpose; clipped to
     [0, 1] (clip=True). Centres ((j + 0.5) / f, (i + 0.5) / f) with f = image / step (or the map size).
+
+    Steps are pixels of an image of `steps_size` (SSD300's 300 x 300, the only size torchvision runs it at, so the
+    twin matches it there bit for bit); at any other size the centres follow the paper's rule, f = the map's own
+    size, spread evenly over the image (the fixed steps 100 and 300 of the last maps would put centres past the
+    right edge of a 640-wide image).
 
     Args:
         image_size: (H, W) ints, or scalar int tensors; feature_sizes: (h_k, w_k) per level, of the same kind.
@@ -69,10 +74,11 @@ def default_boxes(image_size, feature_sizes, aspect_ratios, scales, steps=None, 
         pairs = np.asarray(pairs, np.float32)
         if clip:
             pairs = np.clip(pairs, 0.0, 1.0)
-        if steps is not None:  # image / step in float64 then float32, for int and tensor sizes alike
-            f_x, f_y = (tf.cast(tf.cast(size, tf.float64) / steps[k], tf.float32) for size in (width, height))
-        else:
-            f_x, f_y = tf.cast(feat_w, tf.float32), tf.cast(feat_h, tf.float32)
+        f_x, f_y = tf.cast(feat_w, tf.float32), tf.cast(feat_h, tf.float32)
+        if steps is not None:  # at the steps' own size: size / step in float64 then float32, as torchvision
+            at_steps_size = tf.logical_and(tf.equal(height, steps_size[0]), tf.equal(width, steps_size[1]))
+            f_x = tf.where(at_steps_size, np.float32(np.float64(steps_size[1]) / steps[k]), f_x)
+            f_y = tf.where(at_steps_size, np.float32(np.float64(steps_size[0]) / steps[k]), f_y)
         cx = (tf.cast(tf.range(feat_w), tf.float32) + 0.5) / f_x
         cy = (tf.cast(tf.range(feat_h), tf.float32) + 0.5) / f_y
         grid_y, grid_x = tf.meshgrid(cy, cx, indexing="ij")
