@@ -11,7 +11,8 @@ import tensorflow as tf
 from kdet.models import MODELS
 from kdet.models.retinanet import RetinaNet, retinanet_anchor_sizes
 from tests.harness import check_keras_native
-from tests.testing import check_export_parity, random_images
+from tests.test_ops_nms import nms_reference
+from tests.testing import check_export_parity, random_images, threshold_with_margin
 
 TINY = dict(depth=18, base_width=8, fpn_channels=16, head_convs=2)
 
@@ -95,22 +96,6 @@ def test_loss_matches_numpy_reference(model):
     np.testing.assert_allclose(total, cls + box, rtol=1e-5)
 
 
-def nms_reference(boxes, scores, threshold):
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    keep = []
-    for i in order:
-        if all(iou(boxes[i], boxes[k]) <= threshold for k in keep):
-            keep.append(i)
-    return keep
-
-
-def iou(a, b):
-    ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
-    iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ih * iw
-    return ih * iw / union if union > 0 else 0.0
-
-
 def decode_reference(model, logits, deltas, image_size):
     """torchvision RetinaNet.postprocess_detections for one image of `image_size`, in numpy."""
     height, width = image_size
@@ -132,7 +117,7 @@ def decode_reference(model, logits, deltas, image_size):
     keep = []
     for k in set(labels):
         members = [i for i in range(len(labels)) if labels[i] == k]
-        keep += [members[i] for i in nms_reference([boxes[m] for m in members], [scores[m] for m in members],
+        keep += [members[i] for i in nms_reference(np.asarray([boxes[m] for m in members]), np.asarray([scores[m] for m in members]),
                                                    model.nms_iou_threshold)]
     keep = sorted(keep, key=lambda i: -scores[i])[:model.max_detections]
     return np.array([boxes[i] for i in keep]).reshape(-1, 4), np.array([scores[i] for i in keep]), \
@@ -246,17 +231,6 @@ def test_predict_with_a_trace_of_unknown_size():
     for key, value in static.items():
         np.testing.assert_allclose(dynamic[key], value, atol=1e-4, err_msg=key)
     assert static["boxes"][..., [0, 2]].max() <= 48 and static["boxes"][..., [1, 3]].max() <= 64
-
-
-def threshold_with_margin(scores, quantile, window=20):
-    """A score threshold near `quantile` of `scores`, in the middle of the widest gap between neighbouring scores
-    there: a threshold within float noise (1e-6) of a score would let two runtimes disagree on that detection."""
-    values = np.sort(np.asarray(scores, np.float64).ravel())
-    index = int(quantile * (len(values) - 1))
-    low, high = max(index - window, 0), min(index + window, len(values) - 1)
-    gaps = np.diff(values[low:high + 1])
-    best = int(np.argmax(gaps))
-    return float((values[low + best] + values[low + best + 1]) / 2)
 
 
 @pytest.mark.slow

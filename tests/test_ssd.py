@@ -15,8 +15,8 @@ from kdet.losses.ssd import hard_negative_mask, multibox_loss
 from kdet.models import MODELS
 from kdet.models.ssd import SSD, SSDLite, default_boxes, linear_scales
 from tests.harness import check_keras_native
-from tests.test_retinanet import nms_reference, threshold_with_margin
-from tests.testing import check_dense_twin_outputs, check_export_parity, random_images
+from tests.test_ops_nms import nms_reference
+from tests.testing import check_dense_twin_outputs, check_export_parity, random_images, threshold_with_margin
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ssd_twin.npz"
 TINY_SSD = dict(vgg_widths=(4, 8, 8, 16, 16), fc_width=16, extra_widths=((8, 16), (8, 16), (8, 16), (8, 16)))
