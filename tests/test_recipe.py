@@ -67,6 +67,30 @@ def test_a_time_budget_ends_training_early(tmp_path):
     assert 1 <= result["epochs"] < 50
 
 
+def test_the_budget_counts_training_only():
+    """Validation and the work between epochs (evaluation, checkpoints) do not spend the budget."""
+    import time
+    from types import SimpleNamespace
+
+    from kdet.training.callbacks import TimeBudget
+    budget = TimeBudget(0.3, clock="wall")
+    budget.set_model(SimpleNamespace(stop_training=False))
+    budget.on_train_begin()
+    budget.on_epoch_begin(0)
+    budget.on_train_batch_end(0)                   # the first step (tracing) starts the clock
+    budget.on_test_begin()
+    time.sleep(0.4)                                # validation
+    budget.on_test_end()
+    budget.on_epoch_end(0)
+    time.sleep(0.4)                                # evaluation, checkpoint
+    budget.on_epoch_begin(1)
+    budget.on_train_batch_end(0)
+    assert not budget.exhausted and budget.used() < 0.1
+    time.sleep(0.35)                               # training
+    budget.on_train_batch_end(1)
+    assert budget.exhausted and budget.model.stop_training
+
+
 def test_to_keras_gives_the_layout_a_user_pipeline_yields():
     """kdet's own batches reach the model as (images, {"boxes", "labels"}) in the model's box format."""
     model = kdet.models.ClassLocModel(num_classes=3, image_size=(48, 64), widths=(8, 8), hidden=8,

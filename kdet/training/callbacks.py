@@ -122,10 +122,13 @@ def cpu_seconds():
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops `fit` at the end of the first batch after `seconds` of process CPU time (clock "cpu", the default:
-    on a shared machine 600 CPU-s is 5 minutes of both cores whatever else runs) or of wall time ("wall"), counted
-    from the end of the first step (which traces and compiles the train function: a fixed cost, not training).
-    `step_times` holds each later step's wall duration in seconds; `exhausted` says whether the budget ended fit.
+    """Stops `fit` at the end of the first batch after `seconds` of training time: process CPU time (clock "cpu",
+    the default: on a shared machine 600 CPU-s is 5 minutes of both cores whatever else runs) or wall time
+    ("wall"), counted from the end of the first step (which traces and compiles the train function: a fixed cost,
+    not training). Validation, evaluation and checkpoint writing between epochs do not count: the budget buys
+    training steps, whatever else a run does. Put it first among the callbacks (its epoch-end pause then starts
+    before the others' work). `step_times` holds each later step's wall duration in seconds; `exhausted` says
+    whether the budget ended fit. One instance can be shared by several fits (a schedule's steps).
     """
 
     def __init__(self, seconds, clock="cpu"):
@@ -134,12 +137,30 @@ class TimeBudget(keras.callbacks.Callback):
             raise ValueError(f"budget clock must be 'cpu' or 'wall', got {clock!r}")
         self.seconds, self.clock = float(seconds), clock
         self.start = None
+        self.paused = 0.0
+        self._paused_at = None
         self.exhausted = False
         self.step_times = []
         self._last = None
 
     def _now(self):
         return cpu_seconds() if self.clock == "cpu" else time.perf_counter()
+
+    def used(self):
+        """Training time counted so far (seconds)."""
+        if self.start is None:
+            return 0.0
+        pause = self._now() - self._paused_at if self._paused_at is not None else 0.0
+        return self._now() - self.start - self.paused - pause
+
+    def _pause(self):
+        if self._paused_at is None:
+            self._paused_at = self._now()
+
+    def _resume(self):
+        if self._paused_at is not None:
+            self.paused += self._now() - self._paused_at
+            self._paused_at = None
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
@@ -148,9 +169,26 @@ class TimeBudget(keras.callbacks.Callback):
         self._last = now
         if self.start is None:
             self.start = self._now()
-        elif self._now() - self.start >= self.seconds:
+        elif self.used() >= self.seconds:
             self.exhausted = True
             self.model.stop_training = True
 
+    def on_train_begin(self, logs=None):
+        if self.exhausted:  # a later fit of the same schedule: the budget is already spent
+            self.model.stop_training = True
+
     def on_epoch_begin(self, epoch, logs=None):
-        self._last = None  # the validation pass between epochs is not a training step
+        self._resume()
+        self._last = None  # the pause between epochs is not a training step
+
+    def on_test_begin(self, logs=None):
+        self._pause()
+
+    def on_test_end(self, logs=None):
+        self._resume()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._pause()  # evaluation, checkpoints and logs until the next epoch
+
+    def on_train_end(self, logs=None):
+        self._pause()  # until the next fit of a schedule starts its first epoch

@@ -128,7 +128,7 @@ def fit(model, config, train_data, val_data=None, *, out_dir=None, epochs=None, 
         own.insert(0, cb.EvaluationCallback(evaluate_fn, every=t.eval_every))
     own.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
     if budget is not None:
-        own.append(budget)
+        own.insert(0, budget)  # first: its epoch-end pause starts before evaluation and checkpoints
     if not model.compiled:
         model.compile(optimizer=cb.make_optimizer(t))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs or t.epochs, initial_epoch=initial_epoch,
