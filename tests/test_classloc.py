@@ -8,7 +8,8 @@ import keras
 from kdet.data.pipeline import make_tf_dataset
 from kdet.data.shapes import make_shapes
 from kdet.models.classloc import ClassLocModel, _paired_iou, _to_yxyx
-
+from kdet.training.recipe import to_keras
+from tests.harness import check_keras_native
 from tests.testing import check_export_parity
 
 
@@ -23,12 +24,27 @@ def test_box_coding_and_iou_against_numpy():
 
 def test_encode_targets_take_the_first_box_relative_to_the_image():
     model = ClassLocModel(3, image_size=(64, 32))
-    batch = {"bounding_boxes": {"boxes": tf.constant([[[16., 8., 48., 24.]], [[0., 0., 0., 0.]]]),
-                                "labels": tf.constant([[2], [-1]])}}
-    y = model.encode_targets(batch)
+    targets = {"boxes": tf.constant([[[16., 8., 48., 24.]], [[0., 0., 0., 0.]]]), "labels": tf.constant([[2], [-1]])}
+    y = model.encode_targets(targets, (64, 32))
     np.testing.assert_allclose(y["boxes"].numpy()[0], [0.5, 0.5, 0.5, 0.5])
     np.testing.assert_array_equal(y["labels"].numpy(), [2, 0])
     np.testing.assert_array_equal(y["weights"].numpy(), [1, 0])  # an image without objects adds no loss
+    # relative to the input's own size: the same box in an image twice as large is half as large
+    y = model.encode_targets(targets, (128, 64))
+    np.testing.assert_allclose(y["boxes"].numpy()[0], [0.25, 0.25, 0.25, 0.25])
+    # a batch without any object at all (M = 0) trains as all-background: zero weights, no error
+    empty = model.encode_targets({"boxes": tf.zeros([2, 0, 4]), "labels": tf.zeros([2, 0], tf.int32)}, (64, 32))
+    np.testing.assert_array_equal(empty["weights"].numpy(), [0, 0])
+
+
+@pytest.mark.slow
+def test_keras_native_fit_predict_at_another_size_and_reload(tmp_path):
+    """A Keras-only pipeline (Resizing + RandomFlip with boxes), boxes in xyxy; predict a 80x96 image (the FC head
+    resizes it to 64x64, boxes come back in the image's pixels); load_model in a fresh process after import kdet."""
+    keras.utils.set_random_seed(0)
+    model = ClassLocModel(3, image_size=(64, 64), widths=(8, 16, 32), hidden=32, bounding_box_format="xyxy",
+                          class_names=["circle", "square", "triangle"])
+    check_keras_native(model, tmp_path, other_size=(80, 96), reference="resize", epochs=3, steps_per_epoch=5)
 
 
 @pytest.mark.slow
@@ -37,7 +53,7 @@ def test_fit_lowers_the_loss_then_decode_save_and_export(tmp_path):
     data = make_shapes(256, image_size=(64, 64), max_objects=1, min_size=0.3, max_size=0.6, seed=0)
     model = ClassLocModel(3, image_size=(64, 64), widths=(8, 16, 32, 32), hidden=32)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    ds = make_tf_dataset(data, (64, 64), 32, training=True).map(lambda b: (b["images"], model.encode_targets(b)))
+    ds = make_tf_dataset(data, (64, 64), 32, training=True).map(lambda b: to_keras(b, model))
     history = model.fit(ds, epochs=4, verbose=0).history
     assert history["loss"][-1] < 0.8 * history["loss"][0]
     assert {"class_loss", "box_loss", "iou"} <= set(history)
