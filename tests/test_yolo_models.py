@@ -14,7 +14,6 @@ from kdet.models.base import DataNeeds
 from kdet.necks.passthrough import Passthrough, reorg
 from kdet.ops import combined_nms, yolo_v1_decode, yolo_v2_decode
 from tests.harness import check_keras_native, keras_shapes_dataset, shapes_images
-from tests.testing import threshold_with_margin
 
 
 def numpy_reorg(x, block=2):
@@ -363,7 +362,7 @@ def set_threshold_by_quantile(model, images, quantile=0.99):
         scores = yolo_v1_decode(outputs, images.shape[1:3], model.num_boxes, model.num_classes)[1]
     else:
         scores = yolo_v2_decode(outputs, model.anchor_pixels, model.num_classes, model.stride)["scores"]
-    model.score_threshold = threshold_with_margin(scores.numpy(), quantile)
+    model.score_threshold = float(np.quantile(scores.numpy(), quantile))
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def make_tiny_detector(cls=None, batch=3, seed=0, quantile=0.985, **kwargs):
     model = (cls or TinyGridDetector)(**kwargs)
     images = random_images(model, batch, seed=seed)
     scores = tf.sigmoid(model(images)["class_logits"]).numpy()
-    model.score_threshold = threshold_with_margin(scores, quantile)
+    model.score_threshold = float(np.quantile(scores, quantile))
     return model, images
 
 
