@@ -1,6 +1,6 @@
 """ResNet-18/34/50/101 built the way torchvision builds them, so torchvision weights map one to one.
 
-torchvision details that matter for a numerical twin (DESIGN.md, "Numerical twins"):
+torchvision details that matter for a numerical twin (docs/design.md, "Numerical twins with torchvision"):
   * the stride of a bottleneck block is on its 3x3 conv (ResNet v1.5), not on the first 1x1;
   * torch pads both sides of a strided conv, TF's "same" pads bottom/right only, so every conv and the stem
     max-pool use an explicit ZeroPadding2D + "valid". Zero padding is exact for the max-pool because it follows

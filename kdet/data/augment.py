@@ -1,6 +1,6 @@
 """Augmentation that keeps boxes and masks consistent with the image, as graph ops for `tf.data`.
 
-Elements are the unbatched dicts of DESIGN.md (boxes yxyx absolute pixels). Flipping and colour jitter are Keras 3's
+Elements are the unbatched dicts of docs/design.md ("Data") (boxes yxyx absolute pixels). Flipping and colour jitter are Keras 3's
 own `RandomFlip` (with `bounding_box_format`); Keras carries
 "segmentation_masks" through its geometric layers but not per-instance masks, so instance masks ride along as extra
 channels of "segmentation_masks" for the flip. Scale jitter with crop/pad and letterboxing are plain TF ops here

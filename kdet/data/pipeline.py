@@ -1,4 +1,4 @@
-"""`DetectionDataset` -> `tf.data` of element dicts (DESIGN.md data contract), batched with padding.
+"""`DetectionDataset` -> `tf.data` of element dicts (docs/design.md, "Data"), batched with padding.
 
 Everything after the source is graph ops (decode, resize, augment, pad): no Python in the hot path, so the input
 pipeline keeps ahead of a training step on 2 cores (see benchmarks/bench_pipeline.py).

@@ -3,7 +3,7 @@
 A reader turns one annotation format into a `DetectionDataset`: a list of `Record`s (one per image, boxes already in
 kdet's convention: yxyx, absolute pixels, float32, 0-based labels) plus the class names and a `ReadReport` that
 counts and names every record or box that was skipped or fixed. `kdet.data.pipeline` turns a `DetectionDataset`
-into the element dicts of DESIGN.md.
+into the element dicts of docs/design.md ("Data").
 """
 from __future__ import annotations
 

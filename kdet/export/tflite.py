@@ -4,7 +4,7 @@ The model is traced inside `with builtins_only():` so that ops without a TFLite 
 CombinedNonMaxSuppression, MaxPoolWithArgmax) take their builtins-only twins, then converted with
 `supported_ops=[TFLITE_BUILTINS]`: an op that still has no builtin fails the export with a `KdetError` naming it.
 Never `model.export(format="litert")`: it adds SELECT_TF_OPS silently, and no Flex delegate can run here
-(DESIGN.md, "Measured facts"). The model's class names go into the flatbuffer's metadata list as the entry
+(docs/design.md, "Export and serving"). The model's class names go into the flatbuffer's metadata list as the entry
 "kdet_class_names" (a JSON list of str; `kdet.inference.runners.tflite_metadata` reads it).
 
 int8: the network is quantised, decoding + NMS stay float. Measured: with NMS (or the box arithmetic feeding it)

@@ -1,7 +1,7 @@
 """One switch between TensorFlow's ops and their TFLite-builtins-only twins.
 
 TFLite has no builtin for CropAndResize, CombinedNonMaxSuppression or MaxPoolWithArgmax, and no Flex delegate can
-run here (../shared/notes/export-feasibility.md). Ops that have a twin read `builtins_only_enabled()` while they are
+run here (docs/design.md, "Export and serving"). Ops that have a twin read `builtins_only_enabled()` while they are
 traced; `kdet.export` traces the model inside `with builtins_only():` for TFLite. Models never look at this flag.
 """
 import contextlib
