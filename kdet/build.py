@@ -16,8 +16,9 @@ import tensorflow as tf
 from kdet.errors import ConfigError, DataError
 from kdet.models import MODELS
 
-CHECKPOINT = "last.weights.h5"   # written by kdet.training.callbacks.AtomicCheckpoint
-MODEL_FILE = "model.keras"
+CHECKPOINT = "last.weights.h5"   # model + optimizer (Keras saves the optimizer's variables with the weights), for --resume
+MODEL_FILE = "model.keras"       # the whole model (architecture, weights, class names): what users load
+# Both written every epoch by kdet.training.callbacks.AtomicCheckpoint.
 CONSTRUCTOR_KEYS = ("self", "kwargs", "num_classes", "image_size", "max_detections", "class_names")
 
 

@@ -38,36 +38,28 @@ def _number(bound):
 
 
 @dataclasses.dataclass(frozen=True)
-class AtLeast:
+class Bound:
+    """A range rule on a number: `value <op> bound`, op one of ">=", "<=", ">"."""
+    op: str
     bound: float
 
     def holds(self, value):
-        return value >= self.bound
+        return {">=": value >= self.bound, "<=": value <= self.bound, ">": value > self.bound}[self.op]
 
     def __str__(self):
-        return f">= {_number(self.bound)}"
+        return f"{self.op} {_number(self.bound)}"
 
 
-@dataclasses.dataclass(frozen=True)
-class AtMost:
-    bound: float
-
-    def holds(self, value):
-        return value <= self.bound
-
-    def __str__(self):
-        return f"<= {_number(self.bound)}"
+def AtLeast(bound):  # noqa: N802  (reads like a type in annotations)
+    return Bound(">=", bound)
 
 
-@dataclasses.dataclass(frozen=True)
-class Above:
-    bound: float
+def AtMost(bound):  # noqa: N802
+    return Bound("<=", bound)
 
-    def holds(self, value):
-        return value > self.bound
 
-    def __str__(self):
-        return f"> {_number(self.bound)}"
+def Above(bound):  # noqa: N802
+    return Bound(">", bound)
 
 
 @dataclasses.dataclass(frozen=True)

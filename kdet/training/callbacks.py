@@ -7,8 +7,8 @@ from pathlib import Path
 
 import keras
 
-CHECKPOINT = "last.weights.h5"   # model + optimizer state (Keras saves the optimizer's variables with the weights)
-MODEL_FILE = "model.keras"       # the whole model (architecture, weights, class names): what users load
+from kdet.build import CHECKPOINT, MODEL_FILE  # noqa: F401  (the file names a run writes, defined once)
+
 STATE = "state.json"             # {"epoch": epochs completed}
 
 
@@ -73,10 +73,11 @@ class HistoryLog(keras.callbacks.Callback):
         super().__init__()
         self.path = Path(path)
         self.steps = 0
-        self.started = None
+        self.started = self.trained = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.steps, self.started = 0, time.perf_counter()
+        self.trained = self.started
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
@@ -87,7 +88,7 @@ class HistoryLog(keras.callbacks.Callback):
         now = time.perf_counter()
         started = self.started or now
         row = {"epoch": epoch + 1, "steps": self.steps, "seconds": round(now - started, 3),
-               "train_seconds": round(getattr(self, "trained", now) - started, 3),
+               "train_seconds": round((self.trained or now) - started, 3),
                **{k: float(v) for k, v in (logs or {}).items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
