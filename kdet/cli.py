@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from kdet.errors import KdetError
+from kdet.errors import KdetError, require
 
 
 _CHECKPOINT_HELP = "a .keras model or .weights.h5 file (default: the run's model.keras, else its last weights)"
@@ -202,9 +202,10 @@ def _run_data(args):
         print(f"wrote {min(args.num, len(dataset))} pictures to {out}/")
 
 
-# Commands whose options belong to another module's parser: handed their arguments untouched.
-_DELEGATED = {("serve",): ("kdet.serving.server", "main"), ("data", "anchors"): ("kdet.data.anchors_kmeans",
-                                                                                 "anchors_main")}
+# Commands whose options belong to another module's parser: handed their arguments untouched. Each names the
+# optional packages it needs and the pip extra that brings them.
+_DELEGATED = {("serve",): ("kdet.serving.server", "main", ("grpc", "tensorflow_serving.apis"), "serve"),
+              ("data", "anchors"): ("kdet.data.anchors_kmeans", "anchors_main", (), None)}
 
 
 def main(argv=None):
@@ -214,7 +215,9 @@ def main(argv=None):
     try:
         if delegated is not None:
             import importlib
-            prefix, (module, function) = delegated
+            prefix, (module, function, needs, extra) = delegated
+            for name in needs:
+                require(name, extra, f"kdet {' '.join(prefix)}")
             return getattr(importlib.import_module(module), function)(argv[len(prefix):])
         return _run(_parser().parse_args(argv))
     except KdetError as error:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from kdet.errors import KdetError
+from kdet.errors import KdetError, require
 from kdet.export.saved_model import checked_class_names, ensure_built, serving_fn
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 
@@ -23,8 +23,8 @@ def export_onnx(model, path, opset=17):
     Raises:
         KdetError: tf2onnx could not convert an op (the message names it).
     """
-    import onnx
-    import tf2onnx
+    onnx = require("onnx", "export", "ONNX export")
+    tf2onnx = require("tf2onnx", "export", "ONNX export")
 
     _patch_tf2onnx_for_numpy2()
     class_names = checked_class_names(model)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdet.errors import KdetError
+from kdet.errors import KdetError, require
 
 NUM_THREADS = 2
 CLASS_NAMES_KEY = "kdet_class_names"  # TFLite metadata name and ONNX metadata_props key
@@ -121,7 +121,7 @@ class TFLiteRunner(Runner):
     format = "tflite"
 
     def __init__(self, path):
-        from ai_edge_litert.interpreter import Interpreter
+        Interpreter = require("ai_edge_litert.interpreter", "export", "Running a TFLite model").Interpreter
 
         self._interpreter = Interpreter(model_path=str(path), num_threads=NUM_THREADS)
         self._runner = self._interpreter.get_signature_runner("serving_default")
@@ -144,7 +144,7 @@ class OnnxRunner(Runner):
     format = "onnx"
 
     def __init__(self, path):
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "export", "Running an ONNX model")
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = NUM_THREADS
@@ -163,7 +163,7 @@ class OnnxRunner(Runner):
 
 def tflite_metadata(path):
     """{name: bytes} of the metadata entries of a .tflite flatbuffer (the Model table's `metadata` list)."""
-    from ai_edge_litert import schema_py_generated as schema
+    schema = require("ai_edge_litert.schema_py_generated", "export", "Reading TFLite metadata")
 
     data = Path(path).read_bytes()
     model = schema.Model.GetRootAs(data, 0)
