@@ -4,11 +4,11 @@ Every command that takes a model takes `--config FILE` and any number of `--set 
 Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from kdet.errors import KdetError, require
+from kdet.jsonio import dumps, write_json
 
 
 _CHECKPOINT_HELP = "a .keras model or .weights.h5 file (default: the run's model.keras, else its last weights)"
@@ -53,14 +53,22 @@ def _parser():
     p.add_argument("--proposals", metavar="JSON",
                    help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
 
-    p = _command(sub, "predict", "detect objects (or segment) in images; write annotated PNG + JSON per image "
-                          "(segmentation: colour overlay PNG, class-id mask PNG, JSON)")
-    _add_config(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to predict")
+    p = _command(sub, "predict", "detect objects (or segment) in images, folders or globs; write an annotated "
+                          "picture + JSON per image (segmentation: colour overlay PNG, class-id mask PNG, JSON)")
+    _add_config(p, required=False)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (their images) and glob patterns ('photos/**/*.jpg', quoted)")
     p.add_argument("--out", default="predictions", help="output directory (default: predictions)")
-    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help=_CHECKPOINT_HELP + "; a .keras file alone needs no --config")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="keep detections scoring at least this (default: 0.3)")
+    p.add_argument("--save-format", choices=["auto", "png", "jpg"], default="auto",
+                   help="picture format: auto = JPEG for JPEG input, PNG otherwise (default: auto)")
+    p.add_argument("--no-save-images", dest="save_images", action="store_false",
+                   help="write no pictures (JSON only)")
+    p.add_argument("--save-json", dest="save_json", action=argparse.BooleanOptionalAction, default=True,
+                   help="write <name>.json per image (default: yes; --no-save-json to skip)")
     p.add_argument("--tiled", action="store_true",
                    help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
 
@@ -155,15 +163,18 @@ def _run(args):
                                    metric=args.metric)
         _print_figures(results)
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            write_json(results, args.json)
     elif args.command == "predict":
-        for r in api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
-                             args.score_threshold, tiled=args.tiled):
-            if "pixels" in r:  # a semantic model: pixels per class instead of boxes
-                print(f"{r['image']}: pixels per class {r['pixels']}")
-            else:
-                print(f"{r['image']}: {len(r['boxes'])} objects {r['names']}")
-        print(f"annotated PNG + JSON in {args.out}/")
+        from kdet.inference.predict import summary_line
+        if args.config is None and args.overrides:
+            raise KdetError("--set needs --config")
+        results = api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
+                              args.score_threshold, tiled=args.tiled, save_images=args.save_images,
+                              save_json=args.save_json, save_format=args.save_format)
+        for r in results:
+            print(f"{r['image']}: pixels per class {r['pixels']}" if "pixels" in r else summary_line(r))
+        written = [what for what, wanted in (("pictures", args.save_images), ("JSON", args.save_json)) if wanted]
+        print(f"{len(results)} images; {' + '.join(written) or 'nothing'} written to {args.out}/")
     elif args.command == "export":
         for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
                                     args.out).items():
@@ -171,7 +182,7 @@ def _run(args):
     elif args.command == "benchmark":
         from kdet.inference.benchmark import benchmark_artifacts
         for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch):
-            print(json.dumps(row))
+            print(dumps(row))
     elif args.command == "run":
         from kdet.main_job import run_main_job
         run_main_job(args.config, args.overrides, args.out)
