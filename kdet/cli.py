@@ -31,6 +31,8 @@ def _parser():
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kdet {__version__}",
                         help="print kdet's version and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and Python warnings (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="kdet COMMAND --help shows the options of a command")
 
@@ -219,8 +221,23 @@ _DELEGATED = {("serve",): ("kdet.serving.server", "main", ("grpc", "tensorflow_s
               ("data", "anchors"): ("kdet.data.anchors_kmeans", "anchors_main", (), None)}
 
 
+def _quiet_python_logs():
+    """Without --verbose: absl / TensorFlow Python log lines below errors and library warnings are not shown."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx|absl|google)\b")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*(oneDNN|CUDA|cuda)")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv  # a global flag, accepted anywhere (the delegated commands' parsers lack it)
+    argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        _quiet_python_logs()
     delegated = next(((prefix, target) for prefix, target in _DELEGATED.items()
                       if tuple(argv[:len(prefix)]) == prefix), None)
     try:
@@ -230,7 +247,7 @@ def main(argv=None):
             for name in needs:
                 require(name, extra, f"kdet {' '.join(prefix)}")
             return getattr(importlib.import_module(module), function)(argv[len(prefix):])
-        return _run(_parser().parse_args(argv))
+        return _run(_parser().parse_args((["--verbose"] if verbose else []) + argv))
     except KdetError as error:
         print(f"kdet: error: {error}", file=sys.stderr)
         return 2
