@@ -10,6 +10,8 @@
 
 Without a config, kdet models are plain Keras models: `kdet.models.RetinaNet(...).fit(dataset)`.
 """
+from pathlib import Path
+
 import numpy as np
 
 from kdet import build
@@ -77,9 +79,21 @@ def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpo
                           save_images=save_images, save_json=save_json, save_format=save_format)
 
 
-def export(config, overrides=(), formats=None, quantize=None, checkpoint=None, out_dir=None, name=None):
-    """SavedModel (TF Serving layout), TFLite and/or ONNX of the trained model. Returns {format: path}."""
+def export(config=None, overrides=(), formats=None, quantize=None, checkpoint=None, out_dir=None, name=None):
+    """SavedModel (TF Serving layout), TFLite and/or ONNX of the trained model. Returns {format: path}.
+
+    Without a config, `checkpoint` must be a .keras file (e.g. from `kdet convert torchvision`): every format,
+    written to out_dir (default saved_models) under name (default: the file's stem); int8 needs a config (its
+    calibration images come from the training data)."""
     from kdet.export import export_model
+    if config is None:
+        if not checkpoint:
+            raise KdetError("export needs a config (--config) or a model file (--checkpoint model.keras)")
+        if quantize == "int8":
+            raise KdetError("int8 export calibrates on training images: it needs --config")
+        model = build.load_model_file(checkpoint)
+        return export_model(model, out_dir or "saved_models", name or Path(checkpoint).stem,
+                            formats=formats or ["saved_model", "tflite", "onnx"], quantize=quantize)
     config = load_config(config, overrides)
     model = build.load_trained_model(config, checkpoint)
     formats = formats or config.export.formats

@@ -1,4 +1,6 @@
-"""`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | data {check,convert,show,anchors}.
+"""`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | convert torchvision | data {...}.
+
+The data commands: check, convert, show, anchors.
 
 Every command that takes a model takes `--config FILE` and any number of `--set section.key=value` overrides.
 Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
@@ -24,6 +26,11 @@ def _add_config(parser, required=True):
 def _command(subparsers, name, text, **kwargs):
     """A subcommand whose one-line `text` is both its entry in the parent's --help and its own description."""
     return subparsers.add_parser(name, help=text, description=text, **kwargs)
+
+
+def _torchvision_archs():
+    from kdet.convert.pretrained import ARCHITECTURES
+    return sorted(ARCHITECTURES)
 
 
 def _parser():
@@ -75,14 +82,15 @@ def _parser():
                    help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
 
     p = _command(sub, "export", "SavedModel (TF Serving layout) / TFLite / ONNX")
-    _add_config(p)
+    _add_config(p, required=False)
     p.add_argument("--format", dest="formats", action="append", choices=["saved_model", "tflite", "onnx"],
                    help="repeatable; default: export.formats of the config")
     p.add_argument("--quantize", choices=["fp16", "int8"],
                    help="TFLite weights in float16, or full int8 calibrated on training images "
                         "(default: export.quantize of the config)")
-    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
-    p.add_argument("--out", help="output directory (default: export.out_dir)")
+    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP + "; a .keras file alone needs no --config")
+    p.add_argument("--out", help="output directory (default: export.out_dir, or saved_models without a config)")
+    p.add_argument("--name", help="export name (default: export.name, or the .keras file's stem)")
 
     p = _command(sub, "benchmark", "latency / FPS of exported artifacts on the same images")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".keras, SavedModel dir, .tflite or .onnx")
@@ -96,6 +104,14 @@ def _parser():
 
     _command(sub, "serve", "serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract "
                   "(kdet serve --help)", add_help=False)
+
+    convert = _command(sub, "convert", "convert pretrained weights into a ready kdet model").add_subparsers(
+        dest="convert_command", required=True, metavar="SOURCE", help="kdet convert SOURCE --help shows its options")
+    p = _command(convert, "torchvision", "a torchvision detector's state dict (.pth, read without torch) -> .keras "
+                                         "with its class names, for kdet predict / export")
+    p.add_argument("--arch", required=True, help="torchvision builder name: " + ", ".join(_torchvision_archs()))
+    p.add_argument("--weights", required=True, metavar="FILE", help="state dict file (.pth / .pt / .npz)")
+    p.add_argument("--output", required=True, metavar="FILE", help="the .keras file to write")
 
     data = _command(sub, "data", "inspect and convert datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND",
@@ -178,8 +194,10 @@ def _run(args):
         written = [what for what, wanted in (("pictures", args.save_images), ("JSON", args.save_json)) if wanted]
         print(f"{len(results)} images; {' + '.join(written) or 'nothing'} written to {args.out}/")
     elif args.command == "export":
+        if args.config is None and args.overrides:
+            raise KdetError("--set needs --config")
         for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
-                                    args.out).items():
+                                    args.out, args.name).items():
             print(f"{fmt}: {path}")
     elif args.command == "benchmark":
         from kdet.inference.benchmark import benchmark_artifacts
@@ -188,6 +206,10 @@ def _run(args):
     elif args.command == "run":
         from kdet.main_job import run_main_job
         run_main_job(args.config, args.overrides, args.out)
+    elif args.command == "convert":
+        from kdet.convert.pretrained import convert_torchvision
+        path, copied = convert_torchvision(args.arch, args.weights, args.output)
+        print(f"{args.arch}: {copied} tensors from {args.weights} -> {path}")
     elif args.command == "data":
         _run_data(args)
     return 0
