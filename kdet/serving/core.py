@@ -120,8 +120,8 @@ def check_inputs(signature, inputs):
 def _tf_error_message(error):
     """The one informative line of a TF runtime error, without 'Graph execution error' and node traces."""
     lines = [line.strip() for line in error.message.splitlines()]
-    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[", "")
-    useful = [line for line in lines if not line.startswith(noise)]
+    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
+    useful = [line for line in lines if line and not line.startswith(noise)]
     line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", useful[0] if useful else error.message)
     return re.sub(r"\s*\[Op:[^\]]*\]$", "", line)
 

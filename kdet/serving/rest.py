@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -169,7 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("closing a connection from %s idle for %gs", self.address_string(), self.limits.idle_timeout)
             self.close_connection = True
             return
-        self.connection.settimeout(self.limits.request_timeout)  # also bounds each write to a client not reading
+        # Bounds each read and each write (to a client that does not read); one second over the watchdog's deadline,
+        # so that a stalled read ends by the watchdog, which answers 408, not by a timeout, which cannot.
+        self.connection.settimeout(self.limits.request_timeout + 1.0)
         watchdog = threading.Timer(self.limits.request_timeout, self._expire)
         watchdog.daemon = True
         watchdog.start()
@@ -267,7 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status, text = handle_request(self.repository, self.command, path, body, self.limits)
         except _Refused as refused:  # the rest of the body stays unread: this connection cannot carry another request
             self.close_connection = True
-            status, text = refused.status, json.dumps({"error": refused.message})
+            self._send(refused.status, json.dumps({"error": refused.message}))
+            self._linger()
+            return
         except _QUIET:
             log.debug("client %s left during %s %s", self.address_string(), self.command, path)
             self.close_connection = True
@@ -293,6 +298,19 @@ class _Handler(BaseHTTPRequestHandler):
         except _QUIET:
             log.debug("client %s left before its %d answer", self.address_string(), status)
             self.close_connection = True
+
+    def _linger(self, seconds=1.0):
+        """After answering a body left unread: discard what the client still sends, for at most `seconds`, so it
+        reads the answer instead of a connection reset (nginx's lingering close). Nothing is kept."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(1 << 16):
+                    break
+        except OSError:  # timeouts and resets included: the connection is closed next either way
+            pass
 
     def log_message(self, format, *args):  # BaseHTTPRequestHandler's signature
         log.debug("%s %s", self.address_string(), format % args)
