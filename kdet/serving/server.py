@@ -24,6 +24,11 @@ None in Python); one model per server, no model config file, so version labels a
 Classify / Regress / MultiInference (tf.Example APIs) answer UNIMPLEMENTED; no request batching. By default every
 version on disk is served (TF Serving's `all` policy; `num_versions=N` keeps the newest N, its `latest` policy).
 
+It is a development and test server, not a replacement for tensorflow_model_server; its limits (`limits.Limits`,
+each a `kdet serve` option) keep abuse from taking it down: body size (413 before the body is read), pixels of
+an encoded image (400 from its header, before decoding), request and idle timeouts (408 / close), bounded REST
+threads (further clients wait in the listen queue) and gRPC workers and queue (then RESOURCE_EXHAUSTED).
+
 This module starts the servers (`ModelServer`, `serve`, `main`); `core.py` holds the model repository and the
 request checks, `rest.py` (with `codec.py`) and `grpc_service.py` translate the two wire formats.
 """
