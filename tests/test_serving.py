@@ -439,6 +439,7 @@ def test_serving_modules_import_one_way():
     graph = serving_imports()
     assert graph["kdet.serving.server"] >= {"kdet.serving.core", "kdet.serving.rest", "kdet.serving.grpc_service"}
     assert graph["kdet.serving.core"] == set()  # the base of the package
+    assert graph["kdet.serving.limits"] == {"kdet.serving.core"}  # under both wire formats, which enforce it
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
     with pytest.raises(graphlib.CycleError):  # what the old lazy import core -> rest made
         graphlib.TopologicalSorter(dict(graph, **{"kdet.serving.core": {"kdet.serving.rest"}})).prepare()

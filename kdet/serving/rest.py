@@ -201,8 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._check_length()
         except _Refused as refused:  # answer before the client sends the body at all
-            self._send(refused.status, json.dumps({"error": refused.message}))
             self.close_connection = True
+            self._send(refused.status, json.dumps({"error": refused.message}))
             return False
         return super().handle_expect_100()
 
