@@ -28,7 +28,7 @@ class Limits:
     rest_threads: REST handler threads; further connections wait in the listen queue until one is free.
     grpc_workers: gRPC handler threads; up to `grpc_queue` further calls wait, more get RESOURCE_EXHAUSTED.
     """
-    max_body_bytes: int = 64 * 2 ** 20
+    max_body_bytes: int = 16 * 2 ** 20
     max_image_pixels: int = 40_000_000
     request_timeout: float = 30.0
     idle_timeout: float = 15.0

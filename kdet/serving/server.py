@@ -171,7 +171,7 @@ def main(argv=None):
     limits = parser.add_argument_group("limits (a development and test server: these keep abuse from taking it down)")
     limits.add_argument("--max-body-bytes", type=int, default=default.max_body_bytes,
                         help="largest REST body / gRPC message; a larger REST body gets 413 before it is read "
-                             "(default %(default)s = 64 MiB)")
+                             "(default %(default)s = 16 MiB)")
     limits.add_argument("--max-image-pixels", type=int, default=default.max_image_pixels,
                         help="largest encoded image (width x height x frames) in a *_bytes input, read from its "
                              "header before decoding; larger ones get 400 (default %(default)s)")
