@@ -178,6 +178,11 @@ def test_oversized_body_refused_before_it_is_read(served):
     assert status == 413 and time.monotonic() - began < 3 * TIMEOUT  # not 408: it did not wait for the body
     assert body["error"] == ("request body of 100000000 bytes is larger than this server's limit of 2000000 bytes "
                              "(kdet serve --max-body-bytes)")
+    for length in (b"-5", b"\xb2", b"12abc"):  # not a length at all
+        with served.connect() as sock:
+            sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: t\r\nContent-Length: " + length + b"\r\n\r\n")
+            status, body = parse_response(read_all(sock))
+        assert status == 400 and body["error"].startswith("Content-Length is not a number: "), body
     with served.connect() as sock:  # a client that asks first (Expect: 100-continue) is refused before sending
         sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 3000000\r\n"
                      b"Expect: 100-continue\r\n\r\n")

@@ -211,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = self.headers.get("Content-Length")
         if text is None:
             return 0
-        if not text.strip().isdigit():
+        if not re.fullmatch(r"\s*[0-9]+\s*", text):  # ASCII digits only: str.isdigit() also takes "\xb2"
             raise _Refused(400, f"Content-Length is not a number: {text[:40]!r}")
         if int(text) > self.limits.max_body_bytes:
             raise _Refused(413, f"request body of {int(text)} bytes is larger than this server's limit of "
