@@ -180,7 +180,7 @@ def test_grpc_status_and_metadata(stub):
     (dict(version=7, images=images(1)), grpc.StatusCode.NOT_FOUND, "Specific(tiny, 7)"),
     (dict(signature="nope", images=images(1)), grpc.StatusCode.FAILED_PRECONDITION, '"nope" not found'),
     (dict(signature="serving_bytes", image_bytes=np.array([b"not an image"], object)),
-     grpc.StatusCode.INVALID_ARGUMENT, "Unknown image file format"),
+     grpc.StatusCode.INVALID_ARGUMENT, "item 0: cannot decode the image: not a JPEG, PNG, GIF, BMP or WebP image"),
 ])
 def test_grpc_bad_request_then_good_request(base, stub, request_kwargs, code, text):
     with pytest.raises(grpc.RpcError) as caught:
@@ -254,7 +254,7 @@ GOOD_ROW = [[[0, 0, 0]] * SIZE] * SIZE
     ("/v1/models/tiny:predict", {"signature_name": "serving_bytes", "instances": [{"b64": "%%%not base64"}]},
      400, "Unable to base64 decode"),
     ("/v1/models/tiny:predict", {"signature_name": "serving_bytes", "instances": [{"b64": "bm90IGFuIGltYWdl"}]},
-     400, "Unknown image file format"),
+     400, "item 0: cannot decode the image: not a JPEG, PNG, GIF, BMP or WebP image"),
     ("/v1/models/tiny:predict", {"signature_name": "serving_bytes", "instances": [7]}, 400, "expected type: string"),
     ("/v1/models/tiny:predict", {"signature_name": "nope", "instances": [GOOD_ROW]}, 400, '"nope" not found'),
     ("/v1/models/nope:predict", {"instances": [GOOD_ROW]}, 404, "Servable not found for request: Latest(nope)"),
@@ -439,6 +439,7 @@ def test_serving_modules_import_one_way():
     graph = serving_imports()
     assert graph["kdet.serving.server"] >= {"kdet.serving.core", "kdet.serving.rest", "kdet.serving.grpc_service"}
     assert graph["kdet.serving.core"] == set()  # the base of the package
+    assert graph["kdet.serving.limits"] == {"kdet.serving.core"}  # under both wire formats, which enforce it
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the modules of a cycle
     with pytest.raises(graphlib.CycleError):  # what the old lazy import core -> rest made
         graphlib.TopologicalSorter(dict(graph, **{"kdet.serving.core": {"kdet.serving.rest"}})).prepare()

@@ -120,9 +120,10 @@ def check_inputs(signature, inputs):
 def _tf_error_message(error):
     """The one informative line of a TF runtime error, without 'Graph execution error' and node traces."""
     lines = [line.strip() for line in error.message.splitlines()]
-    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[", "")
-    useful = [line for line in lines if not line.startswith(noise)]
-    return re.sub(r"\s*\[Op:[^\]]*\]$", "", useful[0] if useful else error.message)
+    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
+    useful = [line for line in lines if line and not line.startswith(noise)]
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", useful[0] if useful else error.message)
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", line)
 
 
 def run_signature(signature, inputs, output_filter=()):
@@ -145,9 +146,12 @@ def run_signature(signature, inputs, output_filter=()):
     feeds = {key: tf.constant(value, dtype=signature.inputs[key].dtype) for key, value in inputs.items()}
     try:
         outputs = signature.fn(**feeds)
-    except tf.errors.OpError as error:  # e.g. undecodable image bytes: the model's own error, reported as is
-        raise ServingError(_GRPC_CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN),
-                           _tf_error_message(error)) from None
+    except tf.errors.OpError as error:  # e.g. image bytes with a valid header but corrupt data
+        message = _tf_error_message(error)
+        strings = [key for key, spec in signature.inputs.items() if spec.dtype == tf.string]
+        if strings and isinstance(error, tf.errors.InvalidArgumentError):
+            message = f"input '{strings[0]}': cannot decode the image: {message}"
+        raise ServingError(_GRPC_CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN), message) from None
     keys = list(output_filter) or sorted(outputs)
     return {key: outputs[key].numpy() for key in keys}
 

@@ -14,8 +14,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from kdet.errors import ConfigError
-from kdet.serving.core import (MAX_REQUEST_ELEMENTS, ServingError, check_version_label, invalid_argument,
-                                 run_signature)
+from kdet.serving.core import MAX_REQUEST_ELEMENTS, ServingError, check_version_label, invalid_argument
+from kdet.serving.limits import Limits, run_checked
 
 log = logging.getLogger("kdet.serve")
 
@@ -38,12 +38,14 @@ def tensor_proto_to_array(key, proto):
         raise invalid_argument(f"input '{key}': malformed TensorProto: {error}") from None
 
 
-def predict(repository, request):
-    """PredictRequest -> PredictResponse (outputs as TensorProto, model_spec with the version that answered)."""
+def predict(repository, request, limits=None):
+    """PredictRequest -> PredictResponse (outputs as TensorProto, model_spec with the version that answered).
+
+    `limits` (default `Limits()`): encoded images over its pixel limit are refused before decoding."""
     servable = repository.servable(request.model_spec.name, _requested_version(request.model_spec))
     signature = servable.signature(request.model_spec.signature_name)
     inputs = {key: tensor_proto_to_array(key, proto) for key, proto in request.inputs.items()}
-    outputs = run_signature(signature, inputs, tuple(request.output_filter))
+    outputs = run_checked(signature, inputs, limits or Limits(), tuple(request.output_filter))
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -87,9 +89,9 @@ def get_model_status(repository, request):
     return response
 
 
-def _answer(fn, repository, request, context):
+def _answer(fn, repository, request, context, *args):
     try:
-        return fn(repository, request)
+        return fn(repository, request, *args)
     except ServingError as error:
         context.abort(error.code, error.message)
     except Exception as error:  # a bug must cost one request, not the server
@@ -100,11 +102,12 @@ def _answer(fn, repository, request, context):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; Classify, Regress and MultiInference (tf.Example APIs) stay UNIMPLEMENTED."""
 
-    def __init__(self, repository):
+    def __init__(self, repository, limits):
         self.repository = repository
+        self.limits = limits
 
     def Predict(self, request, context):
-        return _answer(predict, self.repository, request, context)
+        return _answer(predict, self.repository, request, context, self.limits)
 
     def GetModelMetadata(self, request, context):
         return _answer(get_model_metadata, self.repository, request, context)
@@ -120,14 +123,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(get_model_status, self.repository, request, context)
 
 
-def start_grpc_server(repository, host, port, max_workers=8):
-    """Start the gRPC server on host:port (0 = a free port). Returns (grpc.Server, bound port)."""
-    # Batches of images easily pass gRPC's 4 MB default; TF Serving lifts the limit the same way.
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+def start_grpc_server(repository, host, port, limits=None):
+    """Start the gRPC server on host:port (0 = a free port). Returns (grpc.Server, bound port).
+
+    `limits` (default `Limits()`): messages over max_body_bytes get RESOURCE_EXHAUSTED from gRPC itself;
+    grpc_workers threads run calls, up to grpc_queue more wait, further calls get RESOURCE_EXHAUSTED at once.
+    """
+    limits = limits or Limits()
+    # Batches of images easily pass gRPC's 4 MB default: the limit is the REST body limit instead.
+    options = [("grpc.max_receive_message_length", limits.max_body_bytes), ("grpc.max_send_message_length", -1),
                ("grpc.so_reuseport", 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kdet-grpc"),
-                         options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository), server)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.grpc_workers, thread_name_prefix="kdet-grpc"),
+                         options=options, maximum_concurrent_rpcs=limits.grpc_workers + limits.grpc_queue)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(repository, limits), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(repository), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

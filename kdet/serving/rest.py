@@ -7,7 +7,10 @@ Paths and error texts follow TensorFlow Serving (http_rest_api_handler.cc); the 
 import json
 import logging
 import re
+import socket
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -16,9 +19,10 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from kdet.errors import ConfigError
-from kdet.serving.core import ServingError, invalid_argument, run_signature
+from kdet.serving.core import ServingError, invalid_argument
 from kdet.serving.codec import columns_to_inputs, instances_to_inputs, outputs_to_json, short_json
 from kdet.serving.grpc_service import SIGNATURE_DEF_FIELD, get_model_metadata, get_model_status
+from kdet.serving.limits import Limits, run_checked
 
 log = logging.getLogger("kdet.serve")
 
@@ -39,7 +43,7 @@ HTTP_STATUS = {
 
 
 # -- request handling -------------------------------------------------------------------------------------------
-def _predict(repository, name, version, body):
+def _predict(repository, name, version, body, limits):
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
@@ -65,7 +69,7 @@ def _predict(repository, name, version, body):
         inputs, row_format = columns_to_inputs(document["inputs"], signature.inputs), False
     else:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
-    return outputs_to_json(run_signature(signature, inputs), row_format)
+    return outputs_to_json(run_checked(signature, inputs, limits), row_format)
 
 
 def _proto_dict(message):
@@ -93,8 +97,9 @@ def _model_spec(request, name, version, label):
     return request
 
 
-def handle_request(repository, method, path, body):
-    """One REST request -> (HTTP status, JSON text). Pure function of the repository; the HTTP server wraps it."""
+def handle_request(repository, method, path, body, limits=None):
+    """One REST request -> (HTTP status, JSON text). Pure function of the repository and `Limits` (default: the
+    defaults); the HTTP server wraps it."""
     try:
         if method == "POST" and (match := _PREDICT_PATH.fullmatch(path)):
             name, version, label, verb = match.groups()
@@ -103,7 +108,7 @@ def handle_request(repository, method, path, body):
                                    f"{verb} needs tf.Example signatures; kdet models serve :predict")
             if label is not None:
                 raise invalid_argument(f"Unrecognized servable version label: {unquote(label)}")
-            return 200, _predict(repository, unquote(name), _parse_version(version), body)
+            return 200, _predict(repository, unquote(name), _parse_version(version), body, limits or Limits())
         if method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
@@ -128,48 +133,234 @@ def handle_request(repository, method, path, body):
         return 400, json.dumps({"error": "JSON Parse error: the document is nested too deeply"})
 
 
+class _Refused(Exception):
+    """A request answered before (or instead of) reading its body: HTTP `status`, `message`; the connection closes."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class _ClientGone(Exception):
+    """The client closed the connection mid-request: nothing to answer, nothing to log above debug."""
+
+
+_QUIET = (ConnectionError, TimeoutError, _ClientGone)  # a client's doing, not a server error
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """One connection: keep-alive requests, each read under the server's Limits.
+
+    A connection waits `idle_timeout` for a request to start; once its first byte arrives, the headers and body must
+    arrive within `request_timeout` (a watchdog then shuts the socket's read side and the request gets 408). Bodies
+    over `max_body_bytes` get 413 from their Content-Length, or while a chunked body is counted, and are never stored.
+    """
     protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving's evhttp server
     server_version = "kdet-serve"
-    repository = None  # set on the per-server subclass
+    repository = limits = None  # set on the per-server subclass
+
+    def handle_one_request(self):
+        self._expired = False
+        self.connection.settimeout(self.limits.idle_timeout)
+        try:
+            if not self.rfile.peek(1):  # the client closed an idle connection
+                self.close_connection = True
+                return
+        except TimeoutError:  # idle for idle_timeout: close without an answer, as HTTP servers do
+            log.debug("closing a connection from %s idle for %gs", self.address_string(), self.limits.idle_timeout)
+            self.close_connection = True
+            return
+        # Bounds each read and each write (to a client that does not read); one second over the watchdog's deadline,
+        # so that a stalled read ends by the watchdog, which answers 408, not by a timeout, which cannot.
+        self.connection.settimeout(self.limits.request_timeout + 1.0)
+        watchdog = threading.Timer(self.limits.request_timeout, self._expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            super().handle_one_request()
+        finally:
+            watchdog.cancel()
+        if self._expired:
+            self.close_connection = True
+
+    def _expire(self):
+        """The request did not arrive within request_timeout: end its reads (they return EOF), keep the write side."""
+        self._expired = True
+        try:
+            self.connection.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def send_error(self, code, message=None, explain=None):
+        if self._expired:  # the stdlib's header parser saw the EOF the watchdog made
+            code, message = 408, f"request not received within {self.limits.request_timeout:g} s"
+        self.close_connection = True
+        self._send(code, json.dumps({"error": message or self.responses.get(code, ("error",))[0]}))
+
+    def handle_expect_100(self):
+        try:
+            self._check_length()
+        except _Refused as refused:  # answer before the client sends the body at all
+            self.close_connection = True
+            self._send(refused.status, json.dumps({"error": refused.message}))
+            return False
+        return super().handle_expect_100()
+
+    def _check_length(self):
+        """Content-Length as an int (0 when absent); 400 when malformed, 413 when over max_body_bytes."""
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return 0
+        if not re.fullmatch(r"\s*[0-9]+\s*", text):  # ASCII digits only: str.isdigit() also takes "\xb2"
+            raise _Refused(400, f"Content-Length is not a number: {text[:40]!r}")
+        if int(text) > self.limits.max_body_bytes:
+            raise _Refused(413, f"request body of {int(text)} bytes is larger than this server's limit of "
+                                f"{self.limits.max_body_bytes} bytes (kdet serve --max-body-bytes)")
+        return int(text)
+
+    def _read_exactly(self, size):
+        data = self.rfile.read(size)
+        if len(data) < size:
+            if self._expired:
+                raise _Refused(408, f"request not received within {self.limits.request_timeout:g} s")
+            raise _ClientGone()
+        return data
+
+    def _read_chunked(self):
+        """A Transfer-Encoding: chunked body, counted against max_body_bytes as it is read."""
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1026)
+            if not line.endswith(b"\n"):
+                if len(line) < 1026:  # the stream ended: the watchdog or the client closed it
+                    self._read_exactly(1)
+                raise _Refused(400, "malformed chunked body: a chunk size line is longer than 1024 bytes")
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise _Refused(400, f"malformed chunk size line: {line[:40]!r}") from None
+            if size == 0:
+                break
+            total += size
+            if total > self.limits.max_body_bytes:
+                raise _Refused(413, f"chunked request body is larger than this server's limit of "
+                                    f"{self.limits.max_body_bytes} bytes (kdet serve --max-body-bytes)")
+            parts.append(self._read_exactly(size))
+            if self._read_exactly(2) != b"\r\n":
+                raise _Refused(400, "malformed chunked body: a chunk does not end with CRLF")
+        while self.rfile.readline(65537).strip():  # trailer fields, ignored
+            pass
+        return b"".join(parts)
+
+    def _read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length = self._check_length()
+        return self._read_exactly(length) if length else b""
 
     def _dispatch(self):
         path = urlsplit(self.path).path
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length > 0 else b""
+            body = self._read_body()
+            if self._expired:
+                raise _Refused(408, f"request not received within {self.limits.request_timeout:g} s")
             if not re.fullmatch(r"/v1/.*", path, re.I):
                 status, text = 404, json.dumps({"error": f"Unknown path {path}: the API lives under /v1/models/"})
             else:
-                status, text = handle_request(self.repository, self.command, path, body)
-        except ValueError:
-            status, text = 400, json.dumps({"error": "Content-Length is not a number"})
+                status, text = handle_request(self.repository, self.command, path, body, self.limits)
+        except _Refused as refused:  # the rest of the body stays unread: this connection cannot carry another request
+            self.close_connection = True
+            self._send(refused.status, json.dumps({"error": refused.message}))
+            self._linger()
+            return
+        except _QUIET:
+            log.debug("client %s left during %s %s", self.address_string(), self.command, path)
+            self.close_connection = True
+            return
         except Exception as error:  # a bug must cost one request, not the server
             log.exception("internal error on %s %s", self.command, path)
             status, text = 500, json.dumps({"error": f"internal error: {type(error).__name__}: {error}"})
-        payload = text.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._send(status, text)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+    def _send(self, status, text):
+        """Write one JSON response; a client that is gone (or stops reading) just loses it."""
+        payload = text.encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(payload)
+        except _QUIET:
+            log.debug("client %s left before its %d answer", self.address_string(), status)
+            self.close_connection = True
+
+    def _linger(self, seconds=1.0):
+        """After answering a body left unread: discard what the client still sends, for at most `seconds`, so it
+        reads the answer instead of a connection reset (nginx's lingering close). Nothing is kept."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(1 << 16):
+                    break
+        except OSError:  # timeouts and resets included: the connection is closed next either way
+            pass
 
     def log_message(self, format, *args):  # BaseHTTPRequestHandler's signature
         log.debug("%s %s", self.address_string(), format % args)
 
 
 class _Server(ThreadingHTTPServer):
+    """At most `limits.rest_threads` connections are handled at once; the next ones wait in the listen queue."""
     daemon_threads = True
     request_queue_size = 512  # many clients connecting at once must queue, not be refused (default 5)
 
+    def __init__(self, address, handler, limits):
+        self._slots = threading.BoundedSemaphore(limits.rest_threads)
+        self._closing = False
+        super().__init__(address, handler)
 
-def start_rest_server(repository, host, port):
+    def process_request(self, request, client_address):
+        while not self._slots.acquire(timeout=0.2):  # every handler busy: this connection waits its turn
+            if self._closing:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, _QUIET):  # e.g. a reset while the headers were read: the client's doing
+            log.debug("client %s left: %s", client_address[0], error)
+        else:
+            log.exception("internal error on a connection from %s", client_address[0])
+
+    def shutdown(self):
+        self._closing = True
+        super().shutdown()
+
+
+def start_rest_server(repository, host, port, limits=None):
     """Start the REST server on host:port (0 = a free port) in a daemon thread; returns the ThreadingHTTPServer."""
-    handler = type("Handler", (_Handler,), {"repository": repository})
+    limits = limits or Limits()
+    handler = type("Handler", (_Handler,), {"repository": repository, "limits": limits})
     try:
-        server = _Server((host, port), handler)
+        server = _Server((host, port), handler, limits)
     except OSError as error:
         raise ConfigError(f"REST cannot bind {host}:{port}: {error.strerror or error}") from None
     threading.Thread(target=server.serve_forever, name="kdet-rest", daemon=True).start()
