@@ -1,6 +1,9 @@
 """kdet.ops.deform_conv2d against a plain numpy loop of torchvision's kernel, against torchvision itself
 (tests/fixtures/deform_conv_torchvision.npz), and the DeformConv2D layer: a plain conv at zero init, gradients,
-a save / load round trip and TFLite builtins-only conversion."""
+a save / load round trip, TFLite builtins-only conversion and ONNX.
+
+deform_conv2d has one formulation (gathers + arithmetic + matmul, all TFLite builtins), so `builtins_only()` does
+not change it; the LiteRT test below is what shows it really is builtins only."""
 from pathlib import Path
 
 import keras
@@ -96,14 +99,12 @@ def make_case(name, seed=0):
     return args, {"stride": stride, "padding": padding, "dilation": dilation}
 
 
-@pytest.mark.parametrize("builtins", [False, True])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_matches_numpy_reference(name, builtins):
+def test_matches_numpy_reference(name):
     args, conv = make_case(name)
     expected = reference_deform_conv(args["inputs"], args["offset"], args["weight"], args["bias"], mask=args["mask"],
                                      **conv)
-    with builtins_only(builtins):
-        result = deform_conv2d(**args, **conv).numpy()
+    result = deform_conv2d(**args, **conv).numpy()
     np.testing.assert_allclose(result, expected, atol=2e-5, rtol=1e-5)
 
 
@@ -157,8 +158,7 @@ def test_integer_offsets_shift_the_conv():
     np.testing.assert_allclose(deform_conv2d(x, offset, weight, padding=1).numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("builtins", [False, True])
-def test_matches_torchvision_fixture(builtins):
+def test_matches_torchvision_fixture():
     with np.load(FIXTURE) as data:
         data = dict(data)
     nhwc = lambda a: np.transpose(a, [0, 2, 3, 1])
@@ -166,10 +166,9 @@ def test_matches_torchvision_fixture(builtins):
         stride, padding, dilation = (tuple(int(v) for v in data[f"case{case}_{key}"])
                                      for key in ("stride", "padding", "dilation"))
         mask = data.get(f"case{case}_mask")
-        with builtins_only(builtins):
-            result = deform_conv2d(nhwc(data[f"case{case}_input"]), nhwc(data[f"case{case}_offset"]),
-                                   np.transpose(data[f"case{case}_weight"], [2, 3, 1, 0]), data[f"case{case}_bias"],
-                                   stride, padding, dilation, None if mask is None else nhwc(mask))
+        result = deform_conv2d(nhwc(data[f"case{case}_input"]), nhwc(data[f"case{case}_offset"]),
+                               np.transpose(data[f"case{case}_weight"], [2, 3, 1, 0]), data[f"case{case}_bias"],
+                               stride, padding, dilation, None if mask is None else nhwc(mask))
         np.testing.assert_allclose(result.numpy(), nhwc(data[f"case{case}_out"]), atol=1e-4, err_msg=f"case {case}")
 
 
@@ -276,3 +275,27 @@ def test_layer_converts_to_tflite_builtins_and_agrees(tmp_path):
     assert "GATHER" in ops and "CUSTOM" not in ops and "FLEX" not in " ".join(ops)
     x = rng.normal(0, 2, (1, 12, 11, 6)).astype(np.float32)
     np.testing.assert_allclose(interpreter.get_signature_runner()(x=x)["y"], model(x).numpy(), atol=1e-4)
+
+
+def test_op_converts_to_onnx_with_dynamic_batch_and_agrees():
+    """kdet's ONNX export keeps the TF ops (no builtins twins): the same graph must map to ONNX Gather / MatMul."""
+    import onnxruntime
+    import tf2onnx
+
+    from kdet.export.onnx import _patch_tf2onnx_for_numpy2
+
+    _patch_tf2onnx_for_numpy2()
+    rng = np.random.default_rng(10)
+    weight = tf.Variable(rng.normal(0, 1, (3, 3, 2, 4)).astype(np.float32))  # frozen into the graph, as a model's
+    spec = [tf.TensorSpec((None, 9, 8, 4), name="x"), tf.TensorSpec((None, 5, 4, 36), name="offset"),
+            tf.TensorSpec((None, 5, 4, 18), name="mask")]
+    function = tf.function(lambda x, offset, mask: {"y": deform_conv2d(x, offset, weight, None, 2, 1, 1, mask)},
+                           input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    feed = {"x": rng.normal(0, 1, (2, 9, 8, 4)).astype(np.float32),
+            "offset": rng.normal(0, 2, (2, 5, 4, 36)).astype(np.float32),
+            "mask": rng.uniform(0, 1, (2, 5, 4, 18)).astype(np.float32)}
+    expected = reference_deform_conv(feed["x"], feed["offset"], weight.numpy(), stride=(2, 2), padding=(1, 1),
+                                     mask=feed["mask"])
+    np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=2e-5)
