@@ -81,14 +81,16 @@ def bench_case(name, rng, rounds, warmup, threads, backward):
     kernel_tf = tf.Variable(np.transpose(weight, [2, 3, 1, 0]))
     bias_tf = tf.Variable(bias)
 
-    def forward(x, offset, mask, kernel=kernel_tf, bias=bias_tf):
-        return deform_conv2d(x, offset, kernel, bias, stride, pad, 1, mask)
+    def conv_with(kernel, bias):
+        return lambda x, offset, mask: deform_conv2d(x, offset, kernel, bias, stride, pad, 1, mask)
+
+    forward = conv_with(kernel_tf, bias_tf)
 
     specs = [tf.TensorSpec(value.shape, tf.float32, name=key) for key, value in feeds.items()]
     kdet_fn = tf.function(forward, input_signature=specs)
     xla_fn = tf.function(forward, input_signature=specs, jit_compile=True)
-    constants = tf.constant(kernel_tf.numpy()), tf.constant(bias)  # folded into the flatbuffer (no variables)
-    litert = litert_runner(lambda x, offset, mask: {"y": forward(x, offset, mask, *constants)}, specs, threads)
+    folded = conv_with(tf.constant(kernel_tf.numpy()), tf.constant(bias))  # constants in the flatbuffer, no variables
+    litert = litert_runner(lambda x, offset, mask: {"y": folded(x, offset, mask)}, specs, threads)
     tensors = [torch.from_numpy(a) for a in (x, offset, weight, bias, mask)]
 
     def torch_forward(x_t, offset_t, weight_t, bias_t, mask_t):
