@@ -195,6 +195,8 @@ def test_bad_shapes_name_the_problem():
     with pytest.raises(ConfigError, match="mask"):
         deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 4, 2), np.float32), padding=1,
                       mask=np.zeros((1, 5, 5, 8), np.float32))
+    with pytest.raises(ConfigError, match="offset is"):  # Ho, Wo = 3, 3 with stride 2
+        deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 4, 2), np.float32), 2, 1)
     with pytest.raises(ConfigError, match="groups"):
         deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 3, 2), np.float32), padding=1)
 
@@ -226,6 +228,20 @@ def test_layer_uses_its_predicted_offsets_and_mask():
     expected = reference_deform_conv(x, offset, layer.kernel.numpy(), layer.bias.numpy(), (2, 2), (1, 1),
                                      mask=mask)
     np.testing.assert_allclose(layer(x).numpy(), expected, atol=2e-5)
+
+
+def test_layer_in_a_model_of_any_input_size():
+    rng = np.random.default_rng(12)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, DeformConv2D(2, 3, strides=2, name="dcn")(inputs))
+    layer = model.get_layer("dcn")
+    layer.offset_kernel.assign(rng.normal(0, 0.3, layer.offset_kernel.shape))
+    for height, width in ((9, 12), (16, 7)):
+        x = rng.normal(0, 1, (1, height, width, 3)).astype(np.float32)
+        offset, mask = (t.numpy() for t in layer.offsets_and_mask(x))
+        expected = reference_deform_conv(x, offset, layer.kernel.numpy(), layer.bias.numpy(), (2, 2), (1, 1),
+                                         mask=mask)
+        np.testing.assert_allclose(model.predict_on_batch(x), expected, atol=2e-5)
 
 
 def test_fit_step_has_gradients_for_input_kernel_and_offsets(tmp_path):
@@ -299,3 +315,19 @@ def test_op_converts_to_onnx_with_dynamic_batch_and_agrees():
     expected = reference_deform_conv(feed["x"], feed["offset"], weight.numpy(), stride=(2, 2), padding=(1, 1),
                                      mask=feed["mask"])
     np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=2e-5)
+
+
+def test_gradients_match_finite_differences():
+    """Input, offset, mask and weight gradients (float64) against central differences, samples off the integer grid
+    (where bilinear interpolation has kinks), some in the one-cell border band."""
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(0, 1, (1, 3, 4, 2)))
+    offset = rng.uniform(-1.6, 1.6, (1, 2, 3, 8))
+    offset = tf.constant(np.where(np.abs(offset - np.round(offset)) < 0.05, offset + 0.1, offset))
+    mask = tf.constant(rng.uniform(0, 1, (1, 2, 3, 4)))
+    weight = tf.constant(rng.normal(0, 1, (2, 2, 2, 2)))
+    function = tf.function(lambda a, o, m, w: deform_conv2d(a, o, w, padding=(1, 0), stride=(2, 1), mask=m))
+    theoretical, numerical = tf.test.compute_gradient(function, [x, offset, mask, weight], delta=1e-6)
+    for name, t, n in zip(("input", "offset", "mask", "weight"), theoretical, numerical):
+        assert np.abs(t).max() > 0.1, name
+        np.testing.assert_allclose(t, n, atol=1e-6, err_msg=name)
