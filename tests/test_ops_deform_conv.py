@@ -50,8 +50,9 @@ def reference_deform_conv(x, offset, weight, bias=None, stride=(1, 1), padding=(
                         k = i * kernel_w + j
                         for c in range(channels):
                             g = c // (channels // offset_groups)
-                            y = oy * stride[0] - padding[0] + i * dilation[0] + offset[b, oy, ox, (g * taps + k) * 2]
-                            xx = ox * stride[1] - padding[1] + j * dilation[1] + offset[b, oy, ox, (g * taps + k) * 2 + 1]
+                            dy, dx = offset[b, oy, ox, (g * taps + k) * 2], offset[b, oy, ox, (g * taps + k) * 2 + 1]
+                            y = oy * stride[0] - padding[0] + i * dilation[0] + dy
+                            xx = ox * stride[1] - padding[1] + j * dilation[1] + dx
                             value = bilinear_zero_outside(x[b, :, :, c], y, xx)
                             if mask is not None:
                                 value *= mask[b, oy, ox, g * taps + k]
@@ -172,7 +173,7 @@ def test_matches_torchvision_fixture():
         np.testing.assert_allclose(result.numpy(), nhwc(data[f"case{case}_out"]), atol=1e-4, err_msg=f"case {case}")
 
 
-def test_dynamic_shapes_trace_once():
+def test_unknown_batch_and_spatial_sizes():
     rng = np.random.default_rng(5)
     weight = tf.constant(rng.normal(0, 1, (3, 3, 4, 2)).astype(np.float32))
     fn = tf.function(lambda x, o, m: deform_conv2d(x, o, weight, padding=1, stride=2, mask=m),

@@ -3,7 +3,7 @@
 torchvision's kernel (csrc/ops/cpu/deform_conv2d_kernel.cpp), for output cell (oy, ox), kernel tap (i, j),
 k = i * kw + j, and input channel c of offset group g = c // (Cin / offset_groups):
   * it samples the input at y = oy * stride_h - pad_h + i * dilation_h + offset[g, k, 0] and
-    x = ox * stride_w - pad_w + j * dilation_w + offset[g, k, 1] (offset channels: (g * kh * kw + k) * 2 + {0: y, 1: x});
+    x = ox * stride_w - pad_w + j * dilation_w + offset[g, k, 1] (offset channel (g * kh * kw + k) * 2 + {0: y, 1: x});
   * bilinearly, where a corner outside the map reads 0, and a sample at y <= -1, y >= H (or the same for x) is 0;
   * times mask[g, k] (channel g * kh * kw + k) when a mask is given (DCNv2 modulation);
   * and the columns [Ho * Wo, kh * kw * Cin] then meet the weight in one matmul (per weight group).
@@ -13,7 +13,11 @@ every corner then lies in the padded map and the zero border gives exactly the r
 reads only zeros), with no validity masks. The mask is folded into the four bilinear weights (small tensors) so the
 big [B, Ho, Wo, kh * kw, Cin] columns are formed once from four gathers. Everything is PAD, GATHER, FLOOR,
 MINIMUM, MAXIMUM, CAST, arithmetic and FULLY_CONNECTED / BATCH_MATMUL, i.e. TFLite builtins, so this one
-formulation serves both TensorFlow and `builtins_only()` traces.
+formulation serves both TensorFlow and `builtins_only()` traces, and tf2onnx maps it to ONNX Gather / MatMul.
+
+Under XLA (`model.compile(jit_compile=True)`, or a tf.function with jit_compile=True around the model) the four
+gathers and the bilinear sum fuse into one loop, which measured faster on CPU (benchmarks/bench_deform_conv.py).
+The op does not force XLA itself: tf2onnx cannot convert an XLA-compiled function call inside the graph.
 """
 import tensorflow as tf
 
