@@ -1,6 +1,9 @@
 """kdet.ops.deform_conv2d against a plain numpy loop of torchvision's kernel, against torchvision itself
 (tests/fixtures/deform_conv_torchvision.npz), and the DeformConv2D layer: a plain conv at zero init, gradients,
-a save / load round trip and TFLite builtins-only conversion."""
+a save / load round trip, TFLite builtins-only conversion and ONNX.
+
+deform_conv2d has one formulation (gathers + arithmetic + matmul, all TFLite builtins), so `builtins_only()` does
+not change it; the LiteRT test below is what shows it really is builtins only."""
 from pathlib import Path
 
 import keras
@@ -47,8 +50,9 @@ def reference_deform_conv(x, offset, weight, bias=None, stride=(1, 1), padding=(
                         k = i * kernel_w + j
                         for c in range(channels):
                             g = c // (channels // offset_groups)
-                            y = oy * stride[0] - padding[0] + i * dilation[0] + offset[b, oy, ox, (g * taps + k) * 2]
-                            xx = ox * stride[1] - padding[1] + j * dilation[1] + offset[b, oy, ox, (g * taps + k) * 2 + 1]
+                            dy, dx = offset[b, oy, ox, (g * taps + k) * 2], offset[b, oy, ox, (g * taps + k) * 2 + 1]
+                            y = oy * stride[0] - padding[0] + i * dilation[0] + dy
+                            xx = ox * stride[1] - padding[1] + j * dilation[1] + dx
                             value = bilinear_zero_outside(x[b, :, :, c], y, xx)
                             if mask is not None:
                                 value *= mask[b, oy, ox, g * taps + k]
@@ -96,14 +100,12 @@ def make_case(name, seed=0):
     return args, {"stride": stride, "padding": padding, "dilation": dilation}
 
 
-@pytest.mark.parametrize("builtins", [False, True])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_matches_numpy_reference(name, builtins):
+def test_matches_numpy_reference(name):
     args, conv = make_case(name)
     expected = reference_deform_conv(args["inputs"], args["offset"], args["weight"], args["bias"], mask=args["mask"],
                                      **conv)
-    with builtins_only(builtins):
-        result = deform_conv2d(**args, **conv).numpy()
+    result = deform_conv2d(**args, **conv).numpy()
     np.testing.assert_allclose(result, expected, atol=2e-5, rtol=1e-5)
 
 
@@ -157,8 +159,7 @@ def test_integer_offsets_shift_the_conv():
     np.testing.assert_allclose(deform_conv2d(x, offset, weight, padding=1).numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("builtins", [False, True])
-def test_matches_torchvision_fixture(builtins):
+def test_matches_torchvision_fixture():
     with np.load(FIXTURE) as data:
         data = dict(data)
     nhwc = lambda a: np.transpose(a, [0, 2, 3, 1])
@@ -166,14 +167,13 @@ def test_matches_torchvision_fixture(builtins):
         stride, padding, dilation = (tuple(int(v) for v in data[f"case{case}_{key}"])
                                      for key in ("stride", "padding", "dilation"))
         mask = data.get(f"case{case}_mask")
-        with builtins_only(builtins):
-            result = deform_conv2d(nhwc(data[f"case{case}_input"]), nhwc(data[f"case{case}_offset"]),
-                                   np.transpose(data[f"case{case}_weight"], [2, 3, 1, 0]), data[f"case{case}_bias"],
-                                   stride, padding, dilation, None if mask is None else nhwc(mask))
+        result = deform_conv2d(nhwc(data[f"case{case}_input"]), nhwc(data[f"case{case}_offset"]),
+                               np.transpose(data[f"case{case}_weight"], [2, 3, 1, 0]), data[f"case{case}_bias"],
+                               stride, padding, dilation, None if mask is None else nhwc(mask))
         np.testing.assert_allclose(result.numpy(), nhwc(data[f"case{case}_out"]), atol=1e-4, err_msg=f"case {case}")
 
 
-def test_dynamic_shapes_trace_once():
+def test_unknown_batch_and_spatial_sizes():
     rng = np.random.default_rng(5)
     weight = tf.constant(rng.normal(0, 1, (3, 3, 4, 2)).astype(np.float32))
     fn = tf.function(lambda x, o, m: deform_conv2d(x, o, weight, padding=1, stride=2, mask=m),
@@ -196,6 +196,8 @@ def test_bad_shapes_name_the_problem():
     with pytest.raises(ConfigError, match="mask"):
         deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 4, 2), np.float32), padding=1,
                       mask=np.zeros((1, 5, 5, 8), np.float32))
+    with pytest.raises(ConfigError, match="offset is"):  # Ho, Wo = 3, 3 with stride 2
+        deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 4, 2), np.float32), 2, 1)
     with pytest.raises(ConfigError, match="groups"):
         deform_conv2d(x, np.zeros((1, 5, 5, 18), np.float32), np.zeros((3, 3, 3, 2), np.float32), padding=1)
 
@@ -227,6 +229,20 @@ def test_layer_uses_its_predicted_offsets_and_mask():
     expected = reference_deform_conv(x, offset, layer.kernel.numpy(), layer.bias.numpy(), (2, 2), (1, 1),
                                      mask=mask)
     np.testing.assert_allclose(layer(x).numpy(), expected, atol=2e-5)
+
+
+def test_layer_in_a_model_of_any_input_size():
+    rng = np.random.default_rng(12)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, DeformConv2D(2, 3, strides=2, name="dcn")(inputs))
+    layer = model.get_layer("dcn")
+    layer.offset_kernel.assign(rng.normal(0, 0.3, layer.offset_kernel.shape))
+    for height, width in ((9, 12), (16, 7)):
+        x = rng.normal(0, 1, (1, height, width, 3)).astype(np.float32)
+        offset, mask = (t.numpy() for t in layer.offsets_and_mask(x))
+        expected = reference_deform_conv(x, offset, layer.kernel.numpy(), layer.bias.numpy(), (2, 2), (1, 1),
+                                         mask=mask)
+        np.testing.assert_allclose(model.predict_on_batch(x), expected, atol=2e-5)
 
 
 def test_fit_step_has_gradients_for_input_kernel_and_offsets(tmp_path):
@@ -276,3 +292,43 @@ def test_layer_converts_to_tflite_builtins_and_agrees(tmp_path):
     assert "GATHER" in ops and "CUSTOM" not in ops and "FLEX" not in " ".join(ops)
     x = rng.normal(0, 2, (1, 12, 11, 6)).astype(np.float32)
     np.testing.assert_allclose(interpreter.get_signature_runner()(x=x)["y"], model(x).numpy(), atol=1e-4)
+
+
+def test_op_converts_to_onnx_with_dynamic_batch_and_agrees():
+    """kdet's ONNX export keeps the TF ops (no builtins twins): the same graph must map to ONNX Gather / MatMul."""
+    import onnxruntime
+    import tf2onnx
+
+    from kdet.export.onnx import _patch_tf2onnx_for_numpy2
+
+    _patch_tf2onnx_for_numpy2()
+    rng = np.random.default_rng(10)
+    weight = tf.Variable(rng.normal(0, 1, (3, 3, 2, 4)).astype(np.float32))  # frozen into the graph, as a model's
+    spec = [tf.TensorSpec((None, 9, 8, 4), name="x"), tf.TensorSpec((None, 5, 4, 36), name="offset"),
+            tf.TensorSpec((None, 5, 4, 18), name="mask")]
+    function = tf.function(lambda x, offset, mask: {"y": deform_conv2d(x, offset, weight, None, 2, 1, 1, mask)},
+                           input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    feed = {"x": rng.normal(0, 1, (2, 9, 8, 4)).astype(np.float32),
+            "offset": rng.normal(0, 2, (2, 5, 4, 36)).astype(np.float32),
+            "mask": rng.uniform(0, 1, (2, 5, 4, 18)).astype(np.float32)}
+    expected = reference_deform_conv(feed["x"], feed["offset"], weight.numpy(), stride=(2, 2), padding=(1, 1),
+                                     mask=feed["mask"])
+    np.testing.assert_allclose(session.run(None, feed)[0], expected, atol=2e-5)
+
+
+def test_gradients_match_finite_differences():
+    """Input, offset, mask and weight gradients (float64) against central differences, samples off the integer grid
+    (where bilinear interpolation has kinks), some in the one-cell border band."""
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.normal(0, 1, (1, 3, 4, 2)))
+    offset = rng.uniform(-1.6, 1.6, (1, 2, 3, 8))
+    offset = tf.constant(np.where(np.abs(offset - np.round(offset)) < 0.05, offset + 0.1, offset))
+    mask = tf.constant(rng.uniform(0, 1, (1, 2, 3, 4)))
+    weight = tf.constant(rng.normal(0, 1, (2, 2, 2, 2)))
+    function = tf.function(lambda a, o, m, w: deform_conv2d(a, o, w, padding=(1, 0), stride=(2, 1), mask=m))
+    theoretical, numerical = tf.test.compute_gradient(function, [x, offset, mask, weight], delta=1e-6)
+    for name, t, n in zip(("input", "offset", "mask", "weight"), theoretical, numerical):
+        assert np.abs(t).max() > 0.1, name
+        np.testing.assert_allclose(t, n, atol=1e-6, err_msg=name)

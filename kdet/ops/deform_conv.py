@@ -3,7 +3,7 @@
 torchvision's kernel (csrc/ops/cpu/deform_conv2d_kernel.cpp), for output cell (oy, ox), kernel tap (i, j),
 k = i * kw + j, and input channel c of offset group g = c // (Cin / offset_groups):
   * it samples the input at y = oy * stride_h - pad_h + i * dilation_h + offset[g, k, 0] and
-    x = ox * stride_w - pad_w + j * dilation_w + offset[g, k, 1] (offset channels: (g * kh * kw + k) * 2 + {0: y, 1: x});
+    x = ox * stride_w - pad_w + j * dilation_w + offset[g, k, 1] (offset channel (g * kh * kw + k) * 2 + {0: y, 1: x});
   * bilinearly, where a corner outside the map reads 0, and a sample at y <= -1, y >= H (or the same for x) is 0;
   * times mask[g, k] (channel g * kh * kw + k) when a mask is given (DCNv2 modulation);
   * and the columns [Ho * Wo, kh * kw * Cin] then meet the weight in one matmul (per weight group).
@@ -13,7 +13,11 @@ every corner then lies in the padded map and the zero border gives exactly the r
 reads only zeros), with no validity masks. The mask is folded into the four bilinear weights (small tensors) so the
 big [B, Ho, Wo, kh * kw, Cin] columns are formed once from four gathers. Everything is PAD, GATHER, FLOOR,
 MINIMUM, MAXIMUM, CAST, arithmetic and FULLY_CONNECTED / BATCH_MATMUL, i.e. TFLite builtins, so this one
-formulation serves both TensorFlow and `builtins_only()` traces.
+formulation serves both TensorFlow and `builtins_only()` traces, and tf2onnx maps it to ONNX Gather / MatMul.
+
+Under XLA (`model.compile(jit_compile=True)`, or a tf.function with jit_compile=True around the model) the four
+gathers and the bilinear sum fuse into one loop, which measured faster on CPU (benchmarks/bench_deform_conv.py).
+The op does not force XLA itself: tf2onnx cannot convert an XLA-compiled function call inside the graph.
 """
 import tensorflow as tf
 
@@ -112,6 +116,8 @@ def deform_conv2d(inputs, offset, weight, bias=None, stride=1, padding=0, dilati
     if inputs.shape.rank != 4 or weight.shape.rank != 4:
         raise ConfigError(f"deform_conv2d: inputs must be [B, H, W, C] and weight [kh, kw, Cin/groups, Cout], got "
                           f"{inputs.shape} and {weight.shape}")
+    if offset.shape.rank != 4 or (mask is not None and tf.convert_to_tensor(mask).shape.rank != 4):
+        raise ConfigError(f"deform_conv2d: offset (and mask) must be [B, Ho, Wo, channels], got {offset.shape}")
     kernel_h, kernel_w, group_in, out_channels = weight.shape
     channels = inputs.shape[-1]
     taps = kernel_h * kernel_w
@@ -131,8 +137,15 @@ def deform_conv2d(inputs, offset, weight, bias=None, stride=1, padding=0, dilati
     height, width = image_hw(inputs)
     out_h = _output_size(height, pad_h, dil_h, kernel_h, stride_h)
     out_w = _output_size(width, pad_w, dil_w, kernel_w, stride_w)
+    for name, tensor in (("offset", offset), ("mask", mask)):
+        static = () if tensor is None else (tensor.shape[0], tensor.shape[1], tensor.shape[2])
+        for got, want in zip(static, (inputs.shape[0], out_h, out_w)):
+            if isinstance(want, int) and got is not None and got != want:
+                raise ConfigError(f"deform_conv2d: {name} is {tensor.shape}, expected [{inputs.shape[0]}, {out_h}, "
+                                  f"{out_w}, ...] for inputs {inputs.shape} (batch, output height, output width)")
+    batch = tf.shape(inputs)[0]  # not -1: an offset of the wrong size must fail, not become another batch size
     # [B, Ho, Wo, K, G, 2]: the offsets per kernel tap, then per group (the order of the columns' channels)
-    offset = tf.transpose(tf.reshape(offset, [-1, out_h, out_w, offset_groups, taps, 2]), [0, 1, 2, 4, 3, 5])
+    offset = tf.transpose(tf.reshape(offset, [batch, out_h, out_w, offset_groups, taps, 2]), [0, 1, 2, 4, 3, 5])
     tap_y = tf.repeat(tf.range(kernel_h) * dil_h, kernel_w)  # [K]
     tap_x = tf.tile(tf.range(kernel_w) * dil_w, [kernel_h])
     grid_y = tf.range(out_h) * stride_h - pad_h  # [Ho]
@@ -143,7 +156,7 @@ def deform_conv2d(inputs, offset, weight, bias=None, stride=1, padding=0, dilati
     if mask is None:
         weights_of = lambda *corner_weights: corner_weights
     else:
-        scale = tf.transpose(tf.reshape(mask, [-1, out_h, out_w, offset_groups, taps]), [0, 1, 2, 4, 3])
+        scale = tf.transpose(tf.reshape(mask, [batch, out_h, out_w, offset_groups, taps]), [0, 1, 2, 4, 3])
         weights_of = lambda *corner_weights: [w * scale for w in corner_weights]
     columns = _sample_columns(inputs, ys, xs, weights_of, offset_groups)
     out = _matmul_columns(columns, weight, groups)

@@ -48,7 +48,8 @@ def main():
             mask=None if mask is None else torch.from_numpy(mask))
         data.update({f"case{case}_input": x, f"case{case}_offset": offset, f"case{case}_weight": weight,
                      f"case{case}_bias": bias, f"case{case}_out": result.numpy(),
-                     f"case{case}_stride": np.array(stride, np.int32), f"case{case}_padding": np.array(padding, np.int32),
+                     f"case{case}_stride": np.array(stride, np.int32),
+                     f"case{case}_padding": np.array(padding, np.int32),
                      f"case{case}_dilation": np.array(dilation, np.int32)})
         if mask is not None:
             data[f"case{case}_mask"] = mask
