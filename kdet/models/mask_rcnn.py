@@ -105,8 +105,14 @@ class MaskRCNN(FasterRCNN):
             if masks.shape[axis] is not None and not tf.is_tensor(size) and masks.shape[axis] != size:
                 raise ValueError(f"y['masks'] are {tuple(masks.shape[2:])} but the images {tuple(image_size)}: "
                                  "masks must be in the images' pixels")
+        # The same checks when the shapes are only known at run time (Keras relaxes a retraced train step).
+        checks = [tf.debugging.assert_equal(tf.shape(masks)[1], tf.shape(targets["boxes"])[1],
+                                            message="y['masks'] must hold one mask per box of y['boxes']"),
+                  tf.debugging.assert_equal(tf.shape(masks)[2:], tf.stack(image_size),
+                                            message="y['masks'] must be in the images' pixels [B, M, H, W]")]
         encoded = super().encode_targets(targets, image_size)
-        encoded["masks"] = masks
+        with tf.control_dependencies(checks):
+            encoded["masks"] = tf.identity(masks)
         return encoded
 
     def loss_parts(self, y, y_pred, training=True):
