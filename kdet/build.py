@@ -22,6 +22,22 @@ MODEL_FILE = "model.keras"       # the whole model (architecture, weights, class
 CONSTRUCTOR_KEYS = ("self", "kwargs", "num_classes", "image_size", "max_detections", "class_names")
 
 
+def constructor_arguments(cls):
+    """The keyword arguments a kdet model class accepts: its own, and those its **kwargs pass on to kdet base
+    classes (MaskRCNN(FasterRCNN) takes every FasterRCNN argument)."""
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if not klass.__module__.startswith("kdet."):
+            break
+        parameters = inspect.signature(klass.__init__).parameters
+        names += [p for p in parameters if p not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            break
+    return names
+
+
 def build_model(config, class_names=None):
     """The Keras model named by `model.name`, its weights created at `model.image_size`.
 
@@ -33,7 +49,7 @@ def build_model(config, class_names=None):
     if m.name not in MODELS:
         raise ConfigError(f"model.name = {m.name!r}; choose one of {', '.join(sorted(MODELS))}")
     cls = MODELS[m.name]
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in CONSTRUCTOR_KEYS]
+    valid = [p for p in constructor_arguments(cls) if p not in CONSTRUCTOR_KEYS]
     unknown = sorted(set(m.args) - set(valid))
     if unknown:
         raise ConfigError(f"model.args.{unknown[0]} is not an argument of {cls.__name__}; valid arguments: "

@@ -5,6 +5,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from kdet.data.pipeline import make_tf_dataset
+from kdet.errors import DataError
 from kdet.metrics.coco_eval import evaluate_coco
 from kdet.metrics.voc_map import evaluate_voc
 
@@ -14,7 +15,8 @@ def detect_dataset(model, dataset, batch_size=8, resize="stretch", progress=True
 
     model: a kdet Detector, or an exported artifact's runner from `kdet.export.load_runner` (uint8 images -> numpy
         detection dict), in which case `image_size` (H, W) says what size it takes.
-    Returns a list of dicts {"boxes": [K, 4] yxyx px, "scores": [K], "classes": [K], "image_id": int}.
+    Returns a list of dicts {"boxes": [K, 4] yxyx px, "scores": [K], "classes": [K], "image_id": int}, plus
+    "masks": [K, h, w] uint8 in the original image's pixels when the model outputs masks (instance segmentation).
     """
     if hasattr(model, "detect"):
         detect = tf.function(model.detect, reduce_retracing=True)
@@ -36,26 +38,50 @@ def detect_dataset(model, dataset, batch_size=8, resize="stretch", progress=True
             scale = np.tile(batch["scale"].numpy(), [1, 2])
             for i, image_id in enumerate(batch["image_id"].numpy()):
                 n = int(out["num_detections"][i])
-                results.append({"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
-                                "classes": out["classes"][i, :n], "image_id": int(image_id)})
+                result = {"boxes": out["boxes"][i, :n] / scale[i], "scores": out["scores"][i, :n],
+                          "classes": out["classes"][i, :n], "image_id": int(image_id)}
+                if "masks" in out:
+                    result["masks"] = masks_to_original(out["masks"][i, :n], scale[i, :2],
+                                                        batch["original_size"].numpy()[i])
+                results.append(result)
             bar.update(len(scale))
     return results
 
 
-def ground_truths(dataset):
-    """The records as the per-image ground-truth dicts `kdet.metrics` takes (original frame)."""
+def masks_to_original(masks, scale, original_size):
+    """Masks [K, H, W] of the network input -> [K, h, w] of the original image (nearest pixel).
+
+    scale (sy, sx): input pixels per original pixel (stretch or letterbox, whose padding lies past the image)."""
+    height, width = (int(v) for v in original_size)
+    rows = np.minimum(np.floor((np.arange(height) + 0.5) * scale[0]).astype(int), masks.shape[1] - 1)
+    cols = np.minimum(np.floor((np.arange(width) + 0.5) * scale[1]).astype(int), masks.shape[2] - 1)
+    return masks[:, rows][:, :, cols]
+
+
+def ground_truths(dataset, with_masks=False):
+    """The records as the per-image ground-truth dicts `kdet.metrics` takes (original frame); with_masks adds their
+    instance masks (then COCO's object areas are mask areas, as in COCO's own json)."""
+    missing = [r.name for r in dataset.records if with_masks and r.masks is None]
+    if missing:
+        raise DataError(missing[0], "the model predicts masks but this record has no instance masks for mask AP")
     return [{"boxes": r.boxes, "labels": r.labels, "difficult": r.difficult, "image_id": r.image_id,
-             "height": r.height, "width": r.width} for r in dataset.records]
+             "height": r.height, "width": r.width, **({"masks": r.masks} if with_masks else {})}
+            for r in dataset.records]
 
 
 def evaluate_detections(dataset, detections, metric="both"):
     """COCO (AP, AP50, AP75, APs/m/l) and/or VOC (mAP@0.5) figures as a flat dict of floats, plus per-class tables."""
-    gts = ground_truths(dataset)
+    segm = bool(detections) and all("masks" in d for d in detections)  # an instance-segmentation model
+    gts = ground_truths(dataset, with_masks=segm)
     results = {}
     if metric in ("coco", "both"):
         coco = evaluate_coco(gts, detections, dataset.class_names)
         results.update({k: v for k, v in coco.items() if not isinstance(v, dict)})
         results["per_class_AP"] = coco.get("per_class", {})
+        if segm:
+            masks = evaluate_coco(gts, detections, dataset.class_names, iou_type="segm")
+            results.update({f"mask_{k}": v for k, v in masks.items() if not isinstance(v, dict)})
+            results["per_class_mask_AP"] = masks.get("per_class", {})
     if metric in ("voc", "both"):
         voc = evaluate_voc(gts, detections, len(dataset.class_names), class_names=dataset.class_names)
         results["mAP50"] = voc["mAP"]

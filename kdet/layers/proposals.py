@@ -101,7 +101,9 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, fg_iou_threshold
         seed: None or an int / [2] tensor for a reproducible draw.
     Returns:
         {"rois": [B, S, 4] (zero rows for padding), "roi_labels": [B, S] int32: class + 1 for foreground, 0 for
-         background, PADDING_LABEL (-1) for an empty slot, "roi_box_targets": [B, S, 4] (zero unless foreground)}.
+         background, PADDING_LABEL (-1) for an empty slot, "roi_box_targets": [B, S, 4] (zero unless foreground),
+         "roi_matched_gt": [B, S] int32, the row of gt_boxes a foreground RoI matched, -1 otherwise (Mask R-CNN
+         crops that row's mask)}.
     """
     proposals = tf.cast(tf.stop_gradient(proposals), tf.float32)
     gt_boxes = tf.convert_to_tensor(gt_boxes, tf.float32)
@@ -136,4 +138,5 @@ def sample_rois(proposals, proposal_valid, gt_boxes, gt_labels, fg_iou_threshold
     safe_rois = tf.where(taken[..., None], rois, [0.0, 0.0, 1.0, 1.0])
     targets = encode_boxes(tf.where(taken[..., None], matched, safe_rois), safe_rois, box_weights)
     return {"rois": tf.where(taken[..., None], rois, 0.0), "roi_labels": labels,
-            "roi_box_targets": tf.where(foreground[..., None], targets, 0.0)}
+            "roi_box_targets": tf.where(foreground[..., None], targets, 0.0),
+            "roi_matched_gt": tf.where(foreground, rows, -1)}

@@ -3,6 +3,7 @@ from kdet.models.classloc import ClassLocModel
 from kdet.models.faster_rcnn import FasterRCNN
 from kdet.models.fcn import FCN
 from kdet.models.fcn_resnet import FCNResNet
+from kdet.models.mask_rcnn import MaskRCNN
 from kdet.models.retinanet import RetinaNet
 from kdet.models.segnet import EncoderDecoder
 from kdet.models.ssd import SSD, SSDLite
@@ -15,6 +16,7 @@ MODELS = {
     "faster_rcnn": FasterRCNN,
     "fcn": FCN,
     "fcn_resnet": FCNResNet,
+    "mask_rcnn": MaskRCNN,
     "retinanet": RetinaNet,
     "ssd": SSD,
     "ssdlite": SSDLite,

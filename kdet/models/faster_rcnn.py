@@ -287,8 +287,17 @@ class FasterRCNN(Detector):
         return encoded
 
     def loss_from_targets(self, y, y_pred, images=None, training=True):
+        parts, _ = self.loss_parts(y, y_pred, training)
+        for name, value in parts.items():
+            self.track_loss(name, value)
+        return tf.add_n(list(parts.values()))
+
+    def loss_parts(self, y, y_pred, training=True):
+        """-> ({name in loss_names: scalar}, the second stage's `sample_rois` dict or None): the parts without
+        tracking, so a subclass (Mask R-CNN) adds its own on the same sampled RoIs."""
         zero = tf.constant(0.0)
         parts = dict.fromkeys(self.loss_names, zero)
+        samples = None
         if self.stage in ("joint", "rpn"):
             parts["rpn_objectness"], parts["rpn_box_regression"] = rpn_loss(
                 y_pred["rpn_objectness"], y_pred["rpn_box_deltas"], y["rpn_labels"], y["rpn_box_targets"])
@@ -304,9 +313,7 @@ class FasterRCNN(Detector):
             class_logits, box_regression = self.box_head_outputs(y_pred["features"], samples["rois"], training)
             parts["classification"], parts["box_regression"] = fast_rcnn_loss(
                 class_logits, box_regression, samples["roi_labels"], samples["roi_box_targets"])
-        for name, value in parts.items():
-            self.track_loss(name, value)
-        return tf.add_n(list(parts.values()))
+        return parts, samples
 
     def decode(self, outputs, image_size):
         b = self.box_settings
