@@ -63,8 +63,7 @@ def test_mask_logits_for_the_same_rois(data, model):
     features = model.extract_features(data["images"].astype(np.float32))[1]
     rois = tf.constant(data["mask_rois"][None], tf.float32)  # [1, R, 4] yxyx
     pooled = model.mask_roi_align(features, rois)  # [1, R, 14, 14, C]
-    pooled = tf.reshape(pooled, [-1, *pooled.shape[2:]])
-    logits = model.mask_predictor(model.mask_head(pooled)).numpy()  # [R, 28, 28, C + 1]
+    logits = model.mask_predictor(model.mask_head(pooled)).numpy()[0]  # [R, 28, 28, C + 1]
     expected = data["mask_logits"]
     assert logits.shape[:3] == expected.shape[:3]
     assert relative_error(logits[..., data["mask_classes"]], expected) <= 1e-3

@@ -23,6 +23,7 @@ the state lacks (missing), the names the state has but the table does not use (u
 num_batches_tracked is never needed) and shape mismatches, before changing any variable.
 """
 import dataclasses
+import re
 import zlib
 from pathlib import Path
 
@@ -230,11 +231,13 @@ def faster_rcnn_table(model):
 
 def mask_rcnn_table(model):
     """kdet MaskRCNN <- torchvision maskrcnn_resnet50_fpn (v1): faster_rcnn_table plus the mask branch,
-    roi_heads.mask_head.{0..3}.0 (3x3 conv + ReLU) -> mask_head.mask_fcn1..4, roi_heads.mask_predictor.conv5_mask
-    (ConvTranspose2d 2x2 stride 2) and .mask_fcn_logits (1x1) -> mask_predictor.conv5_mask / .mask_fcn_logits."""
+    roi_heads.mask_head.{i}.0 (3x3 conv + ReLU) -> the mask head's sublayer named mask_fcn{i + 1} (four of them in
+    v1), roi_heads.mask_predictor.conv5_mask (ConvTranspose2d 2x2 stride 2) and .mask_fcn_logits (1x1) ->
+    mask_predictor.conv5_mask / .mask_fcn_logits."""
     entries = faster_rcnn_table(model)
-    for i in range(4):
-        entries += conv_entries(f"roi_heads.mask_head.{i}.0", getattr(model.mask_head, f"mask_fcn{i + 1}"))
+    convs = {layer.name: layer for layer in model.mask_head._flatten_layers(include_self=False, recursive=True)}
+    for i in range(len([name for name in convs if re.fullmatch(r"mask_fcn\d+", name)])):
+        entries += conv_entries(f"roi_heads.mask_head.{i}.0", convs[f"mask_fcn{i + 1}"])
     predictor = model.mask_predictor
     entries += conv_entries("roi_heads.mask_predictor.conv5_mask", predictor.conv5_mask, kind="conv_transpose")
     entries += conv_entries("roi_heads.mask_predictor.mask_fcn_logits", predictor.mask_fcn_logits)
