@@ -84,3 +84,4 @@ def test_exports_keep_the_grouped_conv_exact(tmp_path):
     assert [a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"] == [8]
     session = onnxruntime.InferenceSession(proto.SerializeToString())
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], expected, atol=1e-4)
+
