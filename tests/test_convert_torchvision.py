@@ -44,6 +44,26 @@ def test_layouts():
     assert box_delta_permutation(2) == (1, 0, 3, 2, 5, 4, 7, 6)
 
 
+def test_conv_transpose_layout_gives_torch_conv_transpose():
+    """torch ConvTranspose2d (Cin, Cout, 2, 2) stride 2 (Mask R-CNN's conv5_mask): out[2i + a, 2j + b, o] =
+    sum_c x[i, j, c] w[c, o, a, b] + bias[o], written in numpy; the converted Keras Conv2DTranspose gives it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 3, 5, 4)).astype(np.float32)
+    weight = rng.normal(size=(4, 6, 2, 2)).astype(np.float32)
+    bias = rng.normal(size=6).astype(np.float32)
+    layer = keras.layers.Conv2DTranspose(6, 2, strides=2)
+    layer.build(x.shape)
+    kernel, bias_entry = Entry("w", layer.kernel, "conv_transpose"), Entry("b", layer.bias)
+    assert kernel.torch_shape() == (4, 6, 2, 2)
+    layer.kernel.assign(kernel.to_keras(weight))
+    layer.bias.assign(bias_entry.to_keras(bias))
+    expected = np.zeros((1, 6, 10, 6), np.float32) + bias
+    for a in range(2):
+        for b in range(2):
+            expected[0, a::2, b::2] += np.einsum("ijc,co->ijo", x[0], weight[:, :, a, b])
+    np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-5)
+
+
 def test_missing_unexpected_and_mismatched_names_are_listed(resnet):
     entries = resnet_entries(resnet, prefix="")
     state = seeded_state_dict({e.torch_name: e.torch_shape() for e in entries}, seed=1)

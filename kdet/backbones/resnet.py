@@ -1,4 +1,5 @@
-"""ResNet-18/34/50/101 built the way torchvision builds them, so torchvision weights map one to one.
+"""ResNet-18/34/50/101 and ResNeXt-50 32x4d / 101 32x8d built the way torchvision builds them, so torchvision
+weights map one to one.
 
 torchvision details that matter for a numerical twin (docs/design.md, "Numerical twins with torchvision"):
   * the stride of a bottleneck block is on its 3x3 conv (ResNet v1.5), not on the first 1x1;
@@ -7,23 +8,35 @@ torchvision details that matter for a numerical twin (docs/design.md, "Numerical
     a ReLU (torch pads with -inf, but every input is >= 0);
   * BatchNorm epsilon 1e-5 (Keras defaults to 1e-3), momentum 0.1 in torch = 0.9 in Keras.
 Feature sizes are ceil(H / stride) for any input size, as in torchvision.
+ResNeXt (Xie et al. 2017) is the bottleneck ResNet with a grouped 3x3 conv (`groups`, `width_per_group`), which
+runs as kdet.layers.grouped_conv.GroupedConv2D (Keras' Conv2D(groups=) is ~10x slower on CPU).
 """
 import keras
+
+from kdet.layers.grouped_conv import GroupedConv2D
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+# torchvision's ResNeXt models as ResNet arguments.
+RESNEXT = {"resnext50_32x4d": dict(depth=50, groups=32, width_per_group=4),
+           "resnext101_32x8d": dict(depth=101, groups=32, width_per_group=8)}
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def conv(filters, kernel_size, strides=1, name=None):
-    """A bias-free conv with torch padding: [ZeroPadding2D(k // 2)] + Conv2D("valid"); returns a list of layers."""
+def conv(filters, kernel_size, strides=1, name=None, groups=1):
+    """A bias-free conv with torch padding: [ZeroPadding2D(k // 2)] + Conv2D("valid") (GroupedConv2D when
+    groups > 1); returns a list of layers."""
     layers = []
     if kernel_size > 1:
         layers.append(keras.layers.ZeroPadding2D(kernel_size // 2, name=None if name is None else f"{name}_pad"))
-    layers.append(keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
-                                      kernel_initializer=CONV_INIT, name=name))
+    if groups > 1:
+        layers.append(GroupedConv2D(filters, kernel_size, strides, groups, use_bias=False,
+                                    kernel_initializer=CONV_INIT, name=name))
+    else:
+        layers.append(keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
+                                          kernel_initializer=CONV_INIT, name=name))
     return layers
 
 
@@ -56,8 +69,12 @@ class BasicBlock(_Block):
 
     expansion = 1
 
-    def __init__(self, filters, strides=1, downsample=False, zero_init_residual=False, **kwargs):
+    def __init__(self, filters, strides=1, downsample=False, zero_init_residual=False, groups=1, width_per_group=64,
+                 **kwargs):
         super().__init__(**kwargs)
+        if groups != 1 or width_per_group != 64:
+            raise ValueError("BasicBlock (ResNet-18/34) has no groups: ResNeXt needs depth 50 or 101, as in "
+                             "torchvision")
         self.conv1 = conv(filters, 3, strides, name="conv1")
         self.bn1 = batch_norm("bn1")
         self.conv2 = conv(filters, 3, name="conv2")
@@ -74,15 +91,19 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    """1x1 -> 3x3 (stride here, v1.5) -> 1x1 x4 (ResNet-50/101). torch names: conv1..3, bn1..3, downsample.{0,1}."""
+    """1x1 -> 3x3 (stride here, v1.5; grouped in ResNeXt) -> 1x1 x4 (ResNet-50/101). torch names: conv1..3, bn1..3,
+    downsample.{0,1}. The inner width is torchvision's int(filters * width_per_group / 64) * groups (= filters for
+    ResNet, 2 * filters for ResNeXt-50 32x4d, 4 * filters for ResNeXt-101 32x8d)."""
 
     expansion = 4
 
-    def __init__(self, filters, strides=1, downsample=False, zero_init_residual=False, **kwargs):
+    def __init__(self, filters, strides=1, downsample=False, zero_init_residual=False, groups=1, width_per_group=64,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = conv(filters, 1, name="conv1")
+        width = bottleneck_width(filters, groups, width_per_group)
+        self.conv1 = conv(width, 1, name="conv1")
         self.bn1 = batch_norm("bn1")
-        self.conv2 = conv(filters, 3, strides, name="conv2")
+        self.conv2 = conv(width, 3, strides, name="conv2", groups=groups)
         self.bn2 = batch_norm("bn2")
         self.conv3 = conv(filters * 4, 1, name="conv3")
         self.bn3 = batch_norm("bn3", gamma_zero=zero_init_residual)
@@ -98,6 +119,15 @@ class Bottleneck(_Block):
         return self.relu(y + self._shortcut(x, training))
 
 
+def bottleneck_width(filters, groups, width_per_group):
+    """torchvision's Bottleneck width: int(planes * width_per_group / 64) * groups (a ValueError if it is 0)."""
+    width = int(filters * (width_per_group / 64.0)) * int(groups)
+    if width < 1:
+        raise ValueError(f"bottleneck width int({filters} * {width_per_group} / 64) * {groups} is 0: raise "
+                         "base_width or width_per_group")
+    return width
+
+
 class ResNet(keras.layers.Layer):
     """ResNet feature extractor.
 
@@ -110,14 +140,17 @@ class ResNet(keras.layers.Layer):
         frozen_bn: keep every BatchNorm in inference mode with fixed statistics and affine terms, as torchvision's
             FrozenBatchNorm2d (the usual choice when fine-tuning with small batches).
         zero_init_residual: start the last BN of each block at gamma 0 (each block starts as the identity).
+        groups, width_per_group: ResNeXt's cardinality and per-group width of the bottleneck 3x3 conv (torchvision's
+            `groups` / `width_per_group`; 1 / 64 = ResNet). ResNeXt-50 32x4d: depth 50, 32, 4; ResNeXt-101 32x8d:
+            depth 101, 32, 8 (`RESNEXT`). Depth 50 / 101 only.
 
     call(images [B, H, W, 3] normalised) -> {"C2": [B, ceil(H/4), ceil(W/4), c], "C3": .../8, "C4": .../16,
     "C5": .../32}; c = base_width * 2^(i-2) * expansion. Attribute names follow torchvision's (conv1, bn1,
     layer1..layer4, each a list of blocks) so the weight converter can walk them.
     """
 
-    def __init__(self, depth=50, base_width=64, frozen_stages=0, frozen_bn=False, zero_init_residual=False,
-                 **kwargs):
+    def __init__(self, depth=50, base_width=64, frozen_stages=0, frozen_bn=False, zero_init_residual=False, groups=1,
+                 width_per_group=64, **kwargs):
         super().__init__(**kwargs)
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
@@ -128,6 +161,7 @@ class ResNet(keras.layers.Layer):
         self.frozen_stages = int(frozen_stages)
         self.frozen_bn = bool(frozen_bn)
         self.zero_init_residual = bool(zero_init_residual)
+        self.groups, self.width_per_group = int(groups), int(width_per_group)
         block = Bottleneck if depth >= 50 else BasicBlock
         self.block_type = block
         self.conv1 = conv(self.base_width, 7, 2, name="conv1")
@@ -144,7 +178,7 @@ class ResNet(keras.layers.Layer):
                 first = j == 0
                 downsample = first and (strides != 1 or in_channels != filters * block.expansion)
                 blocks.append(block(filters, strides if first else 1, downsample, self.zero_init_residual,
-                                    name=f"layer{i + 1}_{j}"))
+                                    self.groups, self.width_per_group, name=f"layer{i + 1}_{j}"))
             in_channels = filters * block.expansion
             self.stages.append(blocks)
         self.out_channels = {f"C{i + 2}": self.base_width * 2 ** i * block.expansion for i in range(4)}
@@ -168,7 +202,8 @@ class ResNet(keras.layers.Layer):
     def get_config(self):
         return dict(super().get_config(), depth=self.depth, base_width=self.base_width,
                     frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn,
-                    zero_init_residual=self.zero_init_residual)
+                    zero_init_residual=self.zero_init_residual, groups=self.groups,
+                    width_per_group=self.width_per_group)
 
 
 def run_stem_and_stages(net, x, training):

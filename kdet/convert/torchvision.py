@@ -2,7 +2,9 @@
 
 A table is a list of `Entry(torch_name, variable, kind, permutation)`: which torchvision tensor fills which Keras
 variable, and how its layout changes:
-  * "conv": OIHW -> HWIO;  "depthwise": (C, 1, kh, kw) -> (kh, kw, C, 1);  "linear": (out, in) -> (in, out);
+  * "conv": OIHW -> HWIO (grouped convs too: (O, I / g, kh, kw) -> (kh, kw, I / g, O));
+    "conv_transpose": a ConvTranspose2d's (Cin, Cout, kh, kw) -> Conv2DTranspose's (kh, kw, Cout, Cin);
+    "depthwise": (C, 1, kh, kw) -> (kh, kw, C, 1);  "linear": (out, in) -> (in, out);
   * "vector": as is (biases, BatchNorm weight / bias / running_mean / running_var, scales);
   * permutation: an optional reordering of the output channels (dimension 0 in torch), e.g. torchvision's box
     deltas (dx, dy, dw, dh) per anchor -> kdet's (dy, dx, dh, dw);
@@ -10,7 +12,9 @@ variable, and how its layout changes:
     ones (the fc6 of Faster R-CNN's box head).
 Tables are built from small pieces (`conv_entries`, `batch_norm_entries`, `resnet_entries`, `fpn_entries`,
 `vgg_entries`, ...), and each architecture's builder is in the plain dict `TABLES` (model class name -> builder):
-RetinaNet (retinanet_resnet50_fpn), SSD (ssd300_vgg16), FasterRCNN (fasterrcnn_resnet50_fpn v1). A part of a model
+RetinaNet (retinanet_resnet50_fpn), SSD (ssd300_vgg16), FasterRCNN (fasterrcnn_resnet50_fpn v1), MaskRCNN
+(maskrcnn_resnet50_fpn v1); their ResNet backbones may be ResNeXt (resnext50_32x4d / resnext101_32x8d use
+ResNet's names). A part of a model
 composes its table from the same pieces and passes it as `load_state_dict(model, state, table=...)`
 (`kdet.convert.backbone_weights` does so for ImageNet backbones).
 
@@ -19,6 +23,7 @@ the state lacks (missing), the names the state has but the table does not use (u
 num_batches_tracked is never needed) and shape mismatches, before changing any variable.
 """
 import dataclasses
+import re
 import zlib
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from kdet.convert.pth import read_pth
 from kdet.errors import ConfigError, KdetError
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)
-KINDS = ("conv", "depthwise", "linear", "vector")
+KINDS = ("conv", "conv_transpose", "depthwise", "linear", "vector")
 
 
 @dataclasses.dataclass
@@ -42,7 +47,7 @@ class Entry:
         array = np.asarray(array, np.float32)
         if self.permutation is not None:
             array = array[list(self.permutation)]
-        if self.kind == "conv":
+        if self.kind in ("conv", "conv_transpose"):  # the same axis order: OIHW -> HWIO, (I, O, h, w) -> (h, w, O, I)
             return array.transpose(2, 3, 1, 0)
         if self.kind == "depthwise":
             return array.transpose(2, 3, 0, 1)
@@ -52,7 +57,7 @@ class Entry:
 
     def torch_shape(self):
         shape = tuple(self.variable.shape)
-        if self.kind == "conv":
+        if self.kind in ("conv", "conv_transpose"):
             return (shape[3], shape[2], shape[0], shape[1])
         if self.kind == "depthwise":
             return (shape[2], shape[3], shape[0], shape[1])
@@ -225,6 +230,21 @@ def faster_rcnn_table(model):
     return entries
 
 
+def mask_rcnn_table(model):
+    """kdet MaskRCNN <- torchvision maskrcnn_resnet50_fpn (v1): faster_rcnn_table plus the mask branch,
+    roi_heads.mask_head.{i}.0 (3x3 conv + ReLU) -> the mask head's sublayer named mask_fcn{i + 1} (four of them in
+    v1), roi_heads.mask_predictor.conv5_mask (ConvTranspose2d 2x2 stride 2) and .mask_fcn_logits (1x1) ->
+    mask_predictor.conv5_mask / .mask_fcn_logits."""
+    entries = faster_rcnn_table(model)
+    convs = {layer.name: layer for layer in model.mask_head._flatten_layers(include_self=False, recursive=True)}
+    for i in range(len([name for name in convs if re.fullmatch(r"mask_fcn\d+", name)])):
+        entries += conv_entries(f"roi_heads.mask_head.{i}.0", convs[f"mask_fcn{i + 1}"])
+    predictor = model.mask_predictor
+    entries += conv_entries("roi_heads.mask_predictor.conv5_mask", predictor.conv5_mask, kind="conv_transpose")
+    entries += conv_entries("roi_heads.mask_predictor.mask_fcn_logits", predictor.mask_fcn_logits)
+    return entries
+
+
 def fcn_resnet_table(model):
     """kdet FCNResNet <- torchvision fcn_resnet50 / 101 names: backbone.*, classifier.{0,1,4}, aux_classifier.{0,1,4}."""
 
@@ -239,7 +259,7 @@ def fcn_resnet_table(model):
 
 
 TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table, "FasterRCNN": faster_rcnn_table,
-          "FCNResNet": fcn_resnet_table}
+          "MaskRCNN": mask_rcnn_table, "FCNResNet": fcn_resnet_table}
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ class FasterRCNN(Detector):
         image_size: (H, W) of the network input; max_detections: rows of the detection dict (100).
         backbone: "resnet_fpn", "resnet_c4" or "vgg16" (module docstring).
         depth, base_width, frozen_stages, frozen_bn: the ResNet (kdet.backbones.resnet.ResNet).
+        groups, width_per_group: ResNeXt's grouped 3x3 convs (1 / 64 = ResNet; ResNeXt-50 32x4d: depth=50,
+            groups=32, width_per_group=4; ResNeXt-101 32x8d: depth=101, 32, 8).
         vgg_widths: channels of the five VGG stages (VGG-16: 64, 128, 256, 512, 512; smaller for tests).
         vgg_batch_norm: conv + BN + ReLU (torchvision's vgg16_bn), which trains from scratch far faster.
         fpn_channels: FPN width (256). ImageNet backbone weights load with
@@ -92,7 +94,8 @@ class FasterRCNN(Detector):
 
     def __init__(self, num_classes, image_size=(800, 1088), max_detections=100, label_ids=None, backbone="resnet_fpn",
                  depth=50,
-                 base_width=64, frozen_stages=0, frozen_bn=False, vgg_widths=VGG16_WIDTHS, vgg_batch_norm=False,
+                 base_width=64, frozen_stages=0, frozen_bn=False, groups=1, width_per_group=64,
+                 vgg_widths=VGG16_WIDTHS, vgg_batch_norm=False,
                  fpn_channels=256, anchor_sizes=None, aspect_ratios=(0.5, 1.0, 2.0),
                  rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_train=2000,
                  rpn_post_nms_top_n_test=1000, rpn_nms_threshold=0.7, rpn_fg_iou_threshold=0.7,
@@ -119,6 +122,7 @@ class FasterRCNN(Detector):
         self.backbone_name, self.stage = backbone, stage
         self.depth, self.base_width = int(depth), int(base_width)
         self.frozen_stages, self.frozen_bn = int(frozen_stages), bool(frozen_bn)
+        self.groups, self.width_per_group = int(groups), int(width_per_group)
         self.vgg_widths = tuple(int(w) for w in vgg_widths)
         self.vgg_batch_norm = bool(vgg_batch_norm)
         self.fpn_channels = int(fpn_channels)
@@ -151,7 +155,8 @@ class FasterRCNN(Detector):
             self.backbone = VGGBackbone(self.vgg_widths, batch_norm=self.vgg_batch_norm, name="backbone")
             feature_channels, strides = self.vgg_widths[-1], (16,)
         else:
-            self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn, name="backbone")
+            self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn,
+                                   groups=self.groups, width_per_group=self.width_per_group, name="backbone")
             feature_channels, strides = self.backbone.out_channels["C4"], (16,)
         self.fpn = None
         if backbone == "resnet_fpn":
@@ -325,7 +330,8 @@ class FasterRCNN(Detector):
     def get_config(self):
         config = super().get_config()
         config.update(label_ids=list(self.label_ids), backbone=self.backbone_name, depth=self.depth,
-                      base_width=self.base_width, frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn,
+                      base_width=self.base_width, groups=self.groups, width_per_group=self.width_per_group,
+                      frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn,
                       vgg_widths=list(self.vgg_widths), vgg_batch_norm=self.vgg_batch_norm,
                       fpn_channels=self.fpn_channels,
                       anchor_sizes=[list(level) for level in self.anchor_sizes],

@@ -43,6 +43,8 @@ class RetinaNet(Detector):
             H // ceil(H / 128) pixels, as torchvision's anchor generator computes them).
         max_detections: detections kept after NMS (100).
         depth, base_width, frozen_stages, frozen_bn: the ResNet backbone (kdet.backbones.resnet.ResNet).
+        groups, width_per_group: ResNeXt's grouped 3x3 convs (1 / 64 = ResNet; ResNeXt-50 32x4d: depth=50,
+            groups=32, width_per_group=4; ResNeXt-101 32x8d: depth=101, 32, 8).
         fpn_channels: FPN and head width (256); head_convs: 3x3 convs per subnet (4).
         p6_from: "p5" (torchvision v1) or "c5" (the paper, torchvision v2).
         anchor_sizes: base anchor size per level P3-P7; anchor_scales, aspect_ratios (height / width): per level.
@@ -63,7 +65,8 @@ class RetinaNet(Detector):
     loss_names = ("classification", "box_regression")
 
     def __init__(self, num_classes, image_size=(512, 512), max_detections=100, depth=50, base_width=64,
-                 frozen_stages=0, frozen_bn=False, fpn_channels=256, head_convs=4, p6_from="p5",
+                 frozen_stages=0, frozen_bn=False, groups=1, width_per_group=64,
+                 fpn_channels=256, head_convs=4, p6_from="p5",
                  anchor_sizes=(32, 64, 128, 256, 512), anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
                  aspect_ratios=(0.5, 1.0, 2.0), fg_iou_threshold=0.5, bg_iou_threshold=0.4,
                  classification_loss="focal", focal_alpha=0.25, focal_gamma=2.0, box_loss="l1",
@@ -76,6 +79,7 @@ class RetinaNet(Detector):
             raise ValueError(f"anchor_sizes needs one size per level P3-P7, got {anchor_sizes}")
         self.depth, self.base_width = int(depth), int(base_width)
         self.frozen_stages, self.frozen_bn = int(frozen_stages), bool(frozen_bn)
+        self.groups, self.width_per_group = int(groups), int(width_per_group)
         self.fpn_channels, self.head_convs, self.p6_from = int(fpn_channels), int(head_convs), p6_from
         self.anchor_sizes = tuple(int(s) for s in anchor_sizes)
         self.anchor_scales = tuple(float(s) for s in anchor_scales)
@@ -95,7 +99,8 @@ class RetinaNet(Detector):
             raise ValueError(f"label_ids needs {self.num_classes} distinct columns >= 0, got {label_ids}")
         self.num_columns = max(self.label_ids) + 1
 
-        self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn, name="backbone")
+        self.backbone = ResNet(self.depth, self.base_width, self.frozen_stages, self.frozen_bn,
+                               groups=self.groups, width_per_group=self.width_per_group, name="backbone")
         self.fpn = FPN((3, 4, 5), self.fpn_channels, "p6p7", p6_from, name="fpn")
         self.levels = self.fpn.output_levels  # (3, 4, 5, 6, 7)
         self.num_anchors_per_location = len(self.anchor_scales) * len(self.aspect_ratios)
@@ -183,7 +188,8 @@ class RetinaNet(Detector):
 
     def get_config(self):
         config = super().get_config()
-        config.update(depth=self.depth, base_width=self.base_width, frozen_stages=self.frozen_stages,
+        config.update(depth=self.depth, base_width=self.base_width, groups=self.groups,
+                      width_per_group=self.width_per_group, frozen_stages=self.frozen_stages,
                       frozen_bn=self.frozen_bn, fpn_channels=self.fpn_channels, head_convs=self.head_convs,
                       p6_from=self.p6_from, anchor_sizes=list(self.anchor_sizes),
                       anchor_scales=list(self.anchor_scales), aspect_ratios=list(self.aspect_ratios),
