@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def keras_shapes_dataset(image_size, batch_size=4, count=16, bounding_box_format="xyxy", seed=0, semantic=False,
-                         source_size=(96, 112), flip=True):
+                         source_size=(96, 112), flip=True, instance_masks=False):
     """Synthetic shapes through a pipeline a Keras user would write: no kdet code after the raw arrays.
 
     Returns a repeating tf.data.Dataset of (images float32 [B, H, W, 3] 0..255, {"boxes": [B, M, 4] in
@@ -46,6 +46,20 @@ def keras_shapes_dataset(image_size, batch_size=4, count=16, bounding_box_format
         ds = tf.data.Dataset.from_tensor_slices((images, masks))
         ds = ds.map(lambda x, m: (keras.layers.Resizing(height, width)(x),
                                   tf.cast(keras.layers.Resizing(height, width, interpolation="nearest")(m), tf.int32)))
+        return ds.batch(batch_size).repeat()
+
+    if instance_masks:  # Mask R-CNN: (images, {"boxes", "labels", "masks" [B, M, H, W]}), made at the model's size
+        data = make_shapes(count, image_size, seed=seed)
+        most = max(len(r.labels) for r in data.records)
+        boxes = np.zeros((count, most, 4), np.float32)
+        labels = -np.ones((count, most), np.float32)
+        masks = np.zeros((count, most, height, width), np.uint8)
+        for i, r in enumerate(data.records):
+            n = len(r.labels)
+            boxes[i, :n] = convert_format(r.boxes, "yxyx", bounding_box_format, height, width)
+            labels[i, :n], masks[i, :n] = r.labels, r.masks
+        images = np.stack([r.image for r in data.records]).astype(np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((images, {"boxes": boxes, "labels": labels, "masks": masks}))
         return ds.batch(batch_size).repeat()
 
     def elements():
@@ -76,7 +90,8 @@ def check_fit(model, size=None, epochs=3, steps_per_epoch=4, batch_size=4, learn
     History's dict."""
     size = tuple(size or model.image_size)
     semantic = model.task == "semantic"
-    ds = keras_shapes_dataset(size, batch_size, bounding_box_format=model.bounding_box_format, semantic=semantic)
+    ds = keras_shapes_dataset(size, batch_size, bounding_box_format=model.bounding_box_format, semantic=semantic,
+                              instance_masks=model.data_needs.instance_masks)
     model.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
     history = model.fit(ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0).history
     losses = history["loss"]
