@@ -82,7 +82,8 @@ def predict_images(model, images, out_dir=None, class_names=None, score_threshol
         milliseconds = (time.perf_counter() - start) * 1000.0
         classes = found["classes"]
         result = {"image": str(source) if isinstance(source, Path) else name,
-                  "boxes": found["boxes"].round(2).tolist(), "scores": found["scores"].round(4).tolist(),
+                  "boxes": found["boxes"].astype(float).round(2).tolist(),
+                  "scores": found["scores"].astype(float).round(4).tolist(),
                   "classes": classes.tolist(), "names": [class_names[c] for c in classes],
                   "bounding_box_format": "yxyx", "milliseconds": round(milliseconds, 1)}
         if "masks" in found:
