@@ -75,8 +75,14 @@ def to_uint8_rgb(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """Read the image file at `path` as uint8 [H, W, 3] RGB (see `to_uint8_rgb` for the conversions)."""
-    return to_uint8_rgb(_open_decoded(path))
+    """Read the image file at `path` as uint8 [H, W, 3] RGB, decoded by kdet's one rule (kdet.data.decode): the
+    pixels training and evaluation see. The file is fully checked first (a corrupt one is a DataError naming it)."""
+    image = _open_decoded(path)
+    from kdet.data.decode import decode_in_graph, decodes_in_graph
+    if decodes_in_graph(path):
+        import tensorflow as tf
+        return decode_in_graph(tf.io.read_file(str(path))).numpy()
+    return to_uint8_rgb(image)
 
 
 def read_segmentation(path) -> np.ndarray:
