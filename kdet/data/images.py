@@ -165,6 +165,19 @@ def check_record_image(path, annotated_size, report, strict: bool):
     return height, width
 
 
+def outside_reason(name) -> str | None:
+    """Why the file name `name` from an annotation file would leave the dataset's folder ("is absolute", "contains
+    '..'"), or None when it stays inside. Readers refuse such names instead of following them."""
+    from pathlib import PurePosixPath, PureWindowsPath
+    if not isinstance(name, str) or not name.strip():
+        return f"is {name!r}, not a file name"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if ".." in PureWindowsPath(name).parts:  # PureWindowsPath splits at "/" and at a backslash
+        return "contains '..'"
+    return None
+
+
 def list_images(directory) -> list:
     """Sorted paths of the image files under `directory` (recursive), by suffix."""
     found = []
