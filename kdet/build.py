@@ -84,10 +84,7 @@ def restore(model, config, checkpoint=None):
     path = Path(checkpoint) if checkpoint else Path(config.train.output_dir) / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint found (train first, or pass --checkpoint)")
-    if not _readable_checkpoint(path):
-        raise ConfigError(f"{path}: the checkpoint is truncated or corrupt (not a readable "
-                          f"{'.keras zip' if path.suffix == '.keras' else 'HDF5'} file); train again "
-                          f"(kdet train --overwrite) or pass another --checkpoint")
+    check_readable(path)
     try:
         if path.suffix == ".keras":
             model.set_weights(keras.saving.load_model(path).get_weights())
@@ -98,6 +95,14 @@ def restore(model, config, checkpoint=None):
         raise ConfigError(f"{path}: the checkpoint does not fit the {type(model).__name__} of this config "
                           f"(was it trained with other model settings?): {detail}") from None
     return path
+
+
+def check_readable(path):
+    """A ConfigError naming `path` when the checkpoint or model file is truncated or corrupt."""
+    if not _readable_checkpoint(path):
+        raise ConfigError(f"{path}: the checkpoint is truncated or corrupt (not a readable "
+                          f"{'.keras zip' if path.suffix == '.keras' else 'HDF5'} file); train again "
+                          f"(kdet train --overwrite) or pass another --checkpoint")
 
 
 def _readable_checkpoint(path):
@@ -119,6 +124,7 @@ def load_trained_model(config, checkpoint=None):
     else the run's model.keras (its class names come with it), else build + the last weights."""
     path = Path(checkpoint) if checkpoint else Path(config.train.output_dir) / MODEL_FILE
     if path.suffix == ".keras" and path.is_file():
+        check_readable(path)
         return keras.saving.load_model(path)
     model = build_model(config)
     restore(model, config, checkpoint)
@@ -132,6 +138,7 @@ def load_model_file(path):
         raise ConfigError(f"{path}: a model file must be a .keras file (weights alone need --config)")
     if not path.is_file():
         raise ConfigError(f"{path}: no such model file")
+    check_readable(path)
     return keras.saving.load_model(path)
 
 

@@ -113,28 +113,37 @@ def trim_history(path, epochs):
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops `fit` at the first training step whose loss is NaN or infinite, raising `TrainingStopped` with the
-    epoch, the step and the last good checkpoint. Raising (instead of `stop_training`) skips the epoch-end
-    callbacks, so no NaN weights are written: the last good checkpoint stays as it was."""
+    """Stops `fit` at the first training step whose loss is NaN or infinite, or at the end of an epoch whose last
+    update made a weight non-finite (its loss was still finite), raising `TrainingStopped` with the epoch, the step
+    and the last good checkpoint. Raising (instead of `stop_training`) skips the epoch-end callbacks after it (put
+    it first), so no NaN weights are written: the last good checkpoint stays as it was."""
 
     def __init__(self, directory):
         super().__init__()
         self.directory = Path(directory)
-        self.epoch = 0
+        self.epoch = self.step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        self.step = batch + 1
         loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(f"the training loss is {float(loss)} at epoch {self.epoch + 1}, step {self.step}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not all(bool(keras.ops.all(keras.ops.isfinite(w))) for w in self.model.weights
+                   if keras.backend.is_float_dtype(w.dtype)):
+            self._stop(f"the weights are not finite after epoch {epoch + 1}, step {self.step} (its loss was finite, "
+                       f"its update was not)")
+
+    def _stop(self, what):
         done = completed_epochs(self.directory)
         last = (f"the last good checkpoint is {self.directory / CHECKPOINT} (epoch {done}), unchanged; continue "
                 f"from it with --resume once the cause is fixed (a lower train.learning_rate?)") if done else \
             "no checkpoint had been written yet"
-        raise TrainingStopped(f"the training loss is {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}: "
-                              f"training stopped; {last}")
+        raise TrainingStopped(f"{what}: training stopped; {last}")
 
 
 class HistoryLog(keras.callbacks.Callback):

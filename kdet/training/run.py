@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.build import build_model, load_split, restore
+from kdet.build import build_model, check_readable, load_split, restore
 from kdet.data.check import check_dataset
 from kdet.errors import ConfigError
 from kdet.jsonio import write_json
@@ -136,11 +136,14 @@ def check_same_architecture(config):
         raise ConfigError(f"{out / RUN_CONFIG}: corrupt run config (not the JSON kdet writes); cannot check that "
                           f"--resume continues the same model: fix or delete it")
     now = config.to_dict()["model"]
-    for key in ARCHITECTURE_KEYS:
-        before = saved["model"].get(key)
-        if json.dumps(before, sort_keys=True) != json.dumps(now[key], sort_keys=True):
-            raise ConfigError(f"--resume: the run in {out} was trained with model.{key} = {json.dumps(before)}, this "
-                              f"config has {json.dumps(now[key])}; its checkpoint cannot continue another "
+    differences = [(f"model.{key}", saved["model"].get(key), now[key]) for key in ARCHITECTURE_KEYS if key != "args"]
+    before_args = saved["model"].get("args") or {}
+    differences += [(f"model.args.{name}", before_args.get(name), now["args"].get(name))
+                    for name in sorted(set(before_args) | set(now["args"]))]
+    for key, before, after in differences:
+        if json.dumps(before, sort_keys=True) != json.dumps(after, sort_keys=True):
+            raise ConfigError(f"--resume: the run in {out} was trained with {key} = {json.dumps(before)}, this "
+                              f"config has {json.dumps(after)}; its checkpoint cannot continue another "
                               f"architecture: restore the setting, or start again with --overwrite or another "
                               f"train.output_dir")
 
@@ -174,16 +177,17 @@ def train(config, resume=False, callbacks=(), verbose="auto"):
         raise ConfigError(f"train.schedule = {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     out = Path(t.output_dir)
     prepare_output_dir(out)
-    if resume:
+    if resume:  # a corrupt state, another architecture or a truncated checkpoint stop here, before any work
         check_same_architecture(config)
-        cb.completed_epochs(out)  # a corrupt state.json stops here, before any work
-    write_json(config.to_dict(), out / RUN_CONFIG)
+        if cb.completed_epochs(out):
+            check_readable(out / cb.CHECKPOINT)
     seed_everything(t.seed)
     keras.mixed_precision.set_global_policy(t.mixed_precision)
     try:
         train_data = load_split(config, "train")
         val_data = load_split(config, "val") if config.data.val_split else None
         report_reads({"training": train_data, "validation": val_data}, out)
+        write_json(config.to_dict(), out / RUN_CONFIG)
         session = Session(config, make_strategy(t.strategy), train_data.class_names)
         budget = cb.TimeBudget(t.budget_seconds, t.budget_clock) \
             if t.budget_seconds else None
