@@ -12,6 +12,9 @@ Conventions chosen here (each one is what a reader of the code would otherwise h
 - With `with_masks`, polygons and RLE (compressed or not) become uint8 [N, H, W] instance masks via pycocotools.
   These are held in memory, which suits the small sets kdet trains on, not all of COCO train.
 - A file without an "annotations" list (COCO's image-info files) is read as images without objects.
+- Refused, naming the file and the key: a non-integer category id (the whole file), an image whose `height` /
+  `width` is not a positive integer or whose `file_name` is absolute or contains ".." (it would be read from outside
+  the dataset), an annotation that is not an object (each skipped and counted, or raised with `strict`).
 """
 from __future__ import annotations
 

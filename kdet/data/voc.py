@@ -13,6 +13,8 @@ Conventions chosen here:
   instance per id, mask = its pixels, label = the majority class under it in SegmentationClass, box = tight
   around the mask; masks and boxes then always agree. The xml's objects are matched to instances by class and
   IoU >= 0.5 to carry their `difficult` flag, and an xml object without an instance is reported.
+- A <filename> (or a split-list id) that is absolute or contains ".." is refused (the image skipped and counted,
+  naming the xml): an annotation never makes kdet read a file outside the dataset.
 - Default class_names: `<root>/class_names.txt` if present (one name a line, a leading `_background_` line is
   dropped; labelme writes it, and so does `write_voc`), else VOC's 20 names when every name found is a VOC name,
   else the sorted names found in all of Annotations/ (so every split gets the same labels).
