@@ -31,16 +31,15 @@ def _kind_and_depth(head: bytes):
 def decodes_in_graph(path) -> bool:
     """Does the rule decode the file at `path` with TensorFlow (True) or with Pillow in Python (False)?"""
     from PIL import Image
-    path = Path(path)
-    with open(path, "rb") as handle:
-        kind, depth = _kind_and_depth(handle.read(25))
-    if kind not in IN_GRAPH_MODES or depth != 8:
-        return False
     try:
+        with open(Path(path), "rb") as handle:
+            kind, depth = _kind_and_depth(handle.read(25))
+        if kind not in IN_GRAPH_MODES or depth != 8:
+            return False
         with Image.open(path) as probe:
             return probe.mode in IN_GRAPH_MODES[kind]
     except (OSError, SyntaxError, ValueError):
-        return False  # Pillow's decode (read_image) names the file in its error
+        return False  # a missing or broken file: Pillow's decode (read_image) names it in its error
 
 
 def decode_in_graph(contents):

@@ -81,7 +81,12 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
         os.replace(whole, self.directory / MODEL_FILE)
         os.replace(weights, self.directory / CHECKPOINT)
-        _atomic_write_text(self.directory / STATE, json.dumps({"epoch": epoch + 1}))
+        write_state(self.directory, epoch + 1)
+
+
+def write_state(directory, epochs):
+    """Record in `directory`'s state.json (atomically) that `epochs` epochs are complete."""
+    _atomic_write_text(Path(directory) / STATE, json.dumps({"epoch": int(epochs)}))
 
 
 def completed_epochs(directory):
