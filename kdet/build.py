@@ -112,7 +112,8 @@ def _readable_checkpoint(path):
             with zipfile.ZipFile(path) as archive:
                 return archive.testzip() is None
         import h5py
-        with h5py.File(path, "r") as handle:  # HDF5 refuses a truncated file at open; reading every array checks the rest
+        # HDF5 refuses a truncated file at open; reading every array checks the rest
+        with h5py.File(path, "r") as handle:
             handle.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
         return True
     except (OSError, zipfile.BadZipFile, RuntimeError):

@@ -68,6 +68,13 @@ def run_copy(finished, tmp_path):
     return tmp_path / "run"
 
 
+def test_image_size_zero_is_one_line_naming_the_key(tmp_path, capsys):
+    assert kdet_train(tmp_path / "run", "model.image_size=[0, 0]") == 2
+    assert error_line(capsys) == ("model.image_size[0]: expected an integer >= 1, got 0 "
+                                  "(from --set model.image_size=[0, 0])")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("where, message", [
     ("file", "train.output_dir = {out} is a file, not a directory; choose another train.output_dir"),
     ("under", "train.output_dir = {out} is under {file}, which is a file, not a directory; choose another "

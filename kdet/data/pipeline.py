@@ -3,7 +3,6 @@
 Everything after the source is graph ops (decode, resize, augment, pad): no Python in the hot path, so the input
 pipeline keeps ahead of a training step on 2 cores (see benchmarks/bench_pipeline.py).
 """
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
