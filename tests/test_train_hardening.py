@@ -78,7 +78,7 @@ def test_image_size_zero_is_one_line_naming_the_key(tmp_path, capsys):
 @pytest.mark.parametrize("where, message", [
     ("file", "train.output_dir = {out} is a file, not a directory; choose another train.output_dir"),
     ("under", "train.output_dir = {out} is under {file}, which is a file, not a directory; choose another "
-              "train.output_dir")])
+              "train.output_dir")], ids=["file", "under-a-file"])
 def test_output_dir_that_is_a_file_or_under_one(tmp_path, capsys, where, message):
     file = tmp_path / "notes.txt"
     file.write_text("keep me")
@@ -119,7 +119,8 @@ def test_train_over_a_run_refuses_unless_resume_or_overwrite(run_copy, capsys):
 
 @pytest.mark.parametrize("text, detail", [("{\"epo", "Unterminated string starting at: line 1 column 2 (char 1)"),
                                           ("{\"epoch\": \"one\"}", "'epoch' is 'one', not a count of epochs"),
-                                          ("[]", "list indices must be integers or slices, not str")])
+                                          ("[]", "list indices must be integers or slices, not str")],
+                         ids=["not-json", "not-a-count", "not-an-object"])
 def test_corrupt_state_json_is_refused_naming_it(run_copy, capsys, text, detail):
     (run_copy / "state.json").write_text(text)
     before = snapshot(run_copy)
@@ -196,7 +197,7 @@ class Poison(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("when, what", [("begin", "the training loss is nan at epoch 2, step 1"),
                                         ("end", "the weights are not finite after epoch 2, step 2 (its loss was "
-                                                "finite, its update was not)")])
+                                                "finite, its update was not)")], ids=["loss", "weights"])
 def test_a_non_finite_loss_or_weight_stops_before_any_nan_checkpoint(tmp_path, when, what):
     config = load_config(CONFIG, SMALL + [f"train.output_dir={tmp_path}", "train.epochs=3"])
     poison = Poison(tmp_path, epoch=1, when=when)
