@@ -8,6 +8,7 @@
 Used by training, evaluation, inference and export alike, so each of them builds models one way.
 """
 import inspect
+import zipfile
 from pathlib import Path
 
 import keras
@@ -80,6 +81,11 @@ def load_split(config, split):
     if name == "":
         raise ConfigError(f"data.{split}_split is empty: the config has no {split} split")
     dataset = load_dataset(d.format, d.path, split=name, strict=d.strict, **d.options)
+    if not len(dataset):
+        report = dataset.report
+        first = f"; first problem: {report.problems[0]}" if report.problems else ""
+        raise DataError(d.path or d.format, f"the {split} split ({name!r}) has no usable image "
+                                            f"({report.summary()}){first}")
     if split != "train" and d.max_eval_images is not None:
         dataset.records = dataset.records[:d.max_eval_images]
     if len(dataset.class_names) != config.model.num_classes:
@@ -94,11 +100,40 @@ def restore(model, config, checkpoint=None):
     path = Path(checkpoint) if checkpoint else Path(config.train.output_dir) / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint found (train first, or pass --checkpoint)")
-    if path.suffix == ".keras":
-        model.set_weights(keras.saving.load_model(path).get_weights())
-    else:
-        model.load_weights(path, skip_mismatch=False)
+    check_readable(path)
+    try:
+        if path.suffix == ".keras":
+            model.set_weights(keras.saving.load_model(path).get_weights())
+        else:
+            model.load_weights(path, skip_mismatch=False)
+    except (ValueError, KeyError, TypeError) as error:
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ConfigError(f"{path}: the checkpoint does not fit the {type(model).__name__} of this config "
+                          f"(was it trained with other model settings?): {detail}") from None
     return path
+
+
+def check_readable(path):
+    """A ConfigError naming `path` when the checkpoint or model file is truncated or corrupt."""
+    if not _readable_checkpoint(path):
+        raise ConfigError(f"{path}: the checkpoint is truncated or corrupt (not a readable "
+                          f"{'.keras zip' if path.suffix == '.keras' else 'HDF5'} file); train again "
+                          f"(kdet train --overwrite) or pass another --checkpoint")
+
+
+def _readable_checkpoint(path):
+    """Does the .weights.h5 (HDF5) or .keras (zip) file at `path` open as a whole?"""
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return archive.testzip() is None
+        import h5py
+        # HDF5 refuses a truncated file at open; reading every array checks the rest
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        return True
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return False
 
 
 def load_trained_model(config, checkpoint=None):
@@ -106,6 +141,7 @@ def load_trained_model(config, checkpoint=None):
     else the run's model.keras (its class names come with it), else build + the last weights."""
     path = Path(checkpoint) if checkpoint else Path(config.train.output_dir) / MODEL_FILE
     if path.suffix == ".keras" and path.is_file():
+        check_readable(path)
         return keras.saving.load_model(path)
     model = build_model(config)
     restore(model, config, checkpoint)
@@ -119,6 +155,7 @@ def load_model_file(path):
         raise ConfigError(f"{path}: a model file must be a .keras file (weights alone need --config)")
     if not path.is_file():
         raise ConfigError(f"{path}: no such model file")
+    check_readable(path)
     return keras.saving.load_model(path)
 
 

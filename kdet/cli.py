@@ -46,6 +46,8 @@ def _parser():
     p = _command(sub, "train", "train with model.fit, checkpoint every epoch")
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in train.output_dir (without it, kdet train refuses to)")
     p.add_argument("--schedule", choices=["joint", "alternating", "fast_rcnn"], default=None,
                    help="overrides train.schedule: joint (one fit, every model), and for two-stage detectors the "
                         "paper's 4-step alternating training, or fast_rcnn (the second stage alone, on --proposals)")
@@ -168,7 +170,14 @@ def _run(args):
             overrides.append(f"train.schedule={args.schedule}")
         if args.proposals:
             overrides += ["train.schedule=fast_rcnn", f"train.proposals={args.proposals}"]
-        result = api.train(args.config, overrides, resume=args.resume)
+        if args.resume and args.overwrite:
+            raise KdetError("--resume continues the run in train.output_dir, --overwrite replaces it: give one")
+        from kdet.config import load_config
+        from kdet.training.run import check_fresh_start
+        config = load_config(args.config, overrides)
+        if not args.resume and not args.overwrite:
+            check_fresh_start(config)
+        result = api.train(config, resume=args.resume)
         print(f"trained {result['epochs']} epochs; model {result['model_file']}")
     elif args.command == "evaluate":
         if args.proposals:

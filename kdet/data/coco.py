@@ -12,11 +12,15 @@ Conventions chosen here (each one is what a reader of the code would otherwise h
 - With `with_masks`, polygons and RLE (compressed or not) become uint8 [N, H, W] instance masks via pycocotools.
   These are held in memory, which suits the small sets kdet trains on, not all of COCO train.
 - A file without an "annotations" list (COCO's image-info files) is read as images without objects.
+- Refused, naming the file and the key: a non-integer category id (the whole file), an image whose `height` /
+  `width` is not a positive integer or whose `file_name` is absolute or contains ".." (it would be read from outside
+  the dataset), an annotation that is not an object (each skipped and counted, or raised with `strict`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from kdet.data.check import sanitize_with_masks
-from kdet.data.images import check_record_image, encode_png, progress
+from kdet.data.images import check_record_image, encode_png, outside_reason, progress
 from kdet.data.records import DetectionDataset, ReadReport, Record
 from kdet.errors import DataError
 
@@ -49,14 +53,31 @@ def _load_json(json_path: Path) -> dict:
     return data
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_problem(entry) -> str | None:
+    """What is wrong with one entry of "images" (its 'file_name', 'height', 'width'), or None."""
+    reason = outside_reason(entry["file_name"])
+    if reason is not None:
+        return f"'file_name' {entry['file_name']!r} {reason}; file names must be relative to the image folder"
+    for key in ("height", "width"):
+        if key in entry and not (_is_int(entry[key]) and entry[key] > 0):
+            return f"'{key}' must be a positive integer, got {'null' if entry[key] is None else repr(entry[key])}"
+    return None
+
+
 def _categories(data: dict, json_path: Path):
     """(class_names, category_ids) in increasing id order, without the background category."""
     categories = []
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or "id" not in category or "name" not in category:
             raise DataError(json_path, f"categories[{index}] needs an 'id' and a 'name'")
+        if not _is_int(category["id"]):
+            raise DataError(json_path, f"categories[{index}] 'id' must be an integer, got {category['id']!r}")
         if category["name"] not in BACKGROUND_NAMES:
-            categories.append((int(category["id"]), str(category["name"])))
+            categories.append((category["id"], str(category["name"])))
     categories.sort()
     ids = [category_id for category_id, _ in categories]
     if len(set(ids)) != len(ids):
@@ -135,7 +156,11 @@ def read_coco(json_path, image_dir=None, strict=False, with_masks=False, verbose
         raise DataError(json_path, "'annotations' must be a list")
     by_image = defaultdict(list)
     report = ReadReport()
-    for annotation in annotations:
+    for index, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            report.add(json_path, f"annotations[{index}] is not an object (got {json.dumps(annotation)[:40]}): "
+                                  f"dropped", "box", strict)
+            continue
         if annotation.get("category_id") in background_ids:
             report.add(json_path, f"annotation {annotation.get('id', '?')} is labelled background: dropped",
                        "box", strict)
@@ -151,6 +176,10 @@ def read_coco(json_path, image_dir=None, strict=False, with_masks=False, verbose
             report.add(json_path, f"images[{index}] repeats image id {entry['id']}: skipped", "image", strict)
             continue
         seen_ids.add(entry["id"])
+        problem = _image_problem(entry)
+        if problem is not None:
+            report.add(json_path, f"images[{index}] (id {entry['id']}): {problem}: skipped", "image", strict)
+            continue
         path = image_dir / entry["file_name"]
         annotated = (entry["height"], entry["width"]) if "height" in entry and "width" in entry else None
         size = check_record_image(path, annotated, report, strict)
@@ -182,7 +211,9 @@ def write_coco(dataset: DetectionDataset, json_path) -> None:
     """Write `dataset` as a COCO instances json at `json_path`.
 
     Records in memory have their image written as `<json dir>/images/<json stem>_<image_id>.png`; records read
-    from files keep pointing at them (file_name relative to the json's directory, as `read_coco` resolves it).
+    from files under the json's directory keep pointing at them (file_name relative to it, as `read_coco` resolves
+    it), other files are copied to `<json dir>/images/<json stem>_<image_id><suffix>` (a file name that leaves the
+    json's directory is refused by `read_coco`, and the output still resolves when moved).
     Boxes are written as float xywh, difficult as iscrowd, masks as compressed RLE. Category ids are
     `dataset.category_ids` when the dataset has them, else 1..C (COCO's 1-based convention).
     """
@@ -192,8 +223,13 @@ def write_coco(dataset: DetectionDataset, json_path) -> None:
     category_ids = list(getattr(dataset, "category_ids", None) or range(1, len(dataset.class_names) + 1))
     images, annotations = [], []
     for record in dataset.records:
-        if record.path is not None:
-            file_name = os.path.relpath(record.path, out_dir)
+        inside = record.path is not None and outside_reason(os.path.relpath(record.path, out_dir)) is None
+        if inside:
+            file_name = Path(os.path.relpath(record.path, out_dir)).as_posix()
+        elif record.path is not None:  # copied in: read_coco refuses a file name that leaves the json's folder
+            (out_dir / "images").mkdir(exist_ok=True)
+            file_name = f"images/{json_path.stem}_{record.image_id:06d}{Path(record.path).suffix.lower()}"
+            shutil.copyfile(record.path, out_dir / file_name)
         else:
             (out_dir / "images").mkdir(exist_ok=True)
             file_name = f"images/{json_path.stem}_{record.image_id:06d}.png"

@@ -75,8 +75,14 @@ def to_uint8_rgb(image: Image.Image) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """Read the image file at `path` as uint8 [H, W, 3] RGB (see `to_uint8_rgb` for the conversions)."""
-    return to_uint8_rgb(_open_decoded(path))
+    """Read the image file at `path` as uint8 [H, W, 3] RGB, decoded by kdet's one rule (kdet.data.decode): the
+    pixels training and evaluation see. The file is fully checked first (a corrupt one is a DataError naming it)."""
+    image = _open_decoded(path)
+    from kdet.data.decode import decode_in_graph, decodes_in_graph
+    if decodes_in_graph(path):
+        import tensorflow as tf
+        return decode_in_graph(tf.io.read_file(str(path))).numpy()
+    return to_uint8_rgb(image)
 
 
 def read_segmentation(path) -> np.ndarray:
@@ -157,6 +163,19 @@ def check_record_image(path, annotated_size, report, strict: bool):
                          f"{int(annotated_size[1])}x{int(annotated_size[0])}: skipped", "image", strict)
         return None
     return height, width
+
+
+def outside_reason(name) -> str | None:
+    """Why the file name `name` from an annotation file would leave the dataset's folder ("is absolute", "contains
+    '..'"), or None when it stays inside. Readers refuse such names instead of following them."""
+    from pathlib import PurePosixPath, PureWindowsPath
+    if not isinstance(name, str) or not name.strip():
+        return f"is {name!r}, not a file name"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if ".." in PureWindowsPath(name).parts:  # PureWindowsPath splits at "/" and at a backslash
+        return "contains '..'"
+    return None
 
 
 def list_images(directory) -> list:

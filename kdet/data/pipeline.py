@@ -3,18 +3,17 @@
 Everything after the source is graph ops (decode, resize, augment, pad): no Python in the hot path, so the input
 pipeline keeps ahead of a training step on 2 cores (see benchmarks/bench_pipeline.py).
 """
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from kdet.data.augment import Augmenter, resize_image
+from kdet.data.decode import decode_in_graph, decodes_in_graph
 from kdet.data.elastic import elastic_deform
 from kdet.data.ssd_augment import SSDAugment
 from kdet.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
-PYTHON_DECODED = (".tif", ".tiff")  # formats tf.io.decode_image cannot read
 
 
 def _ragged(arrays, inner_shape, dtype):
@@ -35,16 +34,17 @@ def _source(dataset, with_masks, with_segmentation):
         "image_id": np.asarray([r.image_id for r in records], np.int64),
         "original_size": np.asarray([[r.height, r.width] for r in records], np.int32),
     }
-    in_memory = [r.image is not None for r in records]
-    python_decoded = [r.path is not None and Path(r.path).suffix.lower() in PYTHON_DECODED for r in records]
-    if any(in_memory) or any(python_decoded):
-        # Pixels decoded in Python (in-memory synthetic data, TIFF and 16-bit files TF cannot decode the way
-        # `read_image` does) enter as flat ragged rows, reshaped by original_size inside the graph.
+    # kdet's one decoding rule (kdet.data.decode): files TF decodes as Pillow does are read in the graph; the
+    # others (TIFF, 16-bit, CMYK, ...) and in-memory images enter as flat ragged rows of pixels (empty for a file
+    # read in the graph), reshaped by original_size inside the graph.
+    in_graph = [r.image is None and decodes_in_graph(r.path) for r in records]
+    if not all(in_graph):
         from kdet.data.images import read_image
-        source["pixels"] = _ragged([(r.image if r.image is not None else read_image(r.path)).reshape(-1)
-                                    for r in records], (), np.uint8)
-    else:
-        source["path"] = np.asarray([r.path for r in records])
+        source["pixels"] = _ragged([np.zeros(0, np.uint8) if graph else
+                                    (r.image if r.image is not None else read_image(r.path)).reshape(-1)
+                                    for r, graph in zip(records, in_graph)], (), np.uint8)
+    if any(in_graph):
+        source["path"] = np.asarray([r.path if graph else "" for r, graph in zip(records, in_graph)])
     if with_masks:
         missing = [r.name for r in records if r.masks is None]
         if missing:
@@ -65,10 +65,12 @@ def _source(dataset, with_masks, with_segmentation):
 
 def _load(item):
     size = item["original_size"]
-    if "pixels" in item:
-        image = tf.reshape(item["pixels"], [size[0], size[1], 3])
+    from_pixels = lambda: tf.reshape(item["pixels"], [size[0], size[1], 3])  # noqa: E731
+    from_file = lambda: decode_in_graph(tf.io.read_file(item["path"]))  # noqa: E731
+    if "pixels" in item and "path" in item:
+        image = tf.cond(tf.size(item["pixels"]) > 0, from_pixels, from_file)
     else:
-        image = tf.io.decode_image(tf.io.read_file(item["path"]), channels=3, expand_animations=False)
+        image = from_pixels() if "pixels" in item else from_file()
     element = {
         "images": tf.cast(image, tf.float32),
         "bounding_boxes": {"boxes": item["boxes"], "labels": item["labels"]},

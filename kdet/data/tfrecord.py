@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from kdet.data.decode import decode_in_graph, decodes_in_graph
 from kdet.data.images import encode_png, image_format, read_image, read_segmentation
 from kdet.data.records import DetectionDataset, ReadReport, Record
 from kdet.errors import DataError
@@ -41,15 +42,10 @@ def _encoded_image(record: Record):
     """(bytes, 'jpeg' | 'png'): the original file when TF decodes it to the same RGB as kdet, else a PNG."""
     if record.image is not None:
         return encode_png(record.image), "png"
-    from PIL import Image
-
-    kind = image_format(record.path)
-    with Image.open(record.path) as probe:
-        mode = probe.mode
-    # TF's decoders agree with Pillow's RGB conversion for these modes; 16-bit, CMYK and other files are re-encoded
+    # Files kdet's rule decodes in the graph are stored as they are; 16-bit, CMYK and other files are re-encoded
     # so the image in the record is exactly what `read_image` gives.
-    if (kind == "jpeg" and mode in ("RGB", "L")) or (kind == "png" and mode in ("RGB", "RGBA", "L", "P")):
-        return Path(record.path).read_bytes(), kind
+    if decodes_in_graph(record.path):
+        return Path(record.path).read_bytes(), image_format(record.path)
     return encode_png(read_image(record.path)), "png"
 
 
@@ -123,8 +119,7 @@ def _parse(serialized):
     features = tf.io.parse_single_example(serialized, _FEATURES)
     dense = {key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
              for key, value in features.items()}
-    image = tf.io.decode_image(dense["image/encoded"], channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+    image = decode_in_graph(dense["image/encoded"])
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     scale = tf.cast(tf.stack([height, width, height, width]), tf.float32)
     boxes = tf.stack([dense["image/object/bbox/ymin"], dense["image/object/bbox/xmin"],

@@ -13,6 +13,8 @@ Conventions chosen here:
   instance per id, mask = its pixels, label = the majority class under it in SegmentationClass, box = tight
   around the mask; masks and boxes then always agree. The xml's objects are matched to instances by class and
   IoU >= 0.5 to carry their `difficult` flag, and an xml object without an instance is reported.
+- A <filename> (or a split-list id) that is absolute or contains ".." is refused (the image skipped and counted,
+  naming the xml): an annotation never makes kdet read a file outside the dataset.
 - Default class_names: `<root>/class_names.txt` if present (one name a line, a leading `_background_` line is
   dropped; labelme writes it, and so does `write_voc`), else VOC's 20 names when every name found is a VOC name,
   else the sorted names found in all of Annotations/ (so every split gets the same labels).
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from kdet.data.check import sanitize_with_masks
-from kdet.data.images import check_record_image, encode_png, progress, read_image, read_segmentation
+from kdet.data.images import (check_record_image, encode_png, outside_reason, progress, read_image,
+                              read_segmentation)
 from kdet.data.records import DetectionDataset, ReadReport, Record
 from kdet.errors import ConfigError, DataError
 
@@ -190,6 +193,11 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
     report = ReadReport()
     records = []
     for number, image_id in enumerate(progress(image_ids, verbose, f"checking {root.name}/{split or 'all'}")):
+        reason = outside_reason(image_id)
+        if reason is not None:
+            report.add(root / "ImageSets", f"image id {image_id!r} of split {split!r} {reason}: skipped", "image",
+                       strict)
+            continue
         xml_path = annotation_dir / f"{image_id}.xml"
         if not xml_path.is_file():
             report.add(xml_path, "annotation file not found: skipped", "image", strict)
@@ -203,8 +211,13 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
         except _Malformed as error:
             report.add(xml_path, f"{error}: skipped", "image", strict)
             continue
-        filename = element.findtext("filename")
-        image_path = _image_path(root, image_id, filename.strip() if filename else None)
+        filename = (element.findtext("filename") or "").strip() or None
+        reason = outside_reason(filename) if filename is not None else None
+        if reason is not None:
+            report.add(xml_path, f"<filename> {filename!r} {reason}; it must name a file in JPEGImages/: skipped",
+                       "image", strict)
+            continue
+        image_path = _image_path(root, image_id, filename)
         size = check_record_image(image_path, annotated, report, strict)
         if size is None:
             continue

@@ -1,15 +1,26 @@
 """The callbacks of the training recipe and its optimizer: atomic per-epoch checkpoints with resume, the history
-log with each epoch's step count, evaluation during fit, and a CPU- or wall-time budget."""
+log with each epoch's step count, the non-finite loss guard, evaluation during fit, and a CPU- or wall-time
+budget."""
 import json
+import math
 import os
+import signal
 import time
 from pathlib import Path
 
 import keras
 
 from kdet.build import CHECKPOINT, MODEL_FILE  # noqa: F401  (the file names a run writes, defined once)
+from kdet.errors import ConfigError, KdetError
 
 STATE = "state.json"             # {"epoch": epochs completed}
+TEMPORARY_PATTERNS = ("tmp-*.weights.h5", f"tmp-*-{MODEL_FILE}", f"{STATE}.tmp")
+# Tests only: SIGKILL the process at epoch N's checkpoint after its temporary files are written, before the renames.
+KILL_BEFORE_RENAME = "KDET_TEST_KILL_BEFORE_RENAME"
+
+
+class TrainingStopped(KdetError):
+    """Training stopped on a condition the user must look at (a non-finite loss); the message says what and where."""
 
 
 def make_optimizer(train_config):
@@ -37,31 +48,107 @@ def save_model_atomically(model, path):
     return str(path)
 
 
+def remove_stale_temporaries(directory):
+    """Delete the temporary files a killed checkpoint write left in `directory`; returns their names."""
+    stale = sorted({path for pattern in TEMPORARY_PATTERNS for path in Path(directory).glob(pattern)})
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [path.name for path in stale]
+
+
 class AtomicCheckpoint(keras.callbacks.Callback):
-    """After every epoch: write weights + optimizer to a temp file, then rename it over `last.weights.h5`, the same
-    for the whole model as `model.keras` (what `kdet predict` and `keras.saving.load_model` read, class names
-    included), then record the epoch. A kill at any moment leaves the previous complete checkpoint, so `--resume`
-    always has one to load."""
+    """After every epoch: write weights + optimizer and the whole model (`model.keras`, what `kdet predict` and
+    `keras.saving.load_model` read, class names included) to temporary files, rename them over `model.keras` and
+    `last.weights.h5`, then record the epoch in `state.json` (written the same way). A kill before the renames
+    leaves the previous complete checkpoint and its state; a kill between the renames and the state leaves the newer
+    weights, which `--resume` continues from (that epoch then runs once more). Temporaries a killed run left are
+    removed when training begins."""
 
     def __init__(self, directory):
         super().__init__()
         self.directory = Path(directory)
 
+    def on_train_begin(self, logs=None):
+        remove_stale_temporaries(self.directory)
+
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f"tmp-{os.getpid()}.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.directory / CHECKPOINT)
-        save_model_atomically(self.model, self.directory / MODEL_FILE)
-        _atomic_write_text(self.directory / STATE, json.dumps({"epoch": epoch + 1}))
+        weights = self.directory / f"tmp-{os.getpid()}.weights.h5"
+        whole = self.directory / f"tmp-{os.getpid()}-{MODEL_FILE}"
+        self.model.save_weights(weights)
+        self.model.save(whole)
+        if os.environ.get(KILL_BEFORE_RENAME) == str(epoch + 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.replace(whole, self.directory / MODEL_FILE)
+        os.replace(weights, self.directory / CHECKPOINT)
+        write_state(self.directory, epoch + 1)
+
+
+def write_state(directory, epochs):
+    """Record in `directory`'s state.json (atomically) that `epochs` epochs are complete."""
+    _atomic_write_text(Path(directory) / STATE, json.dumps({"epoch": int(epochs)}))
 
 
 def completed_epochs(directory):
-    """Epochs a previous run finished in `directory` (0 when there is no checkpoint)."""
+    """Epochs a previous run finished in `directory` (0 when there is no checkpoint); a ConfigError naming the file
+    when its state.json is not what kdet writes."""
     state = Path(directory) / STATE
     if not state.is_file() or not (Path(directory) / CHECKPOINT).is_file():
         return 0
-    return int(json.loads(state.read_text())["epoch"])
+    try:
+        epoch = json.loads(state.read_text())["epoch"]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"'epoch' is {epoch!r}, not a count of epochs")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        detail = "no 'epoch' key" if isinstance(error, KeyError) else str(error).splitlines()[0]
+        raise ConfigError(f"{state}: corrupt run state ({detail}); kdet writes {{\"epoch\": <epochs completed>}} "
+                          f"there: fix it by hand to resume, or start again with --overwrite") from None
+    return epoch
+
+
+def trim_history(path, epochs):
+    """Keep the rows of epochs 1..`epochs` in a history.jsonl (a resumed run redoes the later ones)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("epoch", 0) <= epochs]
+    if len(kept) != len(rows):
+        _atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops `fit` at the first training step whose loss is NaN or infinite, or at the end of an epoch whose last
+    update made a weight non-finite (its loss was still finite), raising `TrainingStopped` with the epoch, the step
+    and the last good checkpoint. Raising (instead of `stop_training`) skips the epoch-end callbacks after it (put
+    it first), so no NaN weights are written: the last good checkpoint stays as it was."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = Path(directory)
+        self.epoch = self.step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = batch + 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(f"the training loss is {float(loss)} at epoch {self.epoch + 1}, step {self.step}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not all(bool(keras.ops.all(keras.ops.isfinite(w))) for w in self.model.weights
+                   if keras.backend.is_float_dtype(w.dtype)):
+            self._stop(f"the weights are not finite after epoch {epoch + 1}, step {self.step} (its loss was finite, "
+                       f"its update was not)")
+
+    def _stop(self, what):
+        done = completed_epochs(self.directory)
+        last = (f"the last good checkpoint is {self.directory / CHECKPOINT} (epoch {done}), unchanged; continue "
+                f"from it with --resume once the cause is fixed (a lower train.learning_rate?)") if done else \
+            "no checkpoint had been written yet"
+        raise TrainingStopped(f"{what}: training stopped; {last}")
 
 
 class HistoryLog(keras.callbacks.Callback):

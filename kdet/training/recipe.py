@@ -123,12 +123,15 @@ def fit(model, config, train_data, val_data=None, *, out_dir=None, epochs=None, 
     val_ds = validation_dataset(model, config, val_data, extra)
     if budget is None and t.budget_seconds:
         budget = cb.TimeBudget(t.budget_seconds, t.budget_clock)
-    own = [cb.AtomicCheckpoint(out), cb.HistoryLog(out / history_name)]
+    # The history row before the checkpoint that commits its epoch (a resumed run drops rows beyond its checkpoint,
+    # so none is missing).
+    own = [cb.HistoryLog(out / history_name), cb.AtomicCheckpoint(out)]
     if evaluate_fn is not None and t.eval_every and val_data is not None:
         own.insert(0, cb.EvaluationCallback(evaluate_fn, every=t.eval_every))
     own.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
     if budget is not None:
-        own.insert(0, budget)  # first: its epoch-end pause starts before evaluation and checkpoints
+        own.insert(0, budget)  # its epoch-end pause starts before evaluation and checkpoints
+    own.insert(0, cb.NonFiniteLossGuard(out))  # first: it raises before any epoch-end callback uses NaN weights
     if not model.compiled:
         model.compile(optimizer=cb.make_optimizer(t))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs or t.epochs, initial_epoch=initial_epoch,

@@ -25,6 +25,7 @@ flips are off while training on given proposals (the file's boxes would not foll
 """
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +197,11 @@ def _finish(model, config):
     """The schedule's result becomes the run's checkpoint (what evaluate / predict / export read)."""
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_weights(out / cb.CHECKPOINT)
+    weights = out / f"tmp-{os.getpid()}.weights.h5"  # atomically, as AtomicCheckpoint does
+    model.save_weights(weights)
     cb.save_model_atomically(model, out / cb.MODEL_FILE)
-    (out / cb.STATE).write_text(json.dumps({"epoch": config.train.epochs}))
+    os.replace(weights, out / cb.CHECKPOINT)
+    cb.write_state(out, config.train.epochs)
 
 
 # -- Fast R-CNN mode ----------------------------------------------------------------------------------------------
