@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.data.decode import decode_in_graph
 from kdet.errors import KdetError
 from kdet.export import export_saved_model, load_runner
 from kdet.inference.runners import latest_version_dir
@@ -75,7 +76,7 @@ def test_serving_bytes_boxes_in_each_images_own_frame(detector, exported):
     loaded = tf.saved_model.load(exported)
     outputs = {k: v.numpy() for k, v in loaded.signatures["serving_bytes"](image_bytes=tf.constant(encoded)).items()}
     for i, data in enumerate(encoded):
-        pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
+        pixels = decode_in_graph(tf.constant(data))  # kdet's one decoder, as training and predict
         original_h, original_w = pixels.shape[:2]
         resized = tf.image.resize(tf.cast(pixels, tf.float32), (height, width))[None]
         reference = {k: v.numpy() for k, v in model.detect(resized).items()}

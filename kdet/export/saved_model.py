@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.data.decode import decode_in_graph
 from kdet.errors import KdetError
 from kdet.inference.runners import LABELS_FILE, latest_version_dir  # noqa: F401  (latest_version_dir re-exported)
 
@@ -100,7 +101,7 @@ def bytes_serving_fn(model):
     semantic = getattr(model, "task", "detection") == "semantic"
 
     def decode_one(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode_in_graph(data)  # kdet's one decoder: the pixels training, evaluation and predict see
         size = tf.shape(image)[:2]
         resized = tf.image.resize(tf.cast(image, tf.float32), (height, width), method="bilinear")
         return tf.ensure_shape(resized, (height, width, 3)), size
