@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from kdet.backbones.resnet import batch_norm, conv
+from kdet.layers.composite import CompositeLayer
 from kdet.necks.dla_up import DLAUp, IDAUp
 
 DLA34_LEVELS = (1, 1, 1, 2, 2, 1)
@@ -31,7 +32,7 @@ def _run(layers, x, training):
     return x
 
 
-class DLABlock(keras.layers.Layer):
+class DLABlock(CompositeLayer):
     """DLA's BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + residual); the residual comes from the tree
     (x itself when not given). [B, H, W, Cin] -> [B, ceil(H / s), ceil(W / s), filters]."""
 
@@ -49,7 +50,7 @@ class DLABlock(keras.layers.Layer):
         return tf.nn.relu(y + residual)
 
 
-class Root(keras.layers.Layer):
+class Root(CompositeLayer):
     """relu(bn(conv1x1(concat(children, channels)))): [B, H, W, sum C_i] -> [B, H, W, filters]."""
 
     def __init__(self, filters, **kwargs):
@@ -61,13 +62,13 @@ class Root(keras.layers.Layer):
         return tf.nn.relu(self.bn(self.conv(tf.concat(children, axis=-1)), training=training))
 
 
-class Tree(keras.layers.Layer):
+class Tree(CompositeLayer):
     """Hierarchical deep aggregation tree of depth `levels`.
 
     Args:
         levels: depth (1 = two blocks and a root).
         filters: output width.
-        in_channels: input width (a 1x1 conv + BN projects the residual when it differs from filters).
+        in_channels: input width (a 1x1 conv + BN projects a depth-1 tree's residual when it differs).
         strides: 1 or 2 (the first block is strided; the residual is a strides x strides max-pool).
         level_root: the root also aggregates the tree's (down-sampled) input.
     call(x [B, H, W, in_channels], children=None) -> [B, ceil(H / s), ceil(W / s), filters].
@@ -88,24 +89,28 @@ class Tree(keras.layers.Layer):
             self.tree2 = Tree(levels - 1, filters, filters, 1, name="tree2")
         self.downsample = (keras.layers.MaxPooling2D(strides, strides, padding="same", name="downsample")
                            if strides > 1 else None)
+        # The residual only feeds a depth-1 tree's first block: the reference also builds the projection in deeper
+        # trees (levels 3 and 4 of DLA-34: 41,728 parameters) whose residual tree1 ignores; no gradient reaches them,
+        # so they are left out here.
         self.project = ([conv(filters, 1, name="project_conv")[0], batch_norm("project_bn")]
-                        if in_channels != filters else None)
+                        if in_channels != filters and levels == 1 else None)
 
     def call(self, x, residual=None, children=None, training=False):
-        # `residual` is accepted and ignored, as in the reference: a tree always computes its own.
+        # `residual` is accepted and ignored, as in the reference: a tree computes its own.
         children = [] if children is None else list(children)
         bottom = self.downsample(x) if self.downsample is not None else x
-        residual = _run(self.project, bottom, training) if self.project is not None else bottom
         if self.level_root:
             children.append(bottom)
+        if self.levels > 1:
+            x1 = self.tree1(x, training=training)
+            return self.tree2(x1, children=children + [x1], training=training)
+        residual = _run(self.project, bottom, training) if self.project is not None else bottom
         x1 = self.tree1(x, residual, training=training)
-        if self.levels == 1:
-            x2 = self.tree2(x1, training=training)
-            return self.root([x2, x1] + children, training=training)
-        return self.tree2(x1, children=children + [x1], training=training)
+        x2 = self.tree2(x1, training=training)
+        return self.root([x2, x1] + children, training=training)
 
 
-class DLA(keras.layers.Layer):
+class DLA(CompositeLayer):
     """The DLA classifier's feature extractor (no pooling / fc).
 
     Args:
@@ -150,7 +155,7 @@ class DLA(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kdet")
-class DLA34Trunk(keras.layers.Layer):
+class DLA34Trunk(CompositeLayer):
     """CenterNet's DLA-34 trunk (DLASeg without heads): DLA -> DLA-up from stride 4 -> IDA-up of strides 4, 8, 16.
 
     Args:

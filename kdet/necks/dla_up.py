@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.backbones.resnet import BN_EPSILON, BN_MOMENTUM
+from kdet.layers.composite import CompositeLayer
 from kdet.layers.upsampling import BedOfNailsUnpooling2D, bilinear_kernel, fit_to
 
 
@@ -81,7 +82,7 @@ class DepthwiseTransposedConv2D(keras.layers.Layer):
         return dict(super().get_config(), factor=self.factor)
 
 
-class DeformConvBlock(keras.layers.Layer):
+class DeformConvBlock(CompositeLayer):
     """CenterNet's DeformConv: 3x3 DCNv2 (or plain conv) with bias -> BatchNorm -> ReLU; [B, H, W, Cin] -> Cout."""
 
     def __init__(self, filters, deformable=True, **kwargs):
@@ -99,7 +100,7 @@ class DeformConvBlock(keras.layers.Layer):
         return tf.nn.relu(self.bn(self.conv(x), training=training))
 
 
-class IDAUp(keras.layers.Layer):
+class IDAUp(CompositeLayer):
     """Iterative deep aggregation to the stride of the first map.
 
     Args:
@@ -127,7 +128,7 @@ class IDAUp(keras.layers.Layer):
         return layers
 
 
-class DLAUp(keras.layers.Layer):
+class DLAUp(CompositeLayer):
     """DLA-up: IDA from the coarsest pair down to the first level.
 
     Args:

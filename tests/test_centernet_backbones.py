@@ -1,0 +1,173 @@
+"""CenterNet's DLA-34 and Hourglass-104 trunks: parameter counts against the reference, the depthwise transposed conv
+against a numpy transposed conv, odd sizes, a short fit, and builtins-only TFLite.
+
+Reference counts: CenterNet (xingyizhou/CenterNet) pose_dla_dcn.DLASeg("dla34", heads, pretrained=False,
+down_ratio=4, final_kernel=1, last_level=5, head_conv=256) and large_hourglass.HourglassNet(heads, 2) with heads
+{"hm": 80, "wh": 2, "reg": 2}, counted with torch (sum of p.numel() over parameters; BN running statistics are
+buffers, not counted). DLA: 19,675,892 (trunk 19,211,168 of which 638,064 are the DCNs' offset/mask convs, heads
+464,724; `pretrained=True` adds the unused 1000-class fc, 513,000 more). Hourglass-104: 191,284,008 (trunk
+187,700,352, heads 3,583,656: one set per stack).
+"""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.backbones.dla import DLA34Trunk
+from kdet.backbones.hourglass import Hourglass104Trunk
+from kdet.necks.dla_up import DepthwiseTransposedConv2D
+from kdet.ops import builtins_only
+
+HEADS = {"hm": 80, "wh": 2, "reg": 2}
+DLA34_REFERENCE = {"trunk": 19_211_168, "dcn_offsets": 638_064, "dead_projections": 41_728, "heads": 464_724}
+HOURGLASS104_REFERENCE = {"trunk": 187_700_352, "heads": 3_583_656}
+NARROW_DLA = dict(channels=(4, 8, 8, 16, 16, 32))
+NARROW_HOURGLASS = dict(dims=(8, 8, 12, 12, 12, 16), modules=(1, 1, 1, 1, 1, 2), pre_channels=4, cnv_dim=8)
+
+
+def centernet_heads(in_channels, head_conv):
+    """The reference's heads: per output, 3x3 conv (bias) -> ReLU -> 1x1 conv (bias)."""
+    return [keras.Sequential([keras.Input((None, None, in_channels)),
+                              keras.layers.Conv2D(head_conv, 3, padding="same", activation="relu"),
+                              keras.layers.Conv2D(classes, 1)]) for classes in HEADS.values()]
+
+
+def count(weights):
+    return sum(math.prod(w.shape) for w in weights)
+
+
+def count_trunk(trunk):
+    """Trainable parameters of a full-size trunk, its variables created symbolically and never initialised (the
+    count needs shapes only; initialising 190 M random values alone takes ~30 s on a loaded 2-core machine)."""
+    with keras.StatelessScope(initialize_variables=False):
+        outputs = trunk(keras.KerasTensor((1, 128, 128, 3)))
+        return count(trunk.trainable_weights), outputs
+
+
+def test_dla34_parameter_count_matches_centernet():
+    plain, _ = count_trunk(DLA34Trunk(deformable=False))
+    # The reference builds 1x1 projections in the depth-2 trees of levels 3 and 4 (64 -> 128 and 128 -> 256, conv +
+    # BN: 8,192 + 256 + 32,768 + 512) whose output nothing uses; kdet leaves them out.
+    assert plain == DLA34_REFERENCE["trunk"] - DLA34_REFERENCE["dcn_offsets"] - DLA34_REFERENCE["dead_projections"]
+    heads = centernet_heads(64, 256)
+    assert count([w for h in heads for w in h.trainable_weights]) == DLA34_REFERENCE["heads"]
+
+
+def test_hourglass104_parameter_count_matches_centernet():
+    trunk_count, outputs = count_trunk(Hourglass104Trunk())
+    assert trunk_count == HOURGLASS104_REFERENCE["trunk"]
+    assert [tuple(o.shape) for o in outputs] == [(1, 32, 32, 256)] * 2
+    heads = [h for _ in range(2) for h in centernet_heads(256, 256)]  # one set per stack, as the reference
+    assert count([w for h in heads for w in h.trainable_weights]) == HOURGLASS104_REFERENCE["heads"]
+    assert trunk_count + HOURGLASS104_REFERENCE["heads"] == 191_284_008
+
+
+def transposed_conv_reference(x, kernel, factor):
+    """torch ConvTranspose2d(C, C, 2f, stride f, padding f // 2, groups=C) by scattering: x [B, h, w, C], kernel
+    [2f, 2f, C] (torch's weight[c, 0] in [ky, kx, c] order) -> [B, h * f, w * f, C]."""
+    batch, height, width, channels = x.shape
+    size, pad = 2 * factor, factor // 2
+    out = np.zeros((batch, height * factor + 2 * size, width * factor + 2 * size, channels), np.float64)
+    for i in range(height):
+        for j in range(width):
+            for ky in range(size):
+                for kx in range(size):
+                    out[:, size + i * factor - pad + ky, size + j * factor - pad + kx] += x[:, i, j] * kernel[ky, kx]
+    return out[:, size:size + height * factor, size:size + width * factor]
+
+
+def fill_up_weights(size):
+    """CenterNet's fill_up_weights for one channel of a [size, size] transposed-conv kernel."""
+    f = math.ceil(size / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    return np.array([[(1 - abs(i / f - c)) * (1 - abs(j / f - c)) for j in range(size)] for i in range(size)])
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_depthwise_transposed_conv_is_torchs_grouped_transposed_conv(factor):
+    rng = np.random.default_rng(factor)
+    x = rng.normal(size=(2, 5, 3, 3)).astype(np.float32)
+    layer = DepthwiseTransposedConv2D(factor)
+    layer(x)
+    kernel = layer.depthwise.kernel.numpy()[:, :, :, 0]
+    np.testing.assert_allclose(kernel, np.repeat(fill_up_weights(2 * factor)[:, :, None], 3, axis=2), atol=1e-7)
+    torch_kernel = rng.normal(size=kernel.shape).astype(np.float32)
+    layer.depthwise.kernel.assign(torch_kernel[::-1, ::-1, :, None])  # Keras holds torch's kernel flipped
+    np.testing.assert_allclose(layer(x).numpy(), transposed_conv_reference(x, torch_kernel, factor), atol=1e-5)
+    cut = layer(x, reference=tf.zeros([2, 9, 5, 1]))
+    np.testing.assert_allclose(cut.numpy(), transposed_conv_reference(x, torch_kernel, factor)[:, :9, :5], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (33, 47), (37, 29)])
+def test_trunks_give_stride_four_maps_at_any_size(size):
+    x = tf.random.normal([2, *size, 3], seed=1)
+    expected = (2, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+    dla = DLA34Trunk(**NARROW_DLA, deformable=False)
+    features = dla(x)
+    assert len(features) == 1 and tuple(features[0].shape) == expected + (dla.out_channels,) == expected + (8,)
+    hourglass = Hourglass104Trunk(**NARROW_HOURGLASS)
+    features = hourglass(x)
+    assert [tuple(f.shape) for f in features] == [expected + (hourglass.out_channels,)] * 2
+    assert hourglass.out_channels == 8
+    # Intermediate supervision: the two stacks' maps are different functions of the image.
+    assert not np.allclose(features[0].numpy(), features[1].numpy())
+
+
+def test_dla_levels_are_ceil_of_their_stride():
+    dla = DLA34Trunk(**NARROW_DLA, deformable=False)
+    levels = dla.base(tf.zeros([1, 37, 29, 3]))
+    assert [tuple(level.shape) for level in levels] == [
+        (1, math.ceil(37 / 2 ** i), math.ceil(29 / 2 ** i), c) for i, c in enumerate(NARROW_DLA["channels"])]
+
+
+def fit_model(trunk, size=(32, 32)):
+    """trunk + a 1x1 conv on the last map, MSE to a per-pixel target. Eager steps: tracing and optimising the
+    train-step graph of these many small layers takes ~100 s, a dozen eager steps a few seconds."""
+    inputs = keras.Input((*size, 3))
+    outputs = keras.layers.Conv2D(1, 1, name="head")(trunk(inputs)[-1])
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", run_eagerly=True)
+    return model
+
+
+@pytest.mark.parametrize("name", ["dla", "hourglass"])
+def test_narrow_trunk_fits(name):
+    trunk = DLA34Trunk(**NARROW_DLA, deformable=False) if name == "dla" else \
+        Hourglass104Trunk(dims=(8, 8, 12), modules=(1, 1, 1), pre_channels=4, cnv_dim=8)  # a 2-level hourglass
+    model = fit_model(trunk)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+    # A learnable target: the mean of the image's 4x4 cell, positive part of the first channel.
+    target = np.maximum(images[..., :1].reshape(4, 8, 4, 8, 4, 1).mean(axis=(2, 4)), 0)
+    history = model.fit(images, target, batch_size=4, epochs=12, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history))
+    assert history[-1] < 0.5 * history[0], history
+    # Every BN beta starts at 0: all of them moved, so the gradient reaches every block.
+    assert all(np.any(w.numpy() != 0) for w in trunk.trainable_weights if "beta" in w.path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dla", "hourglass"])
+def test_narrow_trunk_converts_to_builtins_only_tflite(name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    trunk = DLA34Trunk(**NARROW_DLA, deformable=False) if name == "dla" else Hourglass104Trunk(**NARROW_HOURGLASS)
+    images = np.random.default_rng(1).normal(size=(1, 37, 45, 3)).astype(np.float32)
+    expected = [f.numpy() for f in trunk(images)]
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec(images.shape, tf.float32, name="images")])
+        def run(self, images):
+            return {f"map{i}": f for i, f in enumerate(trunk(images))}
+
+    module = Module()
+    with builtins_only():
+        concrete = module.run.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fails loudly on any non-builtin op
+    result = Interpreter(model_content=converter.convert(), num_threads=2).get_signature_runner()(images=images)
+    assert len(result) == len(expected)
+    for i, value in enumerate(expected):
+        np.testing.assert_allclose(result[f"map{i}"], value, atol=1e-4 * max(1.0, np.abs(value).max()))
