@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from kdet.backbones.resnet import BN_EPSILON, BN_MOMENTUM
 from kdet.layers.composite import CompositeLayer
+from kdet.layers.deform_conv import DeformConv2D
 from kdet.layers.upsampling import BedOfNailsUnpooling2D, bilinear_kernel, fit_to
 
 
@@ -88,8 +89,6 @@ class DeformConvBlock(CompositeLayer):
     def __init__(self, filters, deformable=True, **kwargs):
         super().__init__(**kwargs)
         if deformable:
-            from kdet.layers.deform_conv import DeformConv2D  # TODO(dla): top-level once main has the layer
-
             self.conv = DeformConv2D(filters, kernel_size=3, strides=1, padding="same", dilation_rate=1, groups=1,
                                      offset_groups=1, use_bias=True, modulated=True, name="conv")
         else:
