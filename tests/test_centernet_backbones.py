@@ -9,16 +9,19 @@ buffers, not counted). DLA: 19,675,892 (trunk 19,211,168 of which 638,064 are th
 187,700,352, heads 3,583,656: one set per stack).
 """
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.backbones.dla import DLA34Trunk
+from kdet.backbones.dla import DLA34Trunk, DLABlock, Tree
 from kdet.backbones.hourglass import Hourglass104Trunk
 from kdet.necks.dla_up import DepthwiseTransposedConv2D
 from kdet.ops import builtins_only
+
+TWIN = Path(__file__).parent / "fixtures" / "dla34_twin.npz"  # tests/reference/make_dla_twin_fixtures.py
 
 HEADS = {"hm": 80, "wh": 2, "reg": 2}
 DLA34_REFERENCE = {"trunk": 19_211_168, "dcn_offsets": 638_064, "dead_projections": 41_728, "heads": 464_724}
@@ -47,12 +50,15 @@ def count_trunk(trunk):
 
 
 def test_dla34_parameter_count_matches_centernet():
+    dcn, _ = count_trunk(DLA34Trunk())
     plain, _ = count_trunk(DLA34Trunk(deformable=False))
     # The reference builds 1x1 projections in the depth-2 trees of levels 3 and 4 (64 -> 128 and 128 -> 256, conv +
     # BN: 8,192 + 256 + 32,768 + 512) whose output nothing uses; kdet leaves them out.
-    assert plain == DLA34_REFERENCE["trunk"] - DLA34_REFERENCE["dcn_offsets"] - DLA34_REFERENCE["dead_projections"]
+    assert dcn == DLA34_REFERENCE["trunk"] - DLA34_REFERENCE["dead_projections"] == 19_169_440
+    assert dcn - plain == DLA34_REFERENCE["dcn_offsets"]  # 14 DCNs' offset/mask convs: 27 * 9 * Cin + 27 each
     heads = centernet_heads(64, 256)
     assert count([w for h in heads for w in h.trainable_weights]) == DLA34_REFERENCE["heads"]
+    # With heads: 19,634,164 here, 19,675,892 in the reference.
 
 
 def test_hourglass104_parameter_count_matches_centernet():
@@ -104,7 +110,7 @@ def test_depthwise_transposed_conv_is_torchs_grouped_transposed_conv(factor):
 def test_trunks_give_stride_four_maps_at_any_size(size):
     x = tf.random.normal([2, *size, 3], seed=1)
     expected = (2, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
-    dla = DLA34Trunk(**NARROW_DLA, deformable=False)
+    dla = DLA34Trunk(**NARROW_DLA)
     features = dla(x)
     assert len(features) == 1 and tuple(features[0].shape) == expected + (dla.out_channels,) == expected + (8,)
     hourglass = Hourglass104Trunk(**NARROW_HOURGLASS)
@@ -134,7 +140,7 @@ def fit_model(trunk, size=(32, 32)):
 
 @pytest.mark.parametrize("name", ["dla", "hourglass"])
 def test_narrow_trunk_fits(name):
-    trunk = DLA34Trunk(**NARROW_DLA, deformable=False) if name == "dla" else \
+    trunk = DLA34Trunk(**NARROW_DLA) if name == "dla" else \
         Hourglass104Trunk(dims=(8, 8, 12), modules=(1, 1, 1), pre_channels=4, cnv_dim=8)  # a 2-level hourglass
     model = fit_model(trunk)
     rng = np.random.default_rng(0)
@@ -153,7 +159,7 @@ def test_narrow_trunk_fits(name):
 def test_narrow_trunk_converts_to_builtins_only_tflite(name):
     from ai_edge_litert.interpreter import Interpreter
 
-    trunk = DLA34Trunk(**NARROW_DLA, deformable=False) if name == "dla" else Hourglass104Trunk(**NARROW_HOURGLASS)
+    trunk = DLA34Trunk(**NARROW_DLA) if name == "dla" else Hourglass104Trunk(**NARROW_HOURGLASS)
     images = np.random.default_rng(1).normal(size=(1, 37, 45, 3)).astype(np.float32)
     expected = [f.numpy() for f in trunk(images)]
 
@@ -171,3 +177,76 @@ def test_narrow_trunk_converts_to_builtins_only_tflite(name):
     assert len(result) == len(expected)
     for i, value in enumerate(expected):
         np.testing.assert_allclose(result[f"map{i}"], value, atol=1e-4 * max(1.0, np.abs(value).max()))
+
+
+def load_reference_state(trunk, state):
+    """Copy CenterNet's DLASeg trunk parameters (torch names, NCHW / OIHW) into a built DLA34Trunk."""
+    used = set()
+
+    def take(name):
+        used.add(name)
+        return state[name]
+
+    def conv(layer, prefix, bias=False):
+        layer.kernel.assign(take(f"{prefix}.weight").transpose(2, 3, 1, 0))
+        if bias:
+            layer.bias.assign(take(f"{prefix}.bias"))
+
+    def bn(layer, prefix):
+        for variable, key in ((layer.gamma, "weight"), (layer.beta, "bias"), (layer.moving_mean, "running_mean"),
+                              (layer.moving_variance, "running_var")):
+            variable.assign(take(f"{prefix}.{key}"))
+
+    def tree(layer, prefix):
+        if isinstance(layer, DLABlock):
+            conv(layer.conv1[-1], f"{prefix}.conv1"), bn(layer.bn1, f"{prefix}.bn1")
+            conv(layer.conv2[-1], f"{prefix}.conv2"), bn(layer.bn2, f"{prefix}.bn2")
+            return
+        tree(layer.tree1, f"{prefix}.tree1"), tree(layer.tree2, f"{prefix}.tree2")
+        if layer.levels == 1:
+            conv(layer.root.conv, f"{prefix}.root.conv"), bn(layer.root.bn, f"{prefix}.root.bn")
+        if layer.project is not None:
+            conv(layer.project[0], f"{prefix}.project.0"), bn(layer.project[1], f"{prefix}.project.1")
+
+    def ida(layer, prefix):
+        for k, (proj, up, node) in enumerate(zip(layer.proj, layer.up, layer.node)):
+            for block, name in ((proj, f"proj_{k + 1}"), (node, f"node_{k + 1}")):
+                dcn = block.conv
+                dcn.kernel.assign(take(f"{prefix}.{name}.conv.weight").transpose(2, 3, 1, 0))
+                dcn.bias.assign(take(f"{prefix}.{name}.conv.bias"))
+                dcn.offset_kernel.assign(take(f"{prefix}.{name}.conv.conv_offset_mask.weight").transpose(2, 3, 1, 0))
+                dcn.offset_bias.assign(take(f"{prefix}.{name}.conv.conv_offset_mask.bias"))
+                bn(block.bn, f"{prefix}.{name}.actf.0")
+            # torch [C, 1, K, K] -> Keras [K, K, C, 1], flipped (see DepthwiseTransposedConv2D)
+            up.depthwise.kernel.assign(take(f"{prefix}.up_{k + 1}.weight").transpose(2, 3, 0, 1)[::-1, ::-1])
+
+    base = trunk.base
+    conv(base.base_layer[1], "base.base_layer.0"), bn(base.base_layer[2], "base.base_layer.1")
+    for level, name in ((base.level0, "base.level0"), (base.level1, "base.level1")):
+        convs = [layer for layer in level if isinstance(layer, keras.layers.Conv2D)]
+        bns = [layer for layer in level if isinstance(layer, keras.layers.BatchNormalization)]
+        for i, (c, b) in enumerate(zip(convs, bns)):
+            conv(c, f"{name}.{3 * i}"), bn(b, f"{name}.{3 * i + 1}")
+    for i, level in enumerate(base.trees):
+        assert isinstance(level, Tree)
+        tree(level, f"base.level{i + 2}")
+    for i, layer in enumerate(trunk.dla_up.ida):
+        ida(layer, f"dla_up.ida_{i}")
+    ida(trunk.ida_up, "ida_up")
+    return set(state) - used
+
+
+def test_dla34_trunk_equals_centernet_reference():
+    """A narrow DLA-34 trunk with random weights, BN statistics and DCN offsets gives the reference's output."""
+    data = np.load(TWIN)
+    state = {key[len("state/"):]: data[key] for key in data.files if key.startswith("state/")}
+    trunk = DLA34Trunk(channels=(4, 4, 8, 8, 16, 16))
+    trunk(data["input"])
+    unused = load_reference_state(trunk, state)
+    # Only the projection the reference builds but never uses is left over (a depth-2 tree with a width change:
+    # level 4 here, 8 -> 16).
+    assert unused == {f"base.level4.project.{key}" for key in
+                      ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var")}
+    output = trunk(data["input"])[0].numpy()
+    assert np.abs(data["output"]).mean() > 0.01
+    np.testing.assert_allclose(output, data["output"], atol=2e-5 * max(1.0, np.abs(data["output"]).max()))
