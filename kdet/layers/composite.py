@@ -9,7 +9,8 @@ import keras
 
 
 class CompositeLayer(keras.layers.Layer):
-    """A layer whose weights all live in sub-layers: build() only marks it built."""
+    """A layer whose weights all live in sub-layers: build() only marks it built. Loading a saved model rebuilds
+    it the way a first call does (the enclosing model is called symbolically)."""
 
     def build(self, input_shape):
         self.built = True
