@@ -6,7 +6,8 @@ Each head is a 3x3 conv (head_conv channels, bias) + ReLU + a 1x1 conv, on the s
            the focal loss does not start swamped by the many background cells (the paper's init)
   size     2 channels (h, w) of the box in output cells
   offset   2 channels (y, x) sub-cell position of the centre, p / R - floor(p / R)
-The size / offset convs start as the reference's `fill_fc_weights`: normal(std 0.001), bias 0.
+The heatmap convs start as torch's default Conv2d init (uniform, variance 1 / (3 fan_in), as the reference's), the
+size / offset convs as the reference's `fill_fc_weights`: normal(std 0.001), bias 0.
 
 Decoding is builtins-only TFLite (MAX_POOL_2D, TOPK_V2, GATHER, FLOOR_DIV / FLOOR_MOD): a cell is a peak when its
 logit is >= the 3x3 max-pool of the logits around it (>= its 8 neighbours; pooling the logits instead of the
@@ -19,6 +20,7 @@ import tensorflow as tf
 from kdet.ops.box_ops import clip_boxes
 
 HEATMAP_PRIOR_BIAS = -2.19
+TORCH_CONV_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 class CenterNetHead(keras.layers.Layer):
@@ -37,7 +39,7 @@ class CenterNetHead(keras.layers.Layer):
         self.head_conv = int(head_conv)
         self.heatmap_bias = float(heatmap_bias)
         small = keras.initializers.RandomNormal(stddev=0.001)
-        self.heatmap = self._branch("heatmap", self.num_classes, "glorot_uniform",
+        self.heatmap = self._branch("heatmap", self.num_classes, TORCH_CONV_INIT,
                                     keras.initializers.Constant(self.heatmap_bias))
         self.size = self._branch("size", 2, small, "zeros")
         self.offset = self._branch("offset", 2, small, "zeros")

@@ -100,9 +100,10 @@ class CenterNet(Detector):
         maps = self.trunk(self._pad(self.normalize(images)), training=training)
         outputs = {}
         for s, feature in enumerate(maps):
-            heads = self.head(feature[:, :grid_h, :grid_w, :])
+            heads = self.head(feature)  # on the padded map, then cut: the head's 3x3 convs see what they saw
             suffix = "" if s == len(maps) - 1 else f"_{s}"
-            outputs.update({f"{key}{suffix}": tf.cast(heads[key], tf.float32) for key in HEAD_KEYS})
+            outputs.update({f"{key}{suffix}": tf.cast(heads[key][:, :grid_h, :grid_w, :], tf.float32)
+                            for key in HEAD_KEYS})
         return outputs
 
     def encode_targets(self, targets, image_size):
