@@ -10,12 +10,15 @@
 
 Without a config, kdet models are plain Keras models: `kdet.models.RetinaNet(...).fit(dataset)`.
 """
+from pathlib import Path
+
 import numpy as np
 
 from kdet import build
 from kdet.build import load_split, restore  # noqa: F401  (public: the splits and checkpoints of a config)
 from kdet.config import load_config
 from kdet.data.pipeline import make_tf_dataset
+from kdet.errors import KdetError
 from kdet.eval import evaluate_model_on
 
 
@@ -46,27 +49,51 @@ def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both",
     return results
 
 
-def predict(config, images, out_dir="predictions", overrides=(), checkpoint=None, score_threshold=0.3, tiled=False):
-    """Detect objects in image files; writes <name>.png (boxes drawn) and <name>.json per image into `out_dir`.
+def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpoint=None, score_threshold=0.3,
+            tiled=False, save_images=True, save_json=True, save_format="auto"):
+    """Detect objects in images: files, folders, glob patterns, or numpy arrays / tensors ([H, W, 3] or
+    [B, H, W, 3]). Writes per image <name>.png or .jpg (boxes, labels, instance masks drawn) and <name>.json into
+    `out_dir` (None: write nothing); output names never collide (`kdet.inference.inputs`).
 
-    Class names come from the trained model (model.keras). Returns the per-image results (boxes yxyx in the image's
-    own pixels, scores, class ids and names). Semantic models write <name>.png as a colour overlay,
-    <name>_mask.png (class ids) and <name>.json (pixels per class); `tiled=True` segments at the image's own
-    resolution by overlap-tile prediction (U-Net trained on tiles of a larger image).
+    The model: the config's trained run (its model.keras), or `checkpoint` (a .keras file, e.g. one written by
+    `kdet convert torchvision`), which needs no config. Class names come from the model. Returns the per-image
+    results (boxes yxyx in the image's own pixels, scores, class ids and names, milliseconds; instance models add
+    "masks" as COCO RLE). Semantic models write <name>.png as a colour overlay, <name>_mask.png (class ids) and
+    <name>.json (pixels per class); `tiled=True` segments at the image's own resolution by overlap-tile prediction.
     """
-    config = load_config(config, overrides)
-    model = build.load_trained_model(config, checkpoint)
-    class_names = build.class_names_of(model, config)
+    if config is None:
+        if not checkpoint:
+            raise KdetError("predict needs a config (--config) or a model file (--checkpoint model.keras)")
+        model, resize = build.load_model_file(checkpoint), "stretch"
+        class_names = list(model.class_names or [str(i) for i in range(model.num_classes)])
+    else:
+        config = load_config(config, overrides)
+        model, resize = build.load_trained_model(config, checkpoint), config.data.resize
+        class_names = build.class_names_of(model, config)
     if model.task == "semantic":
         from kdet.eval.semantic import predict_files as predict_semantic
-        return predict_semantic(model, images, out_dir, class_names, tiled=tiled)
-    from kdet.inference.predict import predict_files
-    return predict_files(model, images, out_dir, class_names, score_threshold, resize=config.data.resize)
+        from kdet.inference.inputs import image_paths
+        return predict_semantic(model, image_paths(images), out_dir, class_names, tiled=tiled)
+    from kdet.inference.predict import predict_images
+    return predict_images(model, images, out_dir, class_names, score_threshold, resize=resize,
+                          save_images=save_images, save_json=save_json, save_format=save_format)
 
 
-def export(config, overrides=(), formats=None, quantize=None, checkpoint=None, out_dir=None, name=None):
-    """SavedModel (TF Serving layout), TFLite and/or ONNX of the trained model. Returns {format: path}."""
+def export(config=None, overrides=(), formats=None, quantize=None, checkpoint=None, out_dir=None, name=None):
+    """SavedModel (TF Serving layout), TFLite and/or ONNX of the trained model. Returns {format: path}.
+
+    Without a config, `checkpoint` must be a .keras file (e.g. from `kdet convert torchvision`): every format,
+    written to out_dir (default saved_models) under name (default: the file's stem); int8 needs a config (its
+    calibration images come from the training data)."""
     from kdet.export import export_model
+    if config is None:
+        if not checkpoint:
+            raise KdetError("export needs a config (--config) or a model file (--checkpoint model.keras)")
+        if quantize == "int8":
+            raise KdetError("int8 export calibrates on training images: it needs --config")
+        model = build.load_model_file(checkpoint)
+        return export_model(model, out_dir or "saved_models", name or Path(checkpoint).stem,
+                            formats=formats or ["saved_model", "tflite", "onnx"], quantize=quantize)
     config = load_config(config, overrides)
     model = build.load_trained_model(config, checkpoint)
     formats = formats or config.export.formats

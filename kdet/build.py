@@ -96,6 +96,16 @@ def load_trained_model(config, checkpoint=None):
     return model
 
 
+def load_model_file(path):
+    """A whole model from a .keras file (kdet's, or one `kdet convert torchvision` wrote), with a clear error."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ConfigError(f"{path}: a model file must be a .keras file (weights alone need --config)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such model file")
+    return keras.saving.load_model(path)
+
+
 def class_names_of(model, config):
     """The model's own class names, else the config's, else the dataset's, else "0", "1", ..."""
     if getattr(model, "class_names", None):

@@ -1,14 +1,16 @@
-"""`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | data {check,convert,show,anchors}.
+"""`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | convert torchvision | data {...}.
+
+The data commands: check, convert, show, anchors.
 
 Every command that takes a model takes `--config FILE` and any number of `--set section.key=value` overrides.
 Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from kdet.errors import KdetError, require
+from kdet.jsonio import dumps, write_json
 
 
 _CHECKPOINT_HELP = "a .keras model or .weights.h5 file (default: the run's model.keras, else its last weights)"
@@ -26,11 +28,18 @@ def _command(subparsers, name, text, **kwargs):
     return subparsers.add_parser(name, help=text, description=text, **kwargs)
 
 
+def _torchvision_archs():
+    from kdet.convert.pretrained import ARCHITECTURES
+    return sorted(ARCHITECTURES)
+
+
 def _parser():
     from kdet import __version__  # the package is already imported: `kdet.cli` lives in it
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kdet {__version__}",
                         help="print kdet's version and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's log lines and Python warnings (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="kdet COMMAND --help shows the options of a command")
 
@@ -53,26 +62,35 @@ def _parser():
     p.add_argument("--proposals", metavar="JSON",
                    help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
 
-    p = _command(sub, "predict", "detect objects (or segment) in images; write annotated PNG + JSON per image "
-                          "(segmentation: colour overlay PNG, class-id mask PNG, JSON)")
-    _add_config(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to predict")
+    p = _command(sub, "predict", "detect objects (or segment) in images, folders or globs; write an annotated "
+                          "picture + JSON per image (segmentation: colour overlay PNG, class-id mask PNG, JSON)")
+    _add_config(p, required=False)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (their images) and glob patterns ('photos/**/*.jpg', quoted)")
     p.add_argument("--out", default="predictions", help="output directory (default: predictions)")
-    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help=_CHECKPOINT_HELP + "; a .keras file alone needs no --config")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="keep detections scoring at least this (default: 0.3)")
+    p.add_argument("--save-format", choices=["auto", "png", "jpg"], default="auto",
+                   help="picture format: auto = JPEG for JPEG input, PNG otherwise (default: auto)")
+    p.add_argument("--no-save-images", dest="save_images", action="store_false",
+                   help="write no pictures (JSON only)")
+    p.add_argument("--save-json", dest="save_json", action=argparse.BooleanOptionalAction, default=True,
+                   help="write <name>.json per image (default: yes; --no-save-json to skip)")
     p.add_argument("--tiled", action="store_true",
                    help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
 
     p = _command(sub, "export", "SavedModel (TF Serving layout) / TFLite / ONNX")
-    _add_config(p)
+    _add_config(p, required=False)
     p.add_argument("--format", dest="formats", action="append", choices=["saved_model", "tflite", "onnx"],
                    help="repeatable; default: export.formats of the config")
     p.add_argument("--quantize", choices=["fp16", "int8"],
                    help="TFLite weights in float16, or full int8 calibrated on training images "
                         "(default: export.quantize of the config)")
-    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP)
-    p.add_argument("--out", help="output directory (default: export.out_dir)")
+    p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP + "; a .keras file alone needs no --config")
+    p.add_argument("--out", help="output directory (default: export.out_dir, or saved_models without a config)")
+    p.add_argument("--name", help="export name (default: export.name, or the .keras file's stem)")
 
     p = _command(sub, "benchmark", "latency / FPS of exported artifacts on the same images")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".keras, SavedModel dir, .tflite or .onnx")
@@ -86,6 +104,14 @@ def _parser():
 
     _command(sub, "serve", "serve a SavedModel base dir with TensorFlow Serving's REST + gRPC contract "
                   "(kdet serve --help)", add_help=False)
+
+    convert = _command(sub, "convert", "convert pretrained weights into a ready kdet model").add_subparsers(
+        dest="convert_command", required=True, metavar="SOURCE", help="kdet convert SOURCE --help shows its options")
+    p = _command(convert, "torchvision", "a torchvision detector's state dict (.pth, read without torch) -> .keras "
+                                         "with its class names, for kdet predict / export")
+    p.add_argument("--arch", required=True, help="torchvision builder name: " + ", ".join(_torchvision_archs()))
+    p.add_argument("--weights", required=True, metavar="FILE", help="state dict file (.pth / .pt / .npz)")
+    p.add_argument("--output", required=True, metavar="FILE", help="the .keras file to write")
 
     data = _command(sub, "data", "inspect and convert datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND",
@@ -155,26 +181,35 @@ def _run(args):
                                    metric=args.metric)
         _print_figures(results)
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            write_json(results, args.json)
     elif args.command == "predict":
-        for r in api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
-                             args.score_threshold, tiled=args.tiled):
-            if "pixels" in r:  # a semantic model: pixels per class instead of boxes
-                print(f"{r['image']}: pixels per class {r['pixels']}")
-            else:
-                print(f"{r['image']}: {len(r['boxes'])} objects {r['names']}")
-        print(f"annotated PNG + JSON in {args.out}/")
+        from kdet.inference.predict import summary_line
+        if args.config is None and args.overrides:
+            raise KdetError("--set needs --config")
+        results = api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
+                              args.score_threshold, tiled=args.tiled, save_images=args.save_images,
+                              save_json=args.save_json, save_format=args.save_format)
+        for r in results:
+            print(f"{r['image']}: pixels per class {r['pixels']}" if "pixels" in r else summary_line(r))
+        written = [what for what, wanted in (("pictures", args.save_images), ("JSON", args.save_json)) if wanted]
+        print(f"{len(results)} images; {' + '.join(written) or 'nothing'} written to {args.out}/")
     elif args.command == "export":
+        if args.config is None and args.overrides:
+            raise KdetError("--set needs --config")
         for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
-                                    args.out).items():
+                                    args.out, args.name).items():
             print(f"{fmt}: {path}")
     elif args.command == "benchmark":
         from kdet.inference.benchmark import benchmark_artifacts
         for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch):
-            print(json.dumps(row))
+            print(dumps(row))
     elif args.command == "run":
         from kdet.main_job import run_main_job
         run_main_job(args.config, args.overrides, args.out)
+    elif args.command == "convert":
+        from kdet.convert.pretrained import convert_torchvision
+        path, copied = convert_torchvision(args.arch, args.weights, args.output)
+        print(f"{args.arch}: {copied} tensors from {args.weights} -> {path}")
     elif args.command == "data":
         _run_data(args)
     return 0
@@ -208,8 +243,23 @@ _DELEGATED = {("serve",): ("kdet.serving.server", "main", ("grpc", "tensorflow_s
               ("data", "anchors"): ("kdet.data.anchors_kmeans", "anchors_main", (), None)}
 
 
+def _quiet_python_logs():
+    """Without --verbose: absl / TensorFlow Python log lines below errors and library warnings are not shown."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", module=r"(keras|tensorflow|tf2onnx|absl|google)\b")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*(oneDNN|CUDA|cuda)")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv  # a global flag, accepted anywhere (the delegated commands' parsers lack it)
+    argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        _quiet_python_logs()
     delegated = next(((prefix, target) for prefix, target in _DELEGATED.items()
                       if tuple(argv[:len(prefix)]) == prefix), None)
     try:
@@ -219,7 +269,7 @@ def main(argv=None):
             for name in needs:
                 require(name, extra, f"kdet {' '.join(prefix)}")
             return getattr(importlib.import_module(module), function)(argv[len(prefix):])
-        return _run(_parser().parse_args(argv))
+        return _run(_parser().parse_args((["--verbose"] if verbose else []) + argv))
     except KdetError as error:
         print(f"kdet: error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,5 @@
 """`kdet run`: the README's main job in one command: train on the configured data, evaluate with COCO AP and VOC mAP,
 export SavedModel + TFLite (checked against Keras), predict on held-out images and write an annotated picture."""
-import json
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import tensorflow as tf
 from kdet import api
 from kdet.build import load_split, load_trained_model
 from kdet.config import load_config
+from kdet.jsonio import write_json
 
 
 def _save_inputs(dataset, out, count):
@@ -91,6 +91,6 @@ def run_main_job(config_path, overrides=(), out_dir="out", num_pictures=4):
     save_png(_grid(pictures), out / "predictions.png")
     summary = {"figures": {k: v for k, v in figures.items() if isinstance(v, (int, float))}, "exports": paths,
                "timings_s": timings, "predictions": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json(summary, out / "summary.json")
     print(f"== done: picture {out / 'predictions.png'}, summary {out / 'summary.json'}")
     return summary

@@ -10,7 +10,7 @@ import kdet
 from kdet.cli import _parser, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ["train", "evaluate", "predict", "export", "benchmark", "run", "serve", "data", "data anchors",
+COMMANDS = ["train", "evaluate", "predict", "export", "benchmark", "run", "serve", "convert", "convert torchvision", "data", "data anchors",
             "data check", "data convert", "data show"]
 DELEGATED = ["serve", "data anchors"]  # parsed by kdet.serving.core / kdet.data.anchors_kmeans, not by kdet.cli
 
@@ -60,7 +60,7 @@ def test_each_command_prints_its_help(command, capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: kdet {command}")
-    if command not in ("data", "benchmark", *DELEGATED):
+    if command not in ("data", "benchmark", "convert", "convert torchvision", *DELEGATED):
         assert "--config FILE" in out
 
 

@@ -1,6 +1,6 @@
 """Imports only point down the layers of docs/design.md; a lower layer importing a higher one fails here.
 
-    errors <- ops <- layers / losses <- backbones / necks / heads <- models <- data / metrics / config / convert / build
+    errors / jsonio <- ops <- layers / losses <- backbones / necks / heads <- models <- data / metrics / config / convert / build
     <- training / eval / inference <- export <- serving <- api <- cli / main_job
 
 Modules of one layer may import each other. Every `import kdet...` / `from kdet... import` line counts, also the
@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "kdet"
 
 LAYERS = [
-    ("errors",),
+    ("errors", "jsonio"),
     ("ops",),
     ("layers", "losses"),
     ("backbones", "necks", "heads"),

@@ -24,7 +24,8 @@ def test_boxes_are_drawn_in_the_class_colour_on_their_edges():
     boxes = [[30, 20, 70, 60],     # class 0, yxyx
              [40, 80, 90, 110],    # class 1
              [5, 5, 15, 15]]       # below the score threshold
-    out = draw_detections(image, boxes, [0, 1, 1], [0.93, 0.6, 0.1], ["cell", "rbc"], score_threshold=0.3)
+    out = draw_detections(image, boxes, [0, 1, 1], [0.93, 0.6, 0.1], ["cell", "rbc"], score_threshold=0.3,
+                          line_width=2)
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert not image.any()                                     # input untouched
     red, green = class_color(0), class_color(1)

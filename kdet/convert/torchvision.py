@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdet.convert.pth import read_pth
 from kdet.errors import ConfigError, KdetError
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -244,7 +245,7 @@ TABLES = {"RetinaNet": retinanet_table, "SSD": ssd300_table, "FasterRCNN": faste
 # -- loading --------------------------------------------------------------------------------------------------------
 def read_state_dict(source):
     """A state dict as {name: float32 numpy}: from a dict (numpy arrays or torch tensors), an .npz, or a .pth/.pt
-    file (read with torch, which must then be installed; a checkpoint {"model": state} is unwrapped)."""
+    file (read without torch, `kdet.convert.pth`; a checkpoint {"model": state} is unwrapped)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -252,12 +253,7 @@ def read_state_dict(source):
         if path.suffix == ".npz":
             with np.load(path) as data:
                 return {k: np.asarray(data[k]) for k in data.files}
-        try:
-            import torch
-        except ImportError:
-            raise ConfigError(f"{path}: reading a .pth needs torch; convert it to .npz where torch is installed "
-                              "(np.savez(out, **{k: v.numpy() for k, v in state.items()}))") from None
-        source = torch.load(path, map_location="cpu", weights_only=True)
+        source = read_pth(path)
         if isinstance(source, dict) and isinstance(source.get("model"), dict):
             source = source["model"]
     if not isinstance(source, dict):

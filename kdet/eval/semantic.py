@@ -10,7 +10,6 @@ The model runs compiled (`model.predict_on_batch`: predict_step -> call -> decod
 size, as it was trained; its probabilities are cut to the image part of the input (letterbox) and resized bilinearly
 to the original size before the argmax, so the scores compare with the original masks, not resized ones.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from kdet.data.label_image import check_segmentation, record_mask
 from kdet.data.pipeline import make_tf_dataset
+from kdet.jsonio import write_json
 from kdet.metrics.miou import SegmentationEvaluator
 
 
@@ -111,7 +111,7 @@ def predict_files(model, paths, out_dir, class_names=None, tiled=False, alpha=0.
         counts = np.bincount(mask.ravel(), minlength=model.num_mask_classes)
         result = {"image": str(path), "mask": str(out / f"{stem}_mask.png"),
                   "pixels": {names[c]: int(n) for c, n in enumerate(counts) if n}}
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        write_json(result, out / f"{stem}.json")
         results.append(result)
     return results
 

@@ -41,7 +41,8 @@ def class_color(class_id):
     return tuple(int(v) for v in _PALETTE[1 + int(class_id) % 254])
 
 
-def _rgb_image(image):
+def rgb_uint8(image):
+    """An image as uint8 [H, W, 3]: grey [H, W] / [H, W, 1] repeated, float 0..255 rounded and clipped."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -60,19 +61,39 @@ def _text_color(background):
     return (0, 0, 0) if luminance > 128 else (255, 255, 255)
 
 
+def scaled_sizes(height, width):
+    """(box line width, label font size) for an image: 2 px and 11 pt at 640 px, growing with the longer side."""
+    longer = max(int(height), int(width))
+    return max(1, round(longer / 320)), max(9, round(longer / 58))
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
 def draw_detections(image, boxes, classes, scores=None, class_names=None, score_threshold=0.0, *,
-                    line_width=2, bounding_box_format="yxyx"):
+                    line_width=None, bounding_box_format="yxyx", masks=None, mask_alpha=0.45):
     """Boxes with "name 0.93" labels, one colour per class.
 
     image: uint8 [H, W, 3] (float 0..255 and grey images are accepted).
     boxes: [K, 4] absolute pixels in `bounding_box_format` (kdet's "yxyx" by default; other Keras formats are
     converted with `keras.utils.bounding_boxes.convert_format`). classes: int [K] 0-based (negative = padding,
     skipped). scores: [K] or None (ground truth: labels without a score). class_names: list indexed by class, or
-    None to print the class index. Boxes scoring below `score_threshold` are not drawn.
+    None to print the class index. Boxes scoring below `score_threshold` are not drawn. line_width: None scales the
+    lines and the labels with the image (`scaled_sizes`). masks: [K, H, W] instance masks (0/1), drawn translucent
+    in the class colour with a one-pixel outline under the boxes.
     Returns a new uint8 [H, W, 3] image; higher-scoring boxes are drawn last, so their labels stay readable.
     """
-    canvas = Image.fromarray(_rgb_image(image))
+    rgb = rgb_uint8(image)
+    if masks is not None:
+        rgb = draw_instance_masks(rgb, masks, classes, scores, score_threshold, mask_alpha)
+    canvas = Image.fromarray(rgb)
     height, width = canvas.height, canvas.width
+    default_width, font_size = scaled_sizes(height, width)
+    line_width = default_width if line_width is None else int(line_width)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if bounding_box_format != "yxyx" and len(boxes):
         from keras.utils import bounding_boxes as keras_boxes  # imported here: only this path needs Keras
@@ -86,7 +107,7 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, score_
         raise DataError("boxes", f"{len(boxes)} boxes, {len(classes)} classes and {len(scores)} scores differ")
 
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = _font(font_size)
     for index in np.argsort(scores, kind="stable"):
         class_id, score = int(classes[index]), scores[index]
         if class_id < 0 or score < score_threshold:
@@ -113,6 +134,27 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, score_
     return np.asarray(canvas).copy()
 
 
+def draw_instance_masks(image, masks, classes, scores=None, score_threshold=0.0, alpha=0.45):
+    """Instance masks [K, H, W] (0/1) blended into image [H, W, 3] in their class colours (classes [K], negative =
+    padding, skipped), each with its outline (mask pixels with a 4-neighbour outside the mask) in full colour."""
+    out = rgb_uint8(image).astype(np.float64)
+    masks = np.asarray(masks).astype(bool).reshape((-1,) + out.shape[:2])
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    scores = np.ones(len(classes)) if scores is None else np.asarray(scores, np.float64).reshape(-1)
+    if not (len(masks) == len(classes) == len(scores)):
+        raise DataError("masks", f"{len(masks)} masks, {len(classes)} classes and {len(scores)} scores differ")
+    for index in np.argsort(scores, kind="stable"):
+        mask = masks[index]
+        if classes[index] < 0 or scores[index] < score_threshold or not mask.any():
+            continue
+        color = np.asarray(class_color(classes[index]), np.float64)
+        out[mask] = (1.0 - alpha) * out[mask] + alpha * color
+        padded = np.pad(mask, 1)
+        inside = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        out[mask & ~inside] = color
+    return np.round(out).astype(np.uint8)
+
+
 def draw_segmentation(image, mask, num_classes, alpha=0.5, background_index=0):
     """Colour overlay of a semantic mask in the VOC palette.
 
@@ -121,7 +163,7 @@ def draw_segmentation(image, mask, num_classes, alpha=0.5, background_index=0):
     them too, in black). alpha: weight of the class colour.
     Returns a new uint8 [H, W, 3] image.
     """
-    image = _rgb_image(image)
+    image = rgb_uint8(image)
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
@@ -140,7 +182,20 @@ def draw_segmentation(image, mask, num_classes, alpha=0.5, background_index=0):
 
 def save_png(image, path):
     """Write a uint8 [H, W, 3] (or [H, W]) image as PNG, creating parent directories. Returns the Path."""
+    return save_picture(image, path, "png")
+
+
+def save_picture(image, path, image_format="png", quality=92):
+    """Write a uint8 [H, W, 3] (or [H, W]) image as PNG or JPEG ("jpg"), creating parent directories, through a
+    temporary file renamed into place (a killed run leaves no half-written picture). Returns the Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_rgb_image(image)).save(path, format="PNG")
+    temporary = path.with_name(f".{path.name}.tmp")
+    if image_format == "png":
+        Image.fromarray(rgb_uint8(image)).save(temporary, format="PNG")
+    elif image_format in ("jpg", "jpeg"):
+        Image.fromarray(rgb_uint8(image)).save(temporary, format="JPEG", quality=int(quality))
+    else:
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    temporary.replace(path)
     return path
