@@ -14,6 +14,7 @@ for H, W multiples of 32 (the model pads its input to them); this trunk returns 
 import keras
 
 from kdet.backbones.resnet import ResNet, batch_norm
+from kdet.layers.deform_conv import DeformConv2D
 from kdet.layers.upsampling import TransposedConvUpsampling2D
 
 DECONV_FILTERS = (256, 128, 64)
@@ -31,7 +32,7 @@ class ResNetDeconv(keras.layers.Layer):
     call(x [B, H, W, 3] normalised, H and W multiples of 32) -> [[B, H / 4, W / 4, deconv_filters[-1]]].
     """
 
-    def __init__(self, depth=18, base_width=64, deconv_filters=DECONV_FILTERS, deformable=False, frozen_stages=0,
+    def __init__(self, depth=18, base_width=64, deconv_filters=DECONV_FILTERS, deformable=True, frozen_stages=0,
                  frozen_bn=False, **kwargs):
         super().__init__(**kwargs)
         self.depth, self.base_width = int(depth), int(base_width)
@@ -51,6 +52,9 @@ class ResNetDeconv(keras.layers.Layer):
         self.out_channels = self.deconv_filters[-1]
 
     def _conv3x3(self, filters, name):
+        if self.deformable:  # the reference's DCN(inplanes, planes, 3, stride 1, padding 1, deformable_groups 1)
+            return DeformConv2D(filters, kernel_size=3, strides=1, padding="same", dilation_rate=1, groups=1,
+                                offset_groups=1, use_bias=True, modulated=True, name=name)
         return keras.layers.Conv2D(filters, 3, padding="same", use_bias=True, name=name)
 
     def call(self, x, training=False):

@@ -59,7 +59,7 @@ class CenterNet(Detector):
     loss_names = ("heatmap_loss", "size_loss", "offset_loss")
 
     def __init__(self, num_classes, image_size=(512, 512), max_detections=100, backbone="resnet", depth=18,
-                 base_width=64, deconv_filters=DECONV_FILTERS, deformable=False, frozen_stages=0, frozen_bn=False,
+                 base_width=64, deconv_filters=DECONV_FILTERS, deformable=True, frozen_stages=0, frozen_bn=False,
                  head_conv=64, heatmap_bias=HEATMAP_PRIOR_BIAS, min_overlap=DEFAULT_MIN_OVERLAP, focal_alpha=2.0,
                  focal_beta=4.0, size_weight=0.1, offset_weight=1.0, score_threshold=0.01,
                  image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
