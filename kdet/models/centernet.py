@@ -79,9 +79,15 @@ class CenterNet(Detector):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         self.size_multiple = SIZE_MULTIPLE[backbone]
-        self.trunk = ResNetDeconv(self.depth, self.base_width, self.deconv_filters, self.deformable,
-                                  self.frozen_stages, self.frozen_bn, name="trunk")
+        self.trunk = self._make_trunk()
         self.head = CenterNetHead(self.num_classes, self.head_conv, self.heatmap_bias, name="head")
+
+    def _make_trunk(self):
+        """The trunk named by `backbone` (one branch per entry of BACKBONES)."""
+        if self.backbone_name == "resnet":
+            return ResNetDeconv(self.depth, self.base_width, self.deconv_filters, self.deformable,
+                                self.frozen_stages, self.frozen_bn, name="trunk")
+        raise ValueError(f"no trunk for backbone {self.backbone_name!r}")
 
     def normalize(self, images):
         return normalize_imagenet(images, self.compute_dtype, self.image_mean, self.image_std)
