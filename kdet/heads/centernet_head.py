@@ -90,8 +90,10 @@ def centernet_decode(heatmap_logits, size, offset, image_size, stride=4, max_det
     scores = tf.where(logits >= pooled, tf.sigmoid(logits), 0.0)
     flat = tf.reshape(scores, [batch, -1])
     cells = shape[1] * width
-    # K zeros appended: top_k always has K entries, even for a map of fewer than K (cell, class) pairs.
-    flat = tf.concat([flat, tf.zeros([batch, max_detections], tf.float32)], axis=1)
+    # K zeros appended when the map may hold fewer than K (cell, class) pairs, so top_k always has K entries. Only
+    # then: the int8 converter quantises a zeros constant concatenated to the float decode (a type mismatch).
+    if flat.shape[1] is None or flat.shape[1] < max_detections:
+        flat = tf.pad(flat, [[0, 0], [0, max_detections]])
     top_scores, top = tf.math.top_k(flat, k=max_detections)
     cell = tf.minimum(top // classes, cells - 1)
     label = top % classes
