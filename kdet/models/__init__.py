@@ -1,4 +1,5 @@
 """Architectures. `MODELS` maps the `model.name` of a config to its class; no registry, no import side effects."""
+from kdet.models.centernet import CenterNet
 from kdet.models.classloc import ClassLocModel
 from kdet.models.faster_rcnn import FasterRCNN
 from kdet.models.fcn import FCN
@@ -12,6 +13,7 @@ from kdet.models.yolo_v1 import FastYOLO, YOLOv1
 from kdet.models.yolo_v2 import TinyYOLOv2, YOLOv2
 
 MODELS = {
+    "centernet": CenterNet,
     "classloc": ClassLocModel,
     "faster_rcnn": FasterRCNN,
     "fcn": FCN,
