@@ -124,14 +124,32 @@ def test_config_round_trip_registry_and_bad_arguments():
         tiny(deconv_filters=(16, 16))
 
 
-@pytest.mark.parametrize("name", ["centernet_r18_shapes", "centernet_r18_bccd"])
+@pytest.mark.parametrize("name", ["centernet_r18_shapes", "centernet_r18_bccd", "centernet_dla34_bccd",
+                                  "centernet_hourglass104_coco"])
 def test_configs_load_and_construct(name):
     from kdet.config import load_config
     config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     spec = config.model
     model = MODELS[spec.name](num_classes=spec.num_classes, image_size=tuple(spec.image_size),
                               max_detections=spec.max_detections, **spec.args)
-    assert model.num_classes == spec.num_classes and model.backbone_name == "resnet"
+    assert model.num_classes == spec.num_classes and model.backbone_name == spec.args.get("backbone", "resnet")
+
+
+def test_dla34_trunk_trains_and_decodes_at_an_odd_size():
+    """The DLA-34 trunk (narrow) in the model: one train step from a box-less and a boxed image, finite loss, and
+    decode at 70 x 90 in the input's pixels."""
+    keras.utils.set_random_seed(0)
+    model = CenterNet(3, image_size=(64, 64), backbone="dla34", trunk_widths=(4, 8, 8, 16, 16, 32), head_conv=8,
+                      max_detections=5)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 70, 90, 3)).astype(np.float32)
+    targets = {"boxes": np.array([[[10, 12, 40, 50]], [[0, 0, 0, 0]]], np.float32),
+               "labels": np.array([[1], [-1]], np.int32)}
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = model.train_on_batch(images, targets, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["heatmap_loss"] > 0, logs
+    detections = model.predict_on_batch(images)
+    boxes = detections["boxes"][:, :int(detections["num_detections"].max())]
+    assert boxes.shape[-1] == 4 and (boxes[..., 2] <= 70 + 1e-3).all() and (boxes[..., 3] <= 90 + 1e-3).all()
 
 
 def test_keras_native_fit_any_size_and_reload(tmp_path):

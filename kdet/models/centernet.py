@@ -10,7 +10,8 @@ cell. Loss (kdet.losses.centernet): penalty-reduced focal loss (alpha 2, beta 4)
 boxes from offset and size, no NMS, TFLite builtins only.
 
 Trunks (`backbone`): "resnet" = ResNet-18/34/50/101 + three (deformable) up-sampling stages (the paper's ResNet-DCN,
-kdet.backbones.resnet_deconv). Every trunk follows one interface: trunk(x, training) -> list of stride-4 maps
+kdet.backbones.resnet_deconv); "dla34" = DLA-34 with the DLA-up / IDA-up decoder (kdet.backbones.dla, DCN in the
+decoder when `deformable`); "hourglass104" = two stacked hourglasses (kdet.backbones.hourglass). Every trunk follows one interface: trunk(x, training) -> list of stride-4 maps
 (Hourglass gives two: the heads are shared, the loss is summed over the maps, predictions come from the last).
 
 Any input size: the normalised image is padded at the bottom / right (zeros = the mean colour) to a multiple of the
@@ -21,6 +22,8 @@ Input normalisation: ImageNet mean / std on the 0..1 scale.
 import keras
 import tensorflow as tf
 
+from kdet.backbones.dla import DLA34Trunk
+from kdet.backbones.hourglass import Hourglass104Trunk
 from kdet.backbones.resnet_deconv import DECONV_FILTERS, ResNetDeconv
 from kdet.heads.centernet_head import HEATMAP_PRIOR_BIAS, CenterNetHead, centernet_decode
 from kdet.losses.centernet import center_l1_loss, penalty_reduced_focal_loss
@@ -28,8 +31,8 @@ from kdet.models.base import Detector
 from kdet.ops.heatmap import DEFAULT_MIN_OVERLAP, centernet_targets, output_size
 from kdet.ops.images import IMAGENET_MEAN, IMAGENET_STD, image_hw, normalize_imagenet
 
-BACKBONES = ("resnet",)
-SIZE_MULTIPLE = {"resnet": 32}
+BACKBONES = ("resnet", "dla34", "hourglass104")
+SIZE_MULTIPLE = {"resnet": 32, "dla34": 32, "hourglass104": 32}
 HEAD_KEYS = ("heatmap", "size", "offset")
 
 
@@ -41,7 +44,9 @@ class CenterNet(Detector):
         max_detections: K peaks kept (100 in the paper).
         backbone: trunk name, one of BACKBONES.
         depth, base_width, deconv_filters, deformable, frozen_stages, frozen_bn: the "resnet" trunk
-            (kdet.backbones.resnet_deconv.ResNetDeconv); deformable=True is the paper's ResNet-DCN.
+            (kdet.backbones.resnet_deconv.ResNetDeconv); deformable=True is the paper's ResNet-DCN (and DCN in
+            DLA-34's decoder).
+        trunk_widths: narrower level widths for "dla34" (channels) / "hourglass104" (dims); None = the paper's.
         head_conv: channels of each head's 3x3 conv (64 for ResNet in the paper).
         heatmap_bias: initial heatmap bias (-2.19).
         min_overlap: CornerNet's IoU for the Gaussian radius (0.7).
@@ -60,6 +65,7 @@ class CenterNet(Detector):
 
     def __init__(self, num_classes, image_size=(512, 512), max_detections=100, backbone="resnet", depth=18,
                  base_width=64, deconv_filters=DECONV_FILTERS, deformable=True, frozen_stages=0, frozen_bn=False,
+                 trunk_widths=None,
                  head_conv=64, heatmap_bias=HEATMAP_PRIOR_BIAS, min_overlap=DEFAULT_MIN_OVERLAP, focal_alpha=2.0,
                  focal_beta=4.0, size_weight=0.1, offset_weight=1.0, score_threshold=0.01,
                  image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, **kwargs):
@@ -70,6 +76,7 @@ class CenterNet(Detector):
         self.depth, self.base_width = int(depth), int(base_width)
         self.deconv_filters = tuple(int(f) for f in deconv_filters)
         self.deformable = bool(deformable)
+        self.trunk_widths = None if trunk_widths is None else tuple(int(w) for w in trunk_widths)
         self.frozen_stages, self.frozen_bn = int(frozen_stages), bool(frozen_bn)
         self.head_conv, self.heatmap_bias = int(head_conv), float(heatmap_bias)
         self.min_overlap = float(min_overlap)
@@ -87,6 +94,12 @@ class CenterNet(Detector):
         if self.backbone_name == "resnet":
             return ResNetDeconv(self.depth, self.base_width, self.deconv_filters, self.deformable,
                                 self.frozen_stages, self.frozen_bn, name="trunk")
+        if self.backbone_name == "dla34":  # trunk_widths: the six level channels (16, 32, 64, 128, 256, 512)
+            widths = {} if self.trunk_widths is None else {"channels": self.trunk_widths}
+            return DLA34Trunk(deformable=self.deformable, name="trunk", **widths)
+        if self.backbone_name == "hourglass104":  # trunk_widths: the six level dims (256, 256, 384, 384, 384, 512)
+            widths = {} if self.trunk_widths is None else {"dims": self.trunk_widths}
+            return Hourglass104Trunk(name="trunk", **widths)
         raise ValueError(f"no trunk for backbone {self.backbone_name!r}")
 
     def normalize(self, images):
@@ -142,6 +155,7 @@ class CenterNet(Detector):
         config = super().get_config()
         config.update(backbone=self.backbone_name, depth=self.depth, base_width=self.base_width,
                       deconv_filters=list(self.deconv_filters), deformable=self.deformable,
+                      trunk_widths=None if self.trunk_widths is None else list(self.trunk_widths),
                       frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn, head_conv=self.head_conv,
                       heatmap_bias=self.heatmap_bias, min_overlap=self.min_overlap, focal_alpha=self.focal_alpha,
                       focal_beta=self.focal_beta, size_weight=self.size_weight, offset_weight=self.offset_weight,
