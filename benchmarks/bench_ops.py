@@ -1,4 +1,4 @@
-"""kdet.ops vs torchvision.ops latency: batched_nms and roi_align, TF, TFLite and torch in one process on 2 threads each.
+"""kdet.ops vs torchvision.ops latency: batched_nms and roi_align; TF, TFLite and torch in one process, 2 threads each.
 
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_ops.py            # venv with torch + torchvision + TF
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_ops.py --runs 10 --channels 64 --only roi_align
