@@ -1,6 +1,7 @@
 """kdet.ops roi_align / roi_pool / multiscale_roi_align against loop ports of torchvision's CPU kernels.
 
-Both samplers are checked: `tf.image.crop_and_resize` (default) and the gather twin (`builtins_only()`).
+Both paths are checked: `tf.image.crop_and_resize` (default) and the gather + weighted-sum twin (`builtins_only()`),
+against the references and against each other (1e-5).
 """
 import math
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 from kdet.errors import ConfigError
 from kdet.ops import builtins_only, multiscale_roi_align, roi_align, roi_pool
+from kdet.ops.roi_align import _bin_span
 
 
 def bilinear_reference(feature, y, x):
@@ -123,14 +125,36 @@ def test_roi_align_equals_reference_on_both_paths(seed, output_size, sampling_ra
         np.testing.assert_allclose(result, expected, atol=1e-4)
 
 
-def test_gather_twin_equals_crop_and_resize_path_at_scale():
+@pytest.mark.parametrize("sampling_ratio,aligned", [(2, False), (2, True), (-1, True), (-1, False), (3, True)])
+def test_builtins_twin_equals_default_path_at_scale(sampling_ratio, aligned):
+    """The gather + weighted-sum twin equals the crop_and_resize path to 1e-5 (float32 rounding of the sample positions,
+    which grows with the coordinates and the feature slope: features in [-1, 1] here), with RoIs in both of the
+    twin's cell layouts: compact (bins spanning <= grid + 1 cells) and wide."""
     rng = np.random.default_rng(42)
-    features = rng.normal(0, 1, (3, 32, 40, 8)).astype(np.float32)
+    features = rng.uniform(-1, 1, (3, 32, 40, 8)).astype(np.float32)
     boxes = mixed_boxes(rng, 300, 128, 160)
     box_indices = rng.integers(0, 3, len(boxes))
-    for sampling_ratio, aligned in [(2, False), (2, True), (-1, True)]:
-        default, twin = both_paths(roi_align, features, boxes, box_indices, (7, 7), 0.25, sampling_ratio, aligned)
-        assert np.abs(default - twin).max() <= 1e-4
+    if sampling_ratio > 0:
+        y1, x1, y2, x2 = (boxes * 0.25 - (0.5 if aligned else 0.0)).T
+        grids = tf.fill([len(boxes)], sampling_ratio)
+        bin_h, bin_w = (np.maximum(y2 - y1, 0 if aligned else 1) / 7, np.maximum(x2 - x1, 0 if aligned else 1) / 7)
+        span = np.maximum(_bin_span(y1, bin_h.astype(np.float32), grids, 7, sampling_ratio, 32).numpy(),
+                          _bin_span(x1, bin_w.astype(np.float32), grids, 7, sampling_ratio, 40).numpy())
+        assert 20 < (span <= sampling_ratio + 1).sum() < 280  # both layouts are exercised
+    default, twin = both_paths(roi_align, features, boxes, box_indices, (7, 7), 0.25, sampling_ratio, aligned)
+    assert np.abs(default - twin).max() <= 1e-5
+
+
+@pytest.mark.parametrize("sampling_ratio,aligned,output_size", [(2, False, 7), (2, True, 14), (-1, True, 7)])
+def test_builtins_twin_equals_default_path_on_fpn_levels(sampling_ratio, aligned, output_size):
+    rng = np.random.default_rng(7)
+    strides = (4, 8, 16)
+    features = [rng.uniform(-1, 1, (2, 96 // s, 128 // s, 4)).astype(np.float32) for s in strides]
+    boxes = mixed_boxes(rng, 200, 96, 128)
+    box_indices = rng.integers(0, 2, len(boxes))
+    default, twin = both_paths(multiscale_roi_align, features, boxes, box_indices, output_size, strides,
+                               sampling_ratio, aligned=aligned)
+    assert np.abs(default - twin).max() <= 1e-5
 
 
 def test_roi_align_edge_cases():
