@@ -65,12 +65,19 @@ def _sample_columns(inputs, ys, xs, weights_of, offset_groups):
     group = tf.range(offset_groups)
     flat = tf.reshape(padded, [-1, channels // offset_groups])  # [B * Hp * Wp * G, C / G]
 
+    taps = ys.shape[3]
+    # Gathers and products on [N = B * Ho * Wo, K, G, ...]: no tensor above 5-D, which TFLite's int8 kernels
+    # (and its calibrator) need.
     def read(rows, cols):
-        return tf.gather(flat, base + (rows * padded_w + cols) * offset_groups + group)  # [B, Ho, Wo, K, G, C/G]
+        index = base + (rows * padded_w + cols) * offset_groups + group  # [B, Ho, Wo, K, G]
+        return tf.gather(flat, tf.reshape(index, [-1, taps, offset_groups]))  # [N, K, G, C/G]
 
-    values = (read(row_low, col_low) * w00[..., None] + read(row_low, col_high) * w01[..., None]
-              + read(row_high, col_low) * w10[..., None] + read(row_high, col_high) * w11[..., None])
-    shape = tf.shape(values)
+    def flat_weight(weight):
+        return tf.reshape(weight, [-1, taps, offset_groups, 1])
+
+    values = (read(row_low, col_low) * flat_weight(w00) + read(row_low, col_high) * flat_weight(w01)
+              + read(row_high, col_low) * flat_weight(w10) + read(row_high, col_high) * flat_weight(w11))
+    shape = tf.shape(ys)
     return tf.reshape(values, tf.concat([shape[:4], [channels]], axis=0))
 
 
@@ -144,19 +151,24 @@ def deform_conv2d(inputs, offset, weight, bias=None, stride=1, padding=0, dilati
                 raise ConfigError(f"deform_conv2d: {name} is {tensor.shape}, expected [{inputs.shape[0]}, {out_h}, "
                                   f"{out_w}, ...] for inputs {inputs.shape} (batch, output height, output width)")
     batch = tf.shape(inputs)[0]  # not -1: an offset of the wrong size must fail, not become another batch size
-    # [B, Ho, Wo, K, G, 2]: the offsets per kernel tap, then per group (the order of the columns' channels)
-    offset = tf.transpose(tf.reshape(offset, [batch, out_h, out_w, offset_groups, taps, 2]), [0, 1, 2, 4, 3, 5])
+    # [B, Ho, Wo, K, G]: the y and x offsets per kernel tap, then per group (the order of the columns' channels);
+    # split before the reshape so that no tensor is above 5-D (TFLite int8)
+    def per_tap(channels_of_group):  # [B, Ho, Wo, G * K] -> [B, Ho, Wo, K, G]
+        return tf.transpose(tf.reshape(channels_of_group, [batch, out_h, out_w, offset_groups, taps]),
+                            [0, 1, 2, 4, 3])
+
+    offset_y, offset_x = per_tap(offset[..., 0::2]), per_tap(offset[..., 1::2])
     tap_y = tf.repeat(tf.range(kernel_h) * dil_h, kernel_w)  # [K]
     tap_x = tf.tile(tf.range(kernel_w) * dil_w, [kernel_h])
     grid_y = tf.range(out_h) * stride_h - pad_h  # [Ho]
     grid_x = tf.range(out_w) * stride_w - pad_w
-    ys = tf.cast(grid_y[:, None, None, None] + tap_y[None, None, :, None], dtype) + offset[..., 0]
-    xs = tf.cast(grid_x[None, :, None, None] + tap_x[None, None, :, None], dtype) + offset[..., 1]
+    ys = tf.cast(grid_y[:, None, None, None] + tap_y[None, None, :, None], dtype) + offset_y
+    xs = tf.cast(grid_x[None, :, None, None] + tap_x[None, None, :, None], dtype) + offset_x
 
     if mask is None:
         weights_of = lambda *corner_weights: corner_weights
     else:
-        scale = tf.transpose(tf.reshape(mask, [batch, out_h, out_w, offset_groups, taps]), [0, 1, 2, 4, 3])
+        scale = per_tap(mask)
         weights_of = lambda *corner_weights: [w * scale for w in corner_weights]
     columns = _sample_columns(inputs, ys, xs, weights_of, offset_groups)
     out = _matmul_columns(columns, weight, groups)
