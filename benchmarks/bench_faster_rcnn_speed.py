@@ -106,6 +106,7 @@ def speed_pair(export=True):
     matched, box_error = match_detections(ours, theirs)
     notes = {"detections_agree": bool(matched == len(theirs["boxes"]) == int(ours["num_detections"])),
              "kdet_detections": int(ours["num_detections"]), "torchvision_detections": len(theirs["boxes"]),
+             "matched": matched,
              "max_box_error_px": round(float(box_error), 4)}
     contenders = {"kdet_keras": lambda: {k: v.numpy() for k, v in detect(batch).items()}, "torchvision": run_torch}
     calls = {"kdet_keras": "tf.function(model.detect) on uint8 [1, 480, 640, 3]",

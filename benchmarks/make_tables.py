@@ -28,6 +28,8 @@ LABELS = {
 NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say it
     "detections_agree": "same detections as torchvision: {}",
     "kdet_detections": "{} detections",
+    "torchvision_detections": "torchvision {}",
+    "matched": "{} of them paired with torchvision's (same class, score within 1e-3, box within 0.5 px)",
     "max_box_error_px": "largest box difference {} px",
     "mask_agreement": "mask pixels equal to torchvision's: {:.4f}",
     "max_logit_difference": "largest logit difference {:.2g}",
@@ -59,12 +61,14 @@ def header(record):
     load_start, load_end = machine["load_average_start"], machine.get("load_average_end", ["?"])
     flags = ", ".join(cpu["flags"]) + ("" if any(f.startswith("amx") for f in cpu["flags"]) else ", no AMX")
     calls = "call" if settings["warmup"] == 1 else "calls"
-    return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}` ({record.get('wall_seconds', '?')} s wall)"
+    merged = "".join(f" and `{command}` (its pairs replaced)" for command in record.get("merged", []))
+    wall = f"{record.get('wall_seconds', '?')} s wall" + (" in all" if merged else "")
+    return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}`{merged} ({wall})"
             f" on {machine['date'][:10]}: {cpu['model']}, {cpu['usable_cpus']} cores ({flags}), "
             f"{machine['threads']} threads for each library, batch 1, {settings['rounds']} round-robin rounds after "
-            f"{settings['warmup']} warm-up {calls} of each contender; {libraries}. Load average (1 min) {load_start[0]} "
-            f"at the start and {load_end[0]} at the end: the machine was shared, read the ratios, not the "
-            f"milliseconds. The ratio is contender / torchvision within each round, then its median (min-max) over "
+            f"{settings['warmup']} warm-up {calls} of each contender; {libraries}. Load average (1 min) "
+            f"{load_start[0]} at the start and {load_end[0]} at the end: the machine was shared, read the ratios, "
+            f"not the milliseconds. The ratio is contender / torchvision within each round, then its median (min-max) over "
             f"the rounds; below 1 kdet is faster. {missing}How each contender is called and each pair's checks: "
             f"`calls` and `notes` in benchmarks/results/speed.json.")
 
@@ -90,8 +94,11 @@ def pair_notes(pair):
     """'title: check, check' from the pair's notes (the keys of NOTES it has)."""
     notes = pair.get("notes", {})
     said = [text.format(yes_no(notes[key])) for key, text in NOTES.items() if key in notes]
-    skipped = [value for key, value in notes.items() if key.endswith("_skipped")]
-    return f"- {pair['title']}: " + "; ".join(said + skipped) + "."
+    skipped = [f"{key[:-len('_skipped')]} skipped: {value}" for key, value in notes.items()
+               if key.endswith("_skipped")]
+    load = [f"load average {pair['load_average_start'][0]} -> {pair['load_average_end'][0]} while built and "
+            "timed"] if "load_average_start" in pair else []
+    return f"- {pair['title']}: " + "; ".join(said + skipped + load) + "."
 
 
 def render(record):

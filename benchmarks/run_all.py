@@ -183,8 +183,10 @@ def main(argv=None):
               "pairs": {}}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    earlier_seconds = 0
     if args.merge and output.exists():
         previous = json.loads(output.read_text())
+        earlier_seconds = previous.get("wall_seconds", 0)
         record["pairs"] = {**previous["pairs"]}
         for key in ("load_average_start", "date"):
             record["machine"][key] = previous["machine"][key]
@@ -203,7 +205,7 @@ def main(argv=None):
         gc.collect()
         record["machine"]["load_average_end"] = load_average()
         record["machine"]["date_end"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        record["wall_seconds"] = round(time.perf_counter() - start)
+        record["wall_seconds"] = earlier_seconds + round(time.perf_counter() - start)
         output.write_text(json.dumps(record, indent=1) + "\n")  # after every pair: a crash keeps the rest
     print(f"[run_all] wrote {output}", flush=True)
 
