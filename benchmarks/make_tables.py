@@ -68,9 +68,9 @@ def header(record):
             f"{machine['threads']} threads for each library, batch 1, {settings['rounds']} round-robin rounds after "
             f"{settings['warmup']} warm-up {calls} of each contender; {libraries}. Load average (1 min) "
             f"{load_start[0]} at the start and {load_end[0]} at the end: the machine was shared, read the ratios, "
-            f"not the milliseconds. The ratio is contender / torchvision within each round, then its median (min-max) over "
-            f"the rounds; below 1 kdet is faster. {missing}How each contender is called and each pair's checks: "
-            f"`calls` and `notes` in benchmarks/results/speed.json.")
+            f"not the milliseconds. The ratio is contender / torchvision within each round, then its median "
+            f"(min-max) over the rounds; below 1 kdet is faster. {missing}How each contender is called and each "
+            f"pair's checks: `calls` and `notes` in benchmarks/results/speed.json.")
 
 
 def pair_rows(pair):
