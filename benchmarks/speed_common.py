@@ -28,25 +28,29 @@ def spread(values):
     return {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}
 
 
-def round_robin(contenders, rounds=7, warmup=2, reference=None, clock=time.perf_counter):
+def round_robin(contenders, rounds=7, warmup=2, reference=None, repeat=1, clock=time.perf_counter):
     """Time zero-argument callables in turns.
 
     contenders: {name: callable}, in the order of the first round.
     rounds: timed rounds (each calls every contender once); warmup: untimed calls of each contender before them.
     reference: the contender the others are divided by, round by round (None: no ratios).
+    repeat: calls per timed sample, the time divided by it (a few-millisecond op timed once per round measures the
+        scheduler of a loaded machine, not the op); warm-up calls are `warmup` * `repeat` too.
     clock: seconds as a float (a fake one in tests).
-    Returns {"rounds", "warmup", "reference", "order": [[names of round 0], ...],
+    Returns {"rounds", "warmup", "repeat", "reference", "order": [[names of round 0], ...],
              "contenders": {name: {"times_ms": [per round], "median_ms", "min_ms", "max_ms"}},
              "ratios": {name: {"per_round": [...], "median", "min", "max"}} for every name but the reference}.
     """
     names = list(contenders)
-    if rounds < 1 or warmup < 0 or not names:
-        raise ValueError(f"round_robin needs contenders, rounds >= 1, warmup >= 0; got {names}, {rounds}, {warmup}")
+    if rounds < 1 or warmup < 0 or repeat < 1 or not names:
+        raise ValueError(f"round_robin needs contenders, rounds >= 1, warmup >= 0, repeat >= 1; got {names}, "
+                         f"{rounds}, {warmup}, {repeat}")
     if reference is not None and reference not in contenders:
         raise ValueError(f"reference {reference!r} is not a contender ({names})")
     for _ in range(warmup):
         for name in names:
-            contenders[name]()
+            for _ in range(repeat):
+                contenders[name]()
     times = {name: [] for name in names}
     order = []
     for index in range(rounds):
@@ -54,10 +58,11 @@ def round_robin(contenders, rounds=7, warmup=2, reference=None, clock=time.perf_
         order.append(turn)
         for name in turn:
             start = clock()
-            contenders[name]()
-            times[name].append((clock() - start) * 1000.0)
-    result = {"rounds": rounds, "warmup": warmup, "reference": reference, "order": order, "contenders": {},
-              "ratios": {}}
+            for _ in range(repeat):
+                contenders[name]()
+            times[name].append((clock() - start) * 1000.0 / repeat)
+    result = {"rounds": rounds, "warmup": warmup, "repeat": repeat, "reference": reference, "order": order,
+              "contenders": {}, "ratios": {}}
     for name in names:
         summary = spread(times[name])
         result["contenders"][name] = {"times_ms": [round(t, 3) for t in times[name]],

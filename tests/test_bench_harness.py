@@ -72,6 +72,17 @@ def test_round_robin_ratio_is_taken_per_round_not_from_the_medians():
     assert (ratio["min"], ratio["max"]) == pytest.approx((0.25, 1.5))
 
 
+def test_round_robin_repeat_times_several_calls_per_sample_and_divides():
+    clock = FakeClock()
+    a = clock.contender("a", [50, 1, 2, 3, 5, 7])
+    b = clock.contender("b", [50, 50, 4, 4, 10, 10])
+    result = speed_common.round_robin({"a": a, "b": b}, rounds=2, warmup=1, repeat=2, reference="b", clock=clock)
+    assert clock.calls == ["a", "a", "b", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
+    assert result["contenders"]["a"]["times_ms"] == pytest.approx([2.5, 6.0])  # (2 + 3) / 2, (5 + 7) / 2
+    assert result["contenders"]["b"]["times_ms"] == pytest.approx([4.0, 10.0])
+    assert result["ratios"]["a"]["per_round"] == pytest.approx([2.5 / 4, 0.6])
+
+
 def test_round_robin_rejects_a_reference_that_is_not_timed_and_empty_rounds():
     with pytest.raises(ValueError, match="torchvision"):
         speed_common.round_robin({"kdet": lambda: None}, reference="torchvision")
