@@ -96,9 +96,11 @@ def pair_notes(pair):
     said = [text.format(yes_no(notes[key])) for key, text in NOTES.items() if key in notes]
     skipped = [f"{key[:-len('_skipped')]} skipped: {value}" for key, value in notes.items()
                if key.endswith("_skipped")]
+    repeat = [f"each timed sample is {pair['repeat']} calls in a row, divided by {pair['repeat']}"
+              ] if pair.get("repeat", 1) > 1 else []
     load = [f"load average {pair['load_average_start'][0]} -> {pair['load_average_end'][0]} while built and "
             "timed"] if "load_average_start" in pair else []
-    return f"- {pair['title']}: " + "; ".join(said + skipped + load) + "."
+    return f"- {pair['title']}: " + "; ".join(said + skipped + repeat + load) + "."
 
 
 def render(record):
