@@ -48,7 +48,8 @@ def milliseconds(value):
 
 
 def yes_no(value):
-    return {True: "yes", False: "**no**"}.get(value, value)
+    """True / False as words (1.0 stays a number: it equals True as a dict key)."""
+    return ("yes" if value else "**no**") if isinstance(value, bool) else value
 
 
 def header(record):
@@ -61,7 +62,8 @@ def header(record):
     load_start, load_end = machine["load_average_start"], machine.get("load_average_end", ["?"])
     flags = ", ".join(cpu["flags"]) + ("" if any(f.startswith("amx") for f in cpu["flags"]) else ", no AMX")
     calls = "call" if settings["warmup"] == 1 else "calls"
-    merged = "".join(f" and `{command}` (its pairs replaced)" for command in record.get("merged", []))
+    merged = "".join(f", then `{command}` (re-ran those pairs into the same file)" for command in
+                     record.get("merged", []))
     wall = f"{record.get('wall_seconds', '?')} s wall" + (" in all" if merged else "")
     return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}`{merged} ({wall})"
             f" on {machine['date'][:10]}: {cpu['model']}, {cpu['usable_cpus']} cores ({flags}), "
