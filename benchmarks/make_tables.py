@@ -65,6 +65,7 @@ def header(record):
     merged = "".join(f", then `{command}` (re-ran those pairs into the same file)" for command in
                      record.get("merged", []))
     wall = f"{record.get('wall_seconds', '?')} s wall" + (" in all" if merged else "")
+    wall += f", code at {record['commit']}" if record.get("commit") else ""
     return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}`{merged} ({wall})"
             f" on {machine['date'][:10]}: {cpu['model']}, {cpu['usable_cpus']} cores ({flags}), "
             f"{machine['threads']} threads for each library, batch 1, {settings['rounds']} round-robin rounds after "

@@ -143,6 +143,16 @@ def run_pair(name, build, rounds, warmup):
             "load_average_start": load_start, "load_average_end": load_average(), **timing}
 
 
+def source_commit():
+    """The measured code: `git describe --always --dirty` of the checkout run_all.py is in (None outside git)."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=BENCHMARKS, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(TITLES), help="these pairs only (output: runs/bench/)")
@@ -179,8 +189,8 @@ def main(argv=None):
 
     names = args.only or list(TITLES)
     record = {"command": " ".join(["benchmarks/run_all.py"] + (argv if argv is not None else sys.argv[1:])),
-              "machine": machine(args.threads), "settings": {"rounds": args.rounds, "warmup": args.warmup,
-                                                             "export": not args.skip_export, "batch": 1},
+              "commit": source_commit(), "machine": machine(args.threads),
+              "settings": {"rounds": args.rounds, "warmup": args.warmup, "export": not args.skip_export, "batch": 1},
               "pairs": {}}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +201,9 @@ def main(argv=None):
         record["pairs"] = {**previous["pairs"]}
         for key in ("load_average_start", "date"):
             record["machine"][key] = previous["machine"][key]
-        record["merged"] = previous.get("merged", []) + [record["command"]]
+        at = f" (at {record['commit']})" if record["commit"] else ""
+        record["merged"] = previous.get("merged", []) + [record["command"] + at]
+        record["commit"] = previous.get("commit")
         record["command"] = previous["command"]
     table = builders(args)
     start = time.perf_counter()
