@@ -3,12 +3,13 @@ process, at 640x480; kdet's SavedModel and TFLite latency; one training step of 
 
 Needs torch + torchvision next to TensorFlow (the scratch venv of tests/reference/ sees both):
 
-    /tmp/tvenv/bin/python benchmarks/bench_faster_rcnn_speed.py [--runs 5] [--threads 2] [--skip-export]
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_faster_rcnn_speed.py [--runs 7] [--skip-export]
 
 Both models get the seeded weights of tests/reference/make_faster_rcnn_twin_fixtures.py (numpy, no download), so
 their detections are compared too. torchvision's transform is set to min_size=480, max_size=640: no resize, as kdet
-takes the image at its network size. Latencies are medians of round-robin runs after warm-up; the ratio is what to
-read (the machine is shared). Prints one JSON line per figure.
+takes the image at its network size. Latencies are medians (min-max) of round-robin rounds after warm-up
+(benchmarks/speed_common.py); the per-round ratio is what to read (the machine is shared). Prints one JSON line per
+figure. `benchmarks/run_all.py` runs the same pair (speed_pair) with the other models for the README.
 """
 import argparse
 import json
@@ -64,32 +65,23 @@ def match_detections(ours, theirs, box_atol=0.5, score_atol=1e-3):
 
 
 def median_ms(functions, runs, warmup):
-    """{name: fn} -> {name: median ms}, the functions called in turns (`kdet.metrics.round_robin_latency`)."""
-    from kdet.metrics import round_robin_latency  # after torch: see main()
-    return {name: r["median_ms"] for name, r in round_robin_latency(functions, warmup=warmup, runs=runs).items()}
+    """{name: fn} -> {name: median ms}, the functions called in turns (benchmarks/speed_common.py)."""
+    from speed_common import round_robin
+    result = round_robin(functions, rounds=runs, warmup=warmup)
+    return {name: r["median_ms"] for name, r in result["contenders"].items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-export", action="store_true")
-    parser.add_argument("--skip-train", action="store_true")
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # torch's spinning OpenMP threads crawl on a shared CPU; passive waiting, as TF's pool does.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch  # before TensorFlow initialises: importing torchvision after it segfaults
-    import torchvision
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+def speed_pair(export=True):
+    """kdet (Keras, and SavedModel / TFLite if export) and torchvision on one image, same seeded weights, for
+    benchmarks/run_all.py: {"input", "contenders": {name: zero-arg callable}, "calls": {name: what it runs},
+    "notes": {detections agree, export seconds}, "model", "reference", "pixels", "tensor"}.
+    Import torch before TensorFlow and set both libraries' threads first."""
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import torch
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     from kdet.convert.torchvision import load_state_dict
     from kdet.models.faster_rcnn import FasterRCNN
-    torch.set_num_threads(args.threads)
 
     reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
                                         min_size=HEIGHT, max_size=WIDTH).eval()
@@ -112,35 +104,64 @@ def main():
     ours = {k: v.numpy()[0] for k, v in detect(batch).items()}
     theirs = run_torch()
     matched, box_error = match_detections(ours, theirs)
-    emit("faster_rcnn_twin/detections_agree", matched == len(theirs["boxes"]) == int(ours["num_detections"]), "bool",
-         kdet=int(ours["num_detections"]), torchvision=len(theirs["boxes"]), matched=matched,
-         max_box_error_px=box_error)
-
-    functions = {"kdet_keras": lambda: detect(batch), "torchvision": run_torch}
-    if not args.skip_export:
+    notes = {"detections_agree": bool(matched == len(theirs["boxes"]) == int(ours["num_detections"])),
+             "kdet_detections": int(ours["num_detections"]), "torchvision_detections": len(theirs["boxes"]),
+             "matched": matched,
+             "max_box_error_px": round(float(box_error), 4)}
+    contenders = {"kdet_keras": lambda: {k: v.numpy() for k, v in detect(batch).items()}, "torchvision": run_torch}
+    calls = {"kdet_keras": "tf.function(model.detect) on uint8 [1, 480, 640, 3]",
+             "torchvision": "model([image]) under no_grad, resize disabled (min_size 480, max_size 640)"}
+    if export:
         from kdet.export import export_saved_model, export_tflite, load_runner
         workdir = tempfile.mkdtemp(prefix="kdet-frcnn-bench-")
-        for fmt, export in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
-                            ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
+        for fmt, export_fn in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
+                               ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
             start = time.perf_counter()
-            path = export()
-            emit(f"faster_rcnn_twin/export_{fmt}_time", round(time.perf_counter() - start, 1), "s")
+            path = export_fn()
+            notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
             runner = load_runner(path)
-            functions[f"kdet_{fmt}"] = (lambda r: lambda: r(pixels[None]))(runner)
-            if fmt == "tflite":
-                emit("faster_rcnn_twin/tflite_bytes", os.path.getsize(path), "bytes",
-                     note="builtins only: no SELECT_TF_OPS (Flex) op")
-    latencies = median_ms(functions, args.runs, args.warmup)
-    for name, ms in latencies.items():
-        emit(f"faster_rcnn_twin/latency_640x480/{name}", round(ms, 1), "ms", threads=args.threads,
-             runs=args.runs)
-    for name in latencies:
-        if name != "torchvision":
-            emit(f"faster_rcnn_twin/latency_ratio/{name}_vs_torchvision",
-                 round(latencies[name] / latencies["torchvision"], 3), "ratio")
+            contenders[f"kdet_{fmt}"] = (lambda r: lambda: r(pixels[None]))(runner)
+            calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [1, 480, 640, 3]"
+    return {"input": f"{WIDTH}x{HEIGHT}", "contenders": contenders, "calls": calls, "notes": notes,
+            "model": model, "reference": reference, "pixels": pixels, "tensor": tensor}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torch's spinning OpenMP threads crawl on a shared CPU; passive waiting, as TF's pool does.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch  # before TensorFlow initialises: importing torchvision after it segfaults
+    import torchvision
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    torch.set_num_threads(args.threads)
+    from speed_common import round_robin
+
+    pair = speed_pair(export=not args.skip_export)
+    notes = pair["notes"]
+    emit("faster_rcnn_twin/detections_agree", notes["detections_agree"], "bool", kdet=notes["kdet_detections"],
+         torchvision=notes["torchvision_detections"], max_box_error_px=notes["max_box_error_px"])
+    for key, value in notes.items():
+        if key.startswith("export_"):
+            emit(f"faster_rcnn_twin/{key}", value, "s")
+    result = round_robin(pair["contenders"], rounds=args.runs, warmup=args.warmup, reference="torchvision")
+    for name, timing in result["contenders"].items():
+        emit(f"faster_rcnn_twin/latency_640x480/{name}", timing["median_ms"], "ms", min_ms=timing["min_ms"],
+             max_ms=timing["max_ms"], threads=args.threads, runs=args.runs)
+    for name, ratio in result["ratios"].items():
+        emit(f"faster_rcnn_twin/latency_ratio/{name}_vs_torchvision", ratio["median"], "ratio",
+             min=ratio["min"], max=ratio["max"])
 
     if not args.skip_train:
-        train_step(model, reference, pixels, tensor, args)
+        train_step(pair["model"], pair["reference"], pair["pixels"], pair["tensor"], args)
     emit("versions", 0, "-", torch=torch.__version__, torchvision=torchvision.__version__, tensorflow=tf.__version__)
 
 

@@ -1,18 +1,19 @@
-"""RetinaNet ResNet-50-FPN latency: kdet (Keras, SavedModel, TFLite) vs torchvision's retinanet_resnet50_fpn (same seeded weights, same image,
-same threads, timed round-robin in one process) and vs KerasHub's RetinaNetObjectDetector (ResNet-50, random init:
-KerasHub cannot take torchvision weights), as ratios. One JSON line per figure.
+"""RetinaNet ResNet-50-FPN latency: kdet (`predict_on_batch`, `predict`, SavedModel, TFLite) vs torchvision's
+retinanet_resnet50_fpn (same seeded weights, same image, same threads, timed round-robin in one process), as
+per-round ratios, and vs KerasHub's RetinaNetObjectDetector (ResNet-50, random init) when keras_hub imports (not
+installed here: skipped, said in the output). One JSON line per figure.
 
-    /tmp/tvenv/bin/python benchmarks/bench_retinanet_speed.py            # torch installed: kdet vs torchvision
-    /tmp/khvenv/bin/python benchmarks/bench_retinanet_speed.py           # keras-hub installed: kdet vs KerasHub
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_retinanet_speed.py [--runs 7] [--skip-export]
 
-Whichever of torch / keras_hub imports is measured; the other is reported as skipped. Each run is one full
-detection of one image (normalisation, backbone, FPN, heads, decoding, NMS): kdet and KerasHub through
-a compiled function (kdet's `predict_on_batch`; KerasHub's model call + `decode_predictions` in tf.function), torchvision through `model([image])` under `no_grad` with its
-resize disabled (min_size = max_size = the image size). The CPU is shared: compare the ratios, not the absolutes.
+Each call is one full detection of one image (normalisation, backbone, FPN, heads, decoding, NMS): kdet through
+`predict_on_batch` (compiled predict function) and `model.predict` (the call Keras users make; its per-call spread
+is the point), torchvision through `model([image])` under `no_grad` with its resize disabled (min_size = max_size =
+the image size). The CPU is shared: compare the ratios, not the absolutes. benchmarks/run_all.py runs speed_pair.
 """
 import argparse
 import json
 import os
+import time
 
 import numpy as np
 
@@ -33,7 +34,6 @@ tf.config.threading.set_intra_op_parallelism_threads(THREADS)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
-from kdet.metrics import round_robin_latency  # noqa: E402
 from kdet.models.retinanet import RetinaNet  # noqa: E402
 
 WEIGHT_SEED, CLS_WEIGHT_SCALE, CLS_BIAS = 8, 3.0, -4.0  # as tests/reference/make_retinanet_twin_fixtures.py
@@ -86,67 +86,88 @@ def keras_hub_runner(size):
     return lambda images: {k: v.numpy() for k, v in detect(tf.constant(images, tf.float32)).items()}
 
 
-def exported_runners(model, images, tag="retinanet_r50"):
+def exported_runners(model, images, notes):
     """kdet's SavedModel and TFLite (fp32, builtins only) of the same model, through `kdet.export.load_runner`;
-    emits each artifact's detection count next to Keras' (the timed work must be the same)."""
+    writes each artifact's detection count next to Keras' and its export time into notes (the timed work must be
+    the same)."""
     import tempfile
     from kdet.export import export_saved_model, export_tflite, load_runner
     workdir = tempfile.mkdtemp(prefix="kdet-speed-bench-")
     runners = {}
     for fmt, export in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
                         ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
+        start = time.perf_counter()
         runner = load_runner(export())
-        out = runner(images)
-        emit(f"{tag}_{fmt}_detections", int(out["num_detections"][0]), "count",
-             keras=int(model.predict_on_batch(images)["num_detections"][0]))
+        notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
+        notes[f"{fmt}_detections"] = int(runner(images)["num_detections"][0])
         runners[f"kdet_{fmt}"] = runner
     return runners
 
 
-def round_robin(runners, images, runs, warmup):
-    """{name: median ms} of runners called on the same images in turns (`kdet.metrics.round_robin_latency`)."""
-    results = round_robin_latency({name: (lambda run=run: run(images)) for name, run in runners.items()},
-                                  warmup=warmup, runs=runs)
-    return {name: result["median_ms"] for name, result in results.items()}
+def round_robin(runners, images, runs, warmup, reference=None):
+    """Runners called on the same images in turns (benchmarks/speed_common.py) -> its result dict."""
+    from speed_common import round_robin as timer
+    return timer({name: (lambda run=run: run(images)) for name, run in runners.items()}, rounds=runs, warmup=warmup,
+                 reference=reference)
+
+
+def speed_pair(size=512, export=True):
+    """kdet's RetinaNet (`predict_on_batch`, `predict`, SavedModel and TFLite if export) and torchvision's, same
+    seeded weights, for benchmarks/run_all.py: {"input", "contenders", "calls", "notes"}. `predict` is there for its
+    per-call spread (issue 18: bimodal while `predict_on_batch` stays steady)."""
+    images = smooth_image(size)
+    model = RetinaNet(91, image_size=(size, size), max_detections=100)
+    state = seeded_state(torch_shapes(model))
+    load_state_dict(model, state)
+    runners = {"kdet_keras": lambda x: model.predict_on_batch(x),
+               "kdet_keras_predict": lambda x: model.predict(x, verbose=0),
+               "torchvision": torchvision_runner(size, state)}
+    calls = {"kdet_keras": f"model.predict_on_batch(uint8 [1, {size}, {size}, 3])",
+             "kdet_keras_predict": f"model.predict(uint8 [1, {size}, {size}, 3], verbose=0)",
+             "torchvision": "model([image]) under no_grad, resize disabled (min_size = max_size = size)"}
+    kdet_out, torch_out = model.predict_on_batch(images), runners["torchvision"](images)[0]
+    count = int(kdet_out["num_detections"][0])
+    notes = {"detections_agree": count == len(torch_out["boxes"]), "kdet_detections": count,
+             "torchvision_detections": len(torch_out["boxes"])}
+    if notes["detections_agree"] and count:
+        notes["max_box_error_px"] = round(float(np.max(np.abs(
+            kdet_out["boxes"][0, :count] - torch_out["boxes"].numpy()[:, [1, 0, 3, 2]]))), 5)
+    if export:
+        exported = exported_runners(model, images, notes=notes)
+        runners.update(exported)
+        calls.update({name: f"kdet.export.load_runner({name[5:]}) on uint8 [1, {size}, {size}, 3]"
+                      for name in exported})
+    try:
+        runners["keras_hub"] = keras_hub_runner(size)
+        calls["keras_hub"] = "tf.function(model call + decode_predictions), random init"
+    except ImportError as error:
+        notes["keras_hub_skipped"] = f"not installed ({error})"
+    return {"input": f"{size}x{size}", "contenders": {name: (lambda run=run: run(images)) for name, run in
+                                                      runners.items()}, "calls": calls, "notes": notes}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-export", action="store_true", help="no SavedModel / TFLite latency")
     args = parser.parse_args(argv)
-    images = smooth_image(args.size)
-    model = RetinaNet(91, image_size=(args.size, args.size), max_detections=100)
-    state = seeded_state(torch_shapes(model))
-    load_state_dict(model, state)
-    runners = {"kdet": lambda x: model.predict_on_batch(x)}
-    notes = {}
-    try:
-        runners["torchvision"] = torchvision_runner(args.size, state)
-        kdet_out, torch_out = model.predict_on_batch(images), runners["torchvision"](images)[0]
-        count = int(kdet_out["num_detections"][0])
-        notes["torchvision_same_count"] = count == len(torch_out["boxes"])
-        if notes["torchvision_same_count"] and count:
-            notes["torchvision_max_box_diff_px"] = round(float(np.max(np.abs(
-                kdet_out["boxes"][0, :count] - torch_out["boxes"].numpy()[:, [1, 0, 3, 2]]))), 5)
-    except ImportError as error:
-        emit("retinanet_r50_torchvision_skipped", 0, "flag", reason=str(error))
-    if not args.skip_export:
-        runners.update(exported_runners(model, images))
-    try:
-        runners["keras_hub"] = keras_hub_runner(args.size)
-    except ImportError as error:
-        emit("retinanet_r50_keras_hub_skipped", 0, "flag", reason=str(error))
-    medians = round_robin(runners, images, args.runs, args.warmup)
+    if torch is None:
+        raise SystemExit("torch + torchvision are needed: run it with /work/torchvenv/bin/python")
+    from speed_common import round_robin as timer
+    pair = speed_pair(args.size, export=not args.skip_export)
+    for key, value in pair["notes"].items():
+        emit(f"retinanet_r50_{args.size}_{key}", float(value) if isinstance(value, (bool, int, float)) else 0,
+             "note", detail=value)
+    result = timer(pair["contenders"], rounds=args.runs, warmup=args.warmup, reference="torchvision")
     common = dict(image_size=args.size, threads=THREADS, runs=args.runs, batch=1)
-    for name, value in medians.items():
-        emit(f"retinanet_r50_{args.size}_{name}_median_latency", value, "ms", **common)
-    for name in medians:
-        if name != "kdet" and not name.startswith("kdet_"):
-            emit(f"retinanet_r50_{args.size}_kdet_over_{name}", medians["kdet"] / medians[name], "ratio",
-                 **common, **{k: v for k, v in notes.items() if k.startswith(name)})
+    for name, timing in result["contenders"].items():
+        emit(f"retinanet_r50_{args.size}_{name}_median_latency", timing["median_ms"], "ms", min_ms=timing["min_ms"],
+             max_ms=timing["max_ms"], **common)
+    for name, ratio in result["ratios"].items():
+        emit(f"retinanet_r50_{args.size}_{name}_over_torchvision", ratio["median"], "ratio", min=ratio["min"],
+             max=ratio["max"], **common)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 Models at the papers' widths (random init: latency does not depend on the weights): FCN-8s with VGG-16 and
 4096-wide fc6 (7 x 7) / fc7, 21 classes (VOC); U-Net with 64..1024 channels and valid convolutions, 2 classes,
 whose 512 x 512 output needs a 700 x 700 mirrored input. Each model is exported with kdet.export (SavedModel;
-TFLite float32, builtins only) and all three runtimes are timed round-robin on the same uint8 image (batch 1, one
-call of each runtime per round) after one warm-up call each, so machine noise hits them alike. Prints median
-latency per runtime, its ratio to Keras, and the largest probability difference to Keras (a parity check).
+TFLite float32, builtins only) and all three runtimes are timed round-robin (benchmarks/speed_common.py) on the same
+uint8 image (batch 1, one call of each runtime per round) after one warm-up call each, so machine noise hits them
+alike. Prints median latency per runtime, its ratio to Keras, and the largest probability difference to Keras
+(a parity check).
 """
 import argparse
 import json
@@ -21,9 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.export import export_saved_model, export_tflite, load_runner
-from kdet.metrics import round_robin_latency
 from kdet.models.fcn import FCN
 from kdet.models.unet import UNet
+from speed_common import round_robin
 
 MODELS = {
     "fcn8s": lambda size: FCN(20, (size, size), variant="8s"),
@@ -53,8 +54,8 @@ def bench(name, size, runs, workdir):
     runners = {"keras": keras_runner(model), "saved_model": load_runner(saved), "tflite": load_runner(tflite)}
     image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     outputs = {k: run(image) for k, run in runners.items()}  # warm-up (tracing, allocation) and parity
-    results = round_robin_latency({k: (lambda run=run: run(image)) for k, run in runners.items()}, warmup=0,
-                                  runs=runs)
+    results = round_robin({k: (lambda run=run: run(image)) for k, run in runners.items()}, rounds=runs, warmup=0,
+                          reference="keras")["contenders"]
     keras_ms = results["keras"]["median_ms"]
     extra = {"size": size, "runs": runs, "params": model.count_params()}
     for key in runners:

@@ -1,14 +1,14 @@
 """kdet's fcn_resnet50 vs torchvision's, same seeded weights, one process: latency at 512 x 512 and the ratio.
 
-    /tmp/tvenv/bin/python benchmarks/bench_seg_twin_speed.py            # needs torch + torchvision (see below)
-    /tmp/tvenv/bin/python benchmarks/bench_seg_twin_speed.py --size 256 --runs 10
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_seg_twin_speed.py   # needs torch + torchvision
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_seg_twin_speed.py --size 256 --runs 10 --export
 
 torch and torchvision are not kdet dependencies: run it in the venv of tests/reference/ (system site packages +
 torch 2.14.1 / torchvision 0.29.1). Both models get kdet.convert.torchvision.seeded_state_dict weights, run in
 inference mode on the same uint8 image (batch 1; torch on 2 intra-op threads like TensorFlow's default here), are
-warmed up once, then timed round-robin. Prints both medians, kdet / torchvision, and the largest logit difference.
-kdet runs `detect` (logits + softmax + argmax) under tf.function; torchvision runs model(x)["out"] + softmax +
-argmax, the normalisation included on both sides.
+warmed up once, then timed round-robin (benchmarks/speed_common.py). Prints both medians (min-max), the per-round
+ratio kdet / torchvision, and the largest logit difference. kdet runs `detect` (logits + softmax + argmax) under
+tf.function; torchvision runs model(x)["out"] + softmax + argmax, the normalisation included on both sides.
 """
 import argparse
 import json
@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
-from kdet.metrics import round_robin_latency
 from kdet.convert.torchvision import fcn_resnet_table
 from kdet.models.fcn_resnet import FCNResNet
+from speed_common import round_robin
 
 SEED = 5
 
@@ -32,18 +32,15 @@ def emit(name, value, unit, **extra):
     print(json.dumps({"name": name, "value": float(f"{float(value):.5g}"), "unit": unit, **extra}), flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    size = (args.size, args.size)
-
+def speed_pair(size=512, export=True, threads=2):
+    """kdet's FCNResNet (`detect` under tf.function; SavedModel and TFLite if export) and torchvision's fcn_resnet50,
+    same seeded weights, for benchmarks/run_all.py: {"input", "contenders", "calls", "notes"}."""
+    torch.set_num_threads(threads)
+    shape = (size, size)
     reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False).eval()
     state = seeded_state_dict({k: tuple(v.shape) for k, v in reference.state_dict().items()}, SEED)
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    model = FCNResNet(20, size, aux_loss=False)
+    model = FCNResNet(20, shape, aux_loss=False)
     load_state_dict(model, seeded_state_dict(torch_shapes(model, fcn_resnet_table), SEED), table=fcn_resnet_table)
 
     mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
@@ -57,25 +54,55 @@ def main():
             return logits, probabilities.argmax(1)
 
     detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
-                         input_signature=[tf.TensorSpec((None, *size, 3), tf.uint8)])
+                         input_signature=[tf.TensorSpec((None, *shape, 3), tf.uint8)])
     logits_fn = tf.function(lambda images: model(tf.cast(images, tf.float32))["logits"])
 
     def run_kdet(image):
         return {k: v.numpy() for k, v in detect(tf.constant(image)).items()}
 
-    image = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (1, *shape, 3), dtype=np.uint8)
     torch_logits, torch_masks = run_torch(image)
     ours = run_kdet(image)
-    difference = np.abs(logits_fn(tf.constant(image)).numpy() - torch_logits.numpy().transpose(0, 2, 3, 1)).max()
-    results = round_robin_latency({"kdet": lambda: run_kdet(image), "torchvision": lambda: run_torch(image)},
-                                  warmup=0, runs=args.runs)  # the calls above were the warm-up
-    medians = {k: r["median_ms"] for k, r in results.items()}
+    notes = {"max_logit_difference": float(np.abs(logits_fn(tf.constant(image)).numpy() -
+                                                 torch_logits.numpy().transpose(0, 2, 3, 1)).max()),
+             "mask_agreement": float((ours["masks"] == torch_masks.numpy()).mean())}
+    contenders = {"kdet_keras": lambda: run_kdet(image), "torchvision": lambda: run_torch(image)}
+    calls = {"kdet_keras": f"tf.function(model.detect) on uint8 [1, {size}, {size}, 3] (logits, softmax, argmax)",
+             "torchvision": "normalise + model(x)['out'] + softmax + argmax under inference_mode"}
+    if export:
+        import os
+        import tempfile
+        import time
+        from kdet.export import export_saved_model, export_tflite, load_runner
+        workdir = tempfile.mkdtemp(prefix="kdet-fcn-bench-")
+        for fmt, export_fn in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
+                               ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
+            start = time.perf_counter()
+            runner = load_runner(export_fn())
+            notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
+            contenders[f"kdet_{fmt}"] = (lambda r: lambda: r(image))(runner)
+            calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [1, {size}, {size}, 3]"
+    return {"input": f"{size}x{size}", "contenders": contenders, "calls": calls, "notes": notes}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--export", action="store_true", help="also time kdet's SavedModel and TFLite")
+    args = parser.parse_args()
+    pair = speed_pair(args.size, export=args.export)
+    result = round_robin(pair["contenders"], rounds=args.runs, warmup=args.warmup, reference="torchvision")
     extra = {"size": args.size, "runs": args.runs, "batch": 1}
-    emit("seg_twin/fcn_resnet50/kdet/median_latency", medians["kdet"], "ms", **extra)
-    emit("seg_twin/fcn_resnet50/torchvision/median_latency", medians["torchvision"], "ms", **extra)
-    emit("seg_twin/fcn_resnet50/kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "x", **extra)
-    emit("seg_twin/fcn_resnet50/max_logit_difference", difference, "abs")
-    emit("seg_twin/fcn_resnet50/mask_agreement", float((ours["masks"] == torch_masks.numpy()).mean()), "fraction")
+    for name, timing in result["contenders"].items():
+        emit(f"seg_twin/fcn_resnet50/{name}/median_latency", timing["median_ms"], "ms", min_ms=timing["min_ms"],
+             max_ms=timing["max_ms"], **extra)
+    for name, ratio in result["ratios"].items():
+        emit(f"seg_twin/fcn_resnet50/{name}_over_torchvision", ratio["median"], "x", min=ratio["min"],
+             max=ratio["max"], **extra)
+    emit("seg_twin/fcn_resnet50/max_logit_difference", pair["notes"]["max_logit_difference"], "abs")
+    emit("seg_twin/fcn_resnet50/mask_agreement", pair["notes"]["mask_agreement"], "fraction")
 
 
 if __name__ == "__main__":

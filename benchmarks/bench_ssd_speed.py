@@ -1,8 +1,8 @@
 """SSD latency: kdet's SSD300 (Keras, SavedModel, TFLite) vs torchvision's ssd300_vgg16 (same seeded weights, same
-image, same threads, timed round-robin in one process) as a ratio, and SSDLite (MobileNetV2, 320 x 320) as TFLite float32 vs int8 (builtins
-only, LiteRT interpreter), with the artifacts' sizes. One JSON line per figure.
+image, same threads, timed round-robin in one process) as per-round ratios, and SSDLite (MobileNetV2, 320 x 320) as
+TFLite float32 vs int8 (builtins only, LiteRT interpreter), with the artifacts' sizes. One JSON line per figure.
 
-    /tmp/tvenv/bin/python benchmarks/bench_ssd_speed.py      # with torch: includes the torchvision ratio
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/bench_ssd_speed.py   # with torch: the torchvision ratio
     python benchmarks/bench_ssd_speed.py --skip-torch        # kdet's figures only
 
 int8 calibration uses 32 BCCD training images (real pixels; random-init weights, so only speed and size are
@@ -34,6 +34,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_retinanet_speed import emit, exported_runners, round_robin, smooth_image  # noqa: E402
+from speed_common import round_robin as round_robin_timer  # noqa: E402
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
 from kdet.data.io import load_dataset  # noqa: E402
@@ -66,22 +67,36 @@ def torchvision_ssd(state):
     return run
 
 
-def ssd300_vs_torchvision(runs, warmup, export=True, with_torch=True):
+def speed_pair(export=True):
+    """kdet's SSD300 (`predict_on_batch`, SavedModel and TFLite if export) and torchvision's ssd300_vgg16, same
+    seeded weights, for benchmarks/run_all.py: {"input", "contenders", "calls", "notes"}."""
     model = SSD(90)
     state = seeded_state(torch_shapes(model))
     load_state_dict(model, state)
     images = smooth_image(300)
-    runners = {"kdet": lambda x: model.predict_on_batch(x)}
-    if with_torch:
-        runners["torchvision"] = torchvision_ssd(state)
+    runners = {"kdet_keras": lambda x: model.predict_on_batch(x), "torchvision": torchvision_ssd(state)}
+    calls = {"kdet_keras": "model.predict_on_batch(uint8 [1, 300, 300, 3])",
+             "torchvision": "model([image]) under no_grad (its own 300x300 resize of the 300x300 image)"}
+    notes = {"kdet_detections": int(model.predict_on_batch(images)["num_detections"][0]),
+             "torchvision_detections": len(runners["torchvision"](images)[0]["boxes"])}
     if export:
-        runners.update(exported_runners(model, images, tag="ssd300_vgg16"))
-    medians = round_robin(runners, images, runs, warmup)
+        exported = exported_runners(model, images, notes=notes)
+        runners.update(exported)
+        calls.update({name: f"kdet.export.load_runner({name[5:]}) on uint8 [1, 300, 300, 3]" for name in exported})
+    return {"input": "300x300", "contenders": {name: (lambda run=run: run(images)) for name, run in runners.items()},
+            "calls": calls, "notes": notes}
+
+
+def ssd300_vs_torchvision(runs, warmup, export=True):
+    pair = speed_pair(export)
+    result = round_robin_timer(pair["contenders"], rounds=runs, warmup=warmup, reference="torchvision")
     common = dict(image_size=300, threads=THREADS, runs=runs, batch=1)
-    for name, value in medians.items():
-        emit(f"ssd300_vgg16_{name}_median_latency", value, "ms", **common)
-    if "torchvision" in medians:
-        emit("ssd300_vgg16_kdet_over_torchvision", medians["kdet"] / medians["torchvision"], "ratio", **common)
+    for name, timing in result["contenders"].items():
+        emit(f"ssd300_vgg16_{name}_median_latency", timing["median_ms"], "ms", min_ms=timing["min_ms"],
+             max_ms=timing["max_ms"], **common)
+    for name, ratio in result["ratios"].items():
+        emit(f"ssd300_vgg16_{name}_over_torchvision", ratio["median"], "ratio", min=ratio["min"], max=ratio["max"],
+             **common)
 
 
 def interpreter_runner(path):
@@ -105,7 +120,8 @@ def ssdlite_tflite(runs, warmup, size=320):
                                        representative_images=calibration)}
         runners = {name: interpreter_runner(path) for name, path in paths.items()}
         sizes = {name: Path(path).stat().st_size / 1e6 for name, path in paths.items()}
-        medians = round_robin(runners, calibration[:1], runs, warmup)
+        timings = round_robin(runners, calibration[:1], runs, warmup)["contenders"]
+        medians = {name: timing["median_ms"] for name, timing in timings.items()}
     common = dict(image_size=size, threads=THREADS, runs=runs, batch=1, runtime="ai-edge-litert")
     for name in ("fp32", "int8"):
         emit(f"ssdlite_mobilenet_v2_{size}_tflite_{name}_median_latency", medians[name], "ms", **common)
@@ -123,8 +139,8 @@ def main(argv=None):
     if args.skip_torch or torch is None:
         emit("ssd300_vgg16_torchvision_skipped", 0, "flag", reason="--skip-torch" if args.skip_torch else
              "torch not installed")
-    ssd300_vs_torchvision(args.runs, args.warmup, export=not args.skip_export,
-                          with_torch=not args.skip_torch and torch is not None)
+    else:
+        ssd300_vs_torchvision(args.runs, args.warmup, export=not args.skip_export)
     ssdlite_tflite(args.runs * 2, args.warmup)
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.export import export_saved_model, export_tflite, load_runner
-from kdet.metrics import round_robin_latency
 from kdet.models import MODELS
+from speed_common import round_robin
 
 SIZES = {"yolo_v1": 448, "fast_yolo": 448, "yolo_v2": 416, "tiny_yolo_v2": 416}
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "BCCD"
@@ -58,8 +58,8 @@ def bench_model(name, runs, calibration_count, work):
             emit(f"{name}_{size}_{label}_convert_seconds", time.perf_counter() - start, "s")
             callables[label] = load_runner(path)
             sizes_mb[label] = Path(path).stat().st_size / 2 ** 20
-        results = round_robin_latency({label: (lambda fn=fn: fn(images[:1])) for label, fn in callables.items()},
-                                      warmup=3, runs=runs)
+        results = round_robin({label: (lambda fn=fn: fn(images[:1])) for label, fn in callables.items()},
+                              rounds=runs, warmup=3)["contenders"]
         medians = {label: result["median_ms"] for label, result in results.items()}
         for label, median in medians.items():
             emit(f"{name}_{size}_{label}_fps", 1000.0 / median, "fps", median_ms=round(median, 2),

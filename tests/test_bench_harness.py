@@ -1,0 +1,139 @@
+"""The speed benchmarks' harness: the round-robin timer on fake contenders with a fake clock (order of calls,
+warm-up untimed, medians and min-max, the ratio taken per round), the machine record, and README's speed block
+equal to what benchmarks/make_tables.py renders from the committed JSON. No torch, no TensorFlow."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import make_tables  # noqa: E402
+import speed_common  # noqa: E402
+
+
+class FakeClock:
+    """A clock that only moves when a fake contender 'works': contender(name, costs) advances it by its next cost."""
+
+    def __init__(self):
+        self.now, self.calls = 100.0, []
+
+    def __call__(self):
+        return self.now
+
+    def contender(self, name, costs_ms):
+        costs = iter(costs_ms)
+
+        def run():
+            self.calls.append(name)
+            self.now += next(costs) / 1000.0
+        return run
+
+
+def test_round_robin_calls_in_turns_rotating_and_keeps_warm_up_out_of_the_timings():
+    clock = FakeClock()
+    # warm-up costs (1000 ms) would dominate every statistic if they were timed
+    a = clock.contender("a", [1000, 1000, 10, 30, 20])
+    b = clock.contender("b", [1000, 1000, 20, 30, 80])
+    c = clock.contender("c", [1000, 1000, 5, 60, 10])
+    result = speed_common.round_robin({"a": a, "b": b, "c": c}, rounds=3, warmup=2, reference="b", clock=clock)
+    assert clock.calls == ["a", "b", "c", "a", "b", "c",  # two warm-up passes in the given order
+                           "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts one further on
+    assert result["order"] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    timings = result["contenders"]
+    assert timings["a"]["times_ms"] == pytest.approx([10, 30, 20])
+    assert timings["b"]["times_ms"] == pytest.approx([20, 30, 80])
+    assert (timings["a"]["median_ms"], timings["a"]["min_ms"], timings["a"]["max_ms"]) == pytest.approx((20, 10, 30))
+    assert timings["b"]["median_ms"] == pytest.approx(30)
+    assert timings["c"]["median_ms"] == pytest.approx(10)
+
+
+def test_round_robin_ratio_is_taken_per_round_not_from_the_medians():
+    clock = FakeClock()
+    # load doubles in round 2 and halves in round 3: per round, "fast" is always 0.5x the reference
+    fast = clock.contender("fast", [10, 20, 5])
+    slow = clock.contender("slow", [20, 40, 10])
+    result = speed_common.round_robin({"fast": fast, "slow": slow}, rounds=3, warmup=0, reference="slow",
+                                      clock=clock)
+    ratio = result["ratios"]["fast"]
+    assert ratio["per_round"] == pytest.approx([0.5, 0.5, 0.5])
+    assert (ratio["median"], ratio["min"], ratio["max"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert "slow" not in result["ratios"]
+    clock = FakeClock()
+    one = clock.contender("one", [10, 30, 30, 10])
+    ref = clock.contender("ref", [20, 20, 40, 40])
+    ratio = speed_common.round_robin({"one": one, "ref": ref}, rounds=4, warmup=0, reference="ref",
+                                     clock=clock)["ratios"]["one"]
+    assert ratio["per_round"] == pytest.approx([0.5, 1.5, 0.75, 0.25])
+    assert ratio["median"] == pytest.approx(np.median([0.5, 1.5, 0.75, 0.25]))
+    assert (ratio["min"], ratio["max"]) == pytest.approx((0.25, 1.5))
+
+
+def test_round_robin_repeat_times_several_calls_per_sample_and_divides():
+    clock = FakeClock()
+    a = clock.contender("a", [50, 1, 2, 3, 5, 7])
+    b = clock.contender("b", [50, 50, 4, 4, 10, 10])
+    result = speed_common.round_robin({"a": a, "b": b}, rounds=2, warmup=1, repeat=2, reference="b", clock=clock)
+    assert clock.calls == ["a", "a", "b", "b", "a", "a", "b", "b", "b", "b", "a", "a"]
+    assert result["contenders"]["a"]["times_ms"] == pytest.approx([2.5, 6.0])  # (2 + 3) / 2, (5 + 7) / 2
+    assert result["contenders"]["b"]["times_ms"] == pytest.approx([4.0, 10.0])
+    assert result["ratios"]["a"]["per_round"] == pytest.approx([2.5 / 4, 0.6])
+
+
+def test_round_robin_rejects_a_reference_that_is_not_timed_and_empty_rounds():
+    with pytest.raises(ValueError, match="torchvision"):
+        speed_common.round_robin({"kdet": lambda: None}, reference="torchvision")
+    with pytest.raises(ValueError, match="rounds"):
+        speed_common.round_robin({"kdet": lambda: None}, rounds=0)
+
+
+def test_cpu_description_reads_model_and_the_flags_that_matter(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse2 avx2 fma avx512f amx_tile\n"
+                       "\nprocessor\t: 1\nmodel name\t: Some CPU 9000\nflags\t\t: fpu\n")
+    cpu = speed_common.cpu_description(str(cpuinfo))
+    assert cpu["model"] == "Some CPU 9000"
+    assert cpu["flags"] == ["avx2", "fma", "avx512f", "amx_tile"]
+
+
+def test_readme_speed_block_is_what_make_tables_renders_from_the_committed_json():
+    record = json.loads((REPO / "benchmarks" / "results" / "speed.json").read_text())
+    block = make_tables.render(record)
+    assert make_tables.readme_block((REPO / "README.md").read_text()) == block
+    # the committed figures are a full run: every pair, >= 7 rounds, exports timed, no pair failed
+    assert record["settings"]["rounds"] >= 7 and record["settings"]["export"]
+    assert set(record["pairs"]) == set(make_tables_titles())
+    assert not [name for name, pair in record["pairs"].items() if "error" in pair]
+
+
+def make_tables_titles():
+    """run_all's pair names, read from its source (importing it is fine: torch loads only in main)."""
+    import run_all
+    return run_all.TITLES
+
+
+def test_make_tables_renders_ratios_and_replaces_only_the_block():
+    record = {"command": "benchmarks/run_all.py", "wall_seconds": 12,
+              "machine": {"cpu": {"model": "X", "usable_cpus": 2, "flags": ["avx2"]}, "threads": 2,
+                          "versions": {"tensorflow": "2.21.0", "torch": "2.14.1", "keras_hub": None},
+                          "date": "2026-12-04T14:00:00+00:00", "load_average_start": [9.5, 9, 9],
+                          "load_average_end": [7.25, 8, 9]},
+              "settings": {"rounds": 7, "warmup": 2, "export": True, "batch": 1},
+              "pairs": {"p": {"title": "Pair", "input": "512x512", "reference": "torchvision",
+                              "notes": {"detections_agree": False, "kdet_detections": 3},
+                              "contenders": {"kdet_keras": {"median_ms": 612.4, "min_ms": 9.87, "max_ms": 1234.5},
+                                             "torchvision": {"median_ms": 800.0, "min_ms": 700.0, "max_ms": 900.0}},
+                              "ratios": {"kdet_keras": {"median": 0.7654, "min": 0.5, "max": 1.25}}}}}
+    block = make_tables.render(record)
+    rows = [line for line in block.splitlines() if line.startswith("| ")]
+    assert rows[1] == "| Pair | 512x512 | torchvision | 800 (700-900) | 1 (reference) |"
+    assert rows[2] == "|  |  | kdet Keras | 612 (9.87-1234) | **0.77** (0.50-1.25) |"
+    assert "KerasHub is not installed" in block and "no AMX" in block and "9.5 at the start" in block
+    assert "same detections as torchvision: **no**; 3 detections." in block
+    text = "intro\n" + make_tables.START + "\nold\n" + make_tables.END + "\noutro\n"
+    assert make_tables.replace_block(text, block) == "intro\n" + block + "\noutro\n"
+    with pytest.raises(SystemExit, match="README.md"):
+        make_tables.replace_block("no markers here", block)
