@@ -56,8 +56,10 @@ def _sample_columns(inputs, ys, xs, weights_of, offset_groups):
     hy, hx = 1.0 - ly, 1.0 - lx
     w00, w01, w10, w11 = weights_of(hy * hx, hy * lx, ly * hx, ly * lx)
     # rows / cols in the padded map; at y == H the high corner would be H + 2, outside: clamp it (weight is 0)
-    row_low = tf.cast(y_low, tf.int32) + 1
-    col_low = tf.cast(x_low, tf.int32) + 1
+    # Clamped again as integers: in an int8 TFLite model the float clip above is approximate, and a gather index
+    # one past the padded map would fail at run time.
+    row_low = tf.clip_by_value(tf.cast(y_low, tf.int32) + 1, 0, height + 1)
+    col_low = tf.clip_by_value(tf.cast(x_low, tf.int32) + 1, 0, width + 1)
     row_high = tf.minimum(row_low + 1, height + 1)
     col_high = tf.minimum(col_low + 1, width + 1)
     batch = tf.shape(inputs)[0]
