@@ -277,8 +277,9 @@ def _run_data(args):
         print(format_check(check_dataset(dataset)))
     elif args.data_command == "convert":
         from kdet.data.io import write_dataset
-        write_dataset(dataset, args.to, args.out, split=args.split)
-        print(f"wrote {len(dataset)} images as {args.to} to {args.out}")
+        split = args.split or "all"  # a detected PATH reads every image: written as split "all"
+        written = write_dataset(dataset, args.to, args.out, split=split)
+        print(f"wrote {len(dataset)} images as {args.to} split {split!r} to {written}")
     elif args.data_command == "show":
         from kdet.data.images import read_image
         from kdet.inference.visualize import draw_detections, save_png
