@@ -164,6 +164,8 @@ class TrainConfig:
     schedule: Literal["joint", "alternating", "fast_rcnn"] = "joint"  # two-stage detectors: one fit, the paper's
     #                                   4-step alternation, or the second stage alone on fixed proposals
     proposals: Optional[Text] = None   # fast_rcnn: JSON file of the proposal boxes
+    log_every_steps: NonNegativeInt = 10  # TensorBoard: training loss and learning rate every N steps (0 = off)
+    log_images: NonNegativeInt = 3     # TensorBoard: validation images drawn with the predictions each epoch (0 = off)
 
 
 @dataclasses.dataclass
