@@ -127,6 +127,9 @@ def test_split_voc_reads_back_through_a_config(tmp_path, capsys):
     from kdet.build import load_split
     assert len(load_split(load_config(config), "val")) == 3
     assert len(load_split(load_config(config, ["data.train_split=null"]), "train")) == 12
+    capsys.readouterr()
+    assert main(["data", "check", "--config", str(config), "--set", "data.train_split=null"]) == 0  # from the CLI
+    assert "images: 12 (0 without boxes)" in capsys.readouterr().out
 
 
 def test_split_coco_and_yolo(tmp_path, shapes12):

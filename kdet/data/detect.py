@@ -75,13 +75,11 @@ def detect_format(path) -> Detected:
     if (path / "data.yaml").is_file() or len(yamls) == 1:
         name = "data.yaml" if (path / "data.yaml").is_file() else yamls[0].name
         return Detected("yolo", path, {}, f"a folder with {name}: a YOLO dataset")
-    jsons = sorted(path.glob("*.json"))
-    if (path / "annotations.json").is_file() or any((path / "annotations").glob("instances_*.json")) or \
-            len(jsons) == 1:
-        single = path / "annotations.json" if (path / "annotations.json").is_file() or len(jsons) != 1 else jsons[0]
-        if single.name != "annotations.json" and single.is_file():
-            return Detected("coco", single, {}, f"a folder with one .json ({single.name}): COCO annotations")
+    if (path / "annotations.json").is_file() or any((path / "annotations").glob("instances_*.json")):
         return Detected("coco", path, {}, "a folder with COCO annotation json(s)")
+    jsons = sorted(path.glob("*.json"))
+    if len(jsons) == 1:
+        return Detected("coco", jsons[0], {}, f"a folder with one .json ({jsons[0].name}): COCO annotations")
     if any(path.glob("*.tfrecord*")):
         return Detected("tfrecord", path, {}, "a folder with .tfrecord files")
     folders = _voc_folders(path)
