@@ -1,5 +1,8 @@
 """Pascal VOC: Annotations/*.xml + JPEGImages + ImageSets/Main/{split}.txt (+ Segmentation{Class,Object} PNGs).
 
+The image and xml folders may have other names (`images_dir`, `annotations_dir`, relative to the root, "." for the
+root itself): labelImg users often keep `images/` + `annotations/`, or both side by side.
+
 Conventions chosen here:
 - VOC's xmin/ymin/xmax/ymax are 1-based pixel indices. kdet subtracts 1 from all four (py-faster-rcnn's
   convention), so a box keeps its annotated size xmax - xmin, and a click without a drag (xmin == xmax, as in BCCD's
