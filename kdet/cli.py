@@ -1,6 +1,6 @@
 """`kdet` CLI: train | evaluate | predict | export | benchmark | run | serve | convert torchvision | data {...}.
 
-The data commands: check, convert, show, anchors.
+The data commands: check, convert, show, split, anchors.
 
 Every command that takes a model takes `--config FILE` and any number of `--set section.key=value` overrides.
 Errors in the user's input (bad config key, missing file, corrupt data) print one line and exit with status 2.
@@ -120,15 +120,21 @@ def _parser():
         help="kdet data DATA_COMMAND --help shows its options")
     _command(data, "anchors", "k-means anchor priors (1 - IoU distance) for YOLOv2 (kdet data anchors --help)",
              add_help=False)
-    for name, text in (("check", "per-class counts, image sizes and every bad record"),
+    for name, text in (("check", "per-class counts, image sizes and every bad record (format detected from PATH)"),
                        ("convert", "write a dataset in another format"),
-                       ("show", "draw the ground truth of the first images to PNG")):
+                       ("show", "draw the ground truth of the first images to PNG"),
+                       ("split", "write seeded train / val / test lists, stratified by class")):
         p = _command(data, name, text)
         _add_config(p, required=False)
+        p.add_argument("dataset", nargs="?", metavar="PATH",
+                       help="the dataset (VOC folder, COCO json or folder, YOLO yaml or folder, TFRecord): its "
+                            "format is detected (instead of --config / --format)")
         p.add_argument("--format", help="dataset format (instead of --config): shapes, coco, voc, yolo, tfrecord, "
                                         "label_image")
         p.add_argument("--path", help="dataset path (instead of --config)")
-        p.add_argument("--split", default="train", help="which split of the dataset (default: train)")
+        if name != "split":
+            p.add_argument("--split", default=None,
+                           help="which split of the dataset (default: train; every image for a detected PATH)")
         if name == "convert":
             p.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "tfrecord"],
                            help="format to write")
@@ -136,18 +142,50 @@ def _parser():
         if name == "show":
             p.add_argument("--out", default="data_show", help="output directory (default: data_show)")
             p.add_argument("--num", type=int, default=4, help="how many images to draw (default: 4)")
+        if name == "split":
+            p.add_argument("--out", help="where the lists go: coco: <out>/<split>.json (default: the json's "
+                                         "folder), yolo: <out>/<split>.txt + data.yaml; voc: always the dataset "
+                                         "root's ImageSets/Main")
+            p.add_argument("--fractions", type=float, nargs="+", default=[0.8, 0.1, 0.1], metavar="F",
+                           help="one fraction per split, summing to 1 (default: 0.8 0.1 0.1)")
+            p.add_argument("--names", nargs="+", default=["train", "val", "test"], metavar="NAME",
+                           help="the split names (default: train val test)")
+            p.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
     return parser
 
 
-def _dataset(args):
-    from kdet.data.io import load_dataset
+def _source(args):
+    """(format, path, reader options, how it was chosen) of a data command's dataset."""
+    given = [what for what, value in (("PATH", args.dataset), ("--config", args.config), ("--format", args.format))
+             if value]
+    if len(given) > 1:
+        raise KdetError(f"give one of PATH, --config or --format (got {' and '.join(given)})")
+    if args.dataset:
+        from kdet.data.detect import detect_format
+        found = detect_format(args.dataset)
+        return found.format, found.path, found.options, f"detected {found.format}: {found.reason}"
     if args.config:
+        from kdet.config import load_config
+        d = load_config(args.config, args.overrides).data
+        return d.format, d.path, dict(d.options), None
+    if not args.format:
+        raise KdetError("give the dataset PATH, or --config, or --format (and --path)")
+    return args.format, args.path, {}, None
+
+
+def _dataset(args):
+    if args.config and not args.dataset and not args.format:
         from kdet.build import load_split
         from kdet.config import load_config
-        return load_split(load_config(args.config, args.overrides), args.split)
-    if not args.format:
-        raise KdetError("give --config, or --format (and --path)")
-    return load_dataset(args.format, args.path, split=args.split)
+        return load_split(load_config(args.config, args.overrides), args.split or "train")
+    from kdet.data.io import load_dataset
+    format, path, options, detected = _source(args)
+    split = args.split
+    if split is None:
+        split = None if detected and format in ("voc", "coco", "tfrecord") else "train"
+    if detected:
+        print(f"{detected}; split: {split or 'every image'}")
+    return load_dataset(format, path, split=split, **options)
 
 
 def _print_figures(results):
@@ -225,14 +263,23 @@ def _run(args):
 
 
 def _run_data(args):
+    if args.data_command == "split":
+        from kdet.data.split import format_split, split_dataset
+        format, path, options, detected = _source(args)
+        if detected:
+            print(detected)
+        print(format_split(split_dataset(format, path, args.out, tuple(args.fractions), args.seed,
+                                         tuple(args.names), **options)))
+        return
     dataset = _dataset(args)
     if args.data_command == "check":
         from kdet.data.check import check_dataset, format_check
         print(format_check(check_dataset(dataset)))
     elif args.data_command == "convert":
         from kdet.data.io import write_dataset
-        write_dataset(dataset, args.to, args.out, split=args.split)
-        print(f"wrote {len(dataset)} images as {args.to} to {args.out}")
+        split = args.split or "all"  # a detected PATH reads every image: written as split "all"
+        written = write_dataset(dataset, args.to, args.out, split=split)
+        print(f"wrote {len(dataset)} images as {args.to} split {split!r} to {written}")
     elif args.data_command == "show":
         from kdet.data.images import read_image
         from kdet.inference.visualize import draw_detections, save_png

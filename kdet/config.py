@@ -5,8 +5,12 @@ the key and the valid ones, so a typo never silently falls back to a default. Va
 a bool takes only YAML `true`/`false` (the string "false" is an error, not True), a number refuses strings, bools,
 NaN and infinities, a list checks its length and elements, a choice lists the valid ones, and ranges are declared
 beside each field (`epochs >= 1`, `learning_rate > 0`). Every error is one line naming the key, and the file (or the
-`--set` override) it came from. `--set section.key=value` overrides are parsed as YAML scalars and validated the same
-way (`--set train.epochs=3`, `--set data.options.num_images=64`, `--set data.val_split=` is null).
+`--set` override) it came from. `--set section.key=value` overrides are parsed as YAML scalars and validated the
+same way (`--set train.epochs=3`, `--set data.options.num_images=64`, `--set data.val_split=` is null).
+
+Paths: the input files a config file names (data.path, model.backbone_weights, train.proposals) are relative to that
+file's folder, so a config works from any directory; paths given by `--set` are relative to the current directory,
+and so are outputs (train.output_dir, export.out_dir).
 
 YAML is read as YAML 1.2 reads numbers (`1e-3` is a float, not the string YAML 1.1 makes of it); an empty file, a
 top level that is not a mapping and a key given twice in one mapping are refused.
@@ -22,6 +26,7 @@ import dataclasses
 import itertools
 import math
 import numbers
+import os
 import re
 import typing
 from pathlib import Path
@@ -127,7 +132,7 @@ class AugmentConfig:
 @dataclasses.dataclass
 class DataConfig:
     format: Literal["shapes", "coco", "voc", "yolo", "tfrecord", "label_image"] = "shapes"
-    path: Optional[str] = None         # dataset root / annotation file / dataset yaml (relative to the cwd)
+    path: Optional[str] = None         # dataset root / annotation file / dataset yaml (relative to the config file)
     # Split names. null = every image of the dataset (a VOC folder without ImageSets lists); "" = no such split
     # (val_split: "" trains without validation).
     train_split: Optional[str] = "train"
@@ -159,6 +164,8 @@ class TrainConfig:
     schedule: Literal["joint", "alternating", "fast_rcnn"] = "joint"  # two-stage detectors: one fit, the paper's
     #                                   4-step alternation, or the second stage alone on fixed proposals
     proposals: Optional[Text] = None   # fast_rcnn: JSON file of the proposal boxes
+    log_every_steps: NonNegativeInt = 10  # TensorBoard: training loss and learning rate every N steps (0 = off)
+    log_images: NonNegativeInt = 3     # TensorBoard: validation images drawn with the predictions each epoch (0 = off)
 
 
 @dataclasses.dataclass
@@ -381,7 +388,25 @@ def load_config(path_or_dict, overrides=()) -> Config:
             raise ConfigError(f"{error} (from --set {item})") from None
         raise ConfigError(f"{source}: {error}" if source else str(error)) from None
     config.source = source
+    if source is not None and not isinstance(path_or_dict, Config):
+        _resolve_paths(config, Path(source).parent, overridden)
     return config
+
+
+# Input files a config names: relative to the config file's folder when written in the file (so a config works from
+# any directory), relative to the current directory when given by --set (typed where the command runs). Outputs
+# (train.output_dir, export.out_dir) stay relative to the current directory, like any tool's output.
+CONFIG_RELATIVE_PATHS = ("data.path", "model.backbone_weights", "train.proposals")
+
+
+def _resolve_paths(config, folder: Path, overridden):
+    for key in CONFIG_RELATIVE_PATHS:
+        if any(_within(key, k) for k in overridden):
+            continue
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and not Path(value).is_absolute():
+            setattr(getattr(config, section), name, os.path.normpath(folder / value))
 
 
 def _within(key, section):

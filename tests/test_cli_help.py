@@ -11,7 +11,7 @@ from kdet.cli import _parser, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["train", "evaluate", "predict", "export", "benchmark", "run", "serve", "convert", "convert torchvision", "data", "data anchors",
-            "data check", "data convert", "data show"]
+            "data check", "data convert", "data show", "data split"]
 DELEGATED = ["serve", "data anchors"]  # parsed by kdet.serving.core / kdet.data.anchors_kmeans, not by kdet.cli
 
 

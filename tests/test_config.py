@@ -205,7 +205,8 @@ def test_yaml_numbers_read_as_yaml_1_2(tmp_path):
                     "  epochs: 12\ndata:\n  path: 1e-3x\n")
     config = load_config(path)
     assert config.train.learning_rate == 0.001 and config.train.weight_decay == 0.0005  # strings in YAML 1.1
-    assert config.train.budget_seconds == 1200.0 and config.train.epochs == 12 and config.data.path == "1e-3x"
+    assert config.train.budget_seconds == 1200.0 and config.train.epochs == 12 \
+        and config.data.path == str(tmp_path / "1e-3x")  # a path in a file: relative to its folder
     assert config.source == str(path)
 
 

@@ -36,9 +36,10 @@ def nuclei_splits(nuclei):
 
 
 def _configs(shared_data, name):
-    """A repo config with its data.path made absolute (the configs say ../shared/data, relative to the repo root)."""
+    """A repo config with its data.path under `shared_data` (the configs name ../../shared/data relative to configs/,
+    which load_config resolves to REPO.parent / "shared/data"; KDET_SHARED_DATA may put it elsewhere)."""
     config = load_config(REPO / "configs" / name)
-    config.data.path = str(shared_data / Path(config.data.path).relative_to("../shared/data"))
+    config.data.path = str(shared_data / Path(config.data.path).relative_to(REPO.parent / "shared" / "data"))
     return config
 
 

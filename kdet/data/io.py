@@ -10,6 +10,7 @@ back by `load_dataset(format, out, split=s)`:
 | coco     | the json, or a dir holding s.json,                          | dir/s.json + dir/images/                  |
 |          | annotations/instances_s.json or annotations.json            |                                           |
 | voc      | the VOC root (Annotations/, JPEGImages/, ImageSets/Main/)   | the same layout, ImageSets/Main/s.txt     |
+|          | (other folder names: options images_dir, annotations_dir)   |                                           |
 | yolo     | the dataset yaml, or a dir holding data.yaml                | dir/images/s, dir/labels/s, dir/data.yaml |
 | tfrecord | a file, a glob, or a dir holding s.tfrecord*                | dir/s.tfrecord + dir/label_map.pbtxt      |
 | label_image | a dir holding an image and its instance label image      | (not writable)                            |
@@ -19,6 +20,7 @@ split train = the tiles that avoid the held-out box, val / test = the held-out b
 
 split=None means every image of the dataset: every xml in Annotations/ (voc, e.g. a folder without ImageSets lists),
 annotations.json (coco dir), every *.tfrecord* (tfrecord dir). shapes, yolo and label_image need a named split.
+`kdet.data.detect.detect_format(path)` tells the format of a path; `kdet.data.split.split_dataset` writes split lists.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Pascal VOC: Annotations/*.xml + JPEGImages + ImageSets/Main/{split}.txt (+ Segmentation{Class,Object} PNGs).
 
+The image and xml folders may have other names (`images_dir`, `annotations_dir`, relative to the root, "." for the
+root itself): labelImg users often keep `images/` + `annotations/`, or both side by side.
+
 Conventions chosen here:
 - VOC's xmin/ymin/xmax/ymax are 1-based pixel indices. kdet subtracts 1 from all four (py-faster-rcnn's
   convention), so a box keeps its annotated size xmax - xmin, and a click without a drag (xmin == xmax, as in BCCD's
@@ -85,27 +88,27 @@ def _names_in(annotation_dir: Path) -> set:
     return names
 
 
-def default_class_names(root) -> list:
+def default_class_names(root, annotations_dir="Annotations") -> list:
     """The class list `read_voc` uses when none is given (see the module docstring)."""
     root = Path(root)
     listed = root / "class_names.txt"
     if listed.is_file():
         names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [name for name in names if name not in BACKGROUND_NAMES]
-    found = _names_in(root / "Annotations")
+    found = _names_in(root / annotations_dir)
     return list(VOC_CLASSES) if found and found <= set(VOC_CLASSES) else sorted(found)
 
 
-def _image_path(root: Path, image_id: str, filename) -> Path:
+def _image_path(image_dir: Path, image_id: str, filename) -> Path:
     if filename:
-        candidate = root / "JPEGImages" / filename
+        candidate = image_dir / filename
         if candidate.is_file():
             return candidate
     for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".PNG"):
-        candidate = root / "JPEGImages" / f"{image_id}{suffix}"
+        candidate = image_dir / f"{image_id}{suffix}"
         if candidate.is_file():
             return candidate
-    return root / "JPEGImages" / (filename or f"{image_id}.jpg")
+    return image_dir / (filename or f"{image_id}.jpg")
 
 
 def _box_iou(box, boxes) -> np.ndarray:
@@ -158,9 +161,9 @@ def _instances(object_png: Path, class_png: Path, height, width, xml_boxes, xml_
     return boxes, np.asarray(labels, np.int32), difficult, stacked
 
 
-def _split_ids(root: Path, split, with_segmentation: bool):
+def _split_ids(root: Path, split, with_segmentation: bool, annotation_dir: Path):
     if split is None:
-        return sorted(path.stem for path in (root / "Annotations").glob("*.xml"))
+        return sorted(path.stem for path in annotation_dir.glob("*.xml"))
     listing = root / "ImageSets" / "Main" / f"{split}.txt"
     segmentation_listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if with_segmentation and segmentation_listing.is_file():
@@ -171,22 +174,28 @@ def _split_ids(root: Path, split, with_segmentation: bool):
 
 
 def read_voc(root, split="train", class_names=None, strict=False, with_segmentation=False,
-             verbose=True) -> DetectionDataset:
+             verbose=True, images_dir="JPEGImages", annotations_dir="Annotations") -> DetectionDataset:
     """Read a VOC-layout dataset under `root` (see the module docstring for the conventions).
 
     split: the name of an ImageSets/Main/<split>.txt list (ImageSets/Segmentation/<split>.txt with
     `with_segmentation` when VOC has one), or None for every xml in Annotations/. With `with_segmentation`, an
     image without a SegmentationObject PNG keeps its xml boxes and has `masks=None`, and one without a
     SegmentationClass PNG has `segmentation_path=None`.
+    images_dir / annotations_dir: the folders (relative to `root`) holding the images and the xml files, for a
+    dataset that does not name them JPEGImages / Annotations (e.g. `images` + `labels`, as labelImg users do).
     Bad xml (not parseable, a missing field), bad images and bad boxes are counted in `dataset.report` with
     the file named and skipped (or raise DataError with `strict`).
     """
     root = Path(root)
-    annotation_dir = root / "Annotations"
+    for option, value in (("images_dir", images_dir), ("annotations_dir", annotations_dir)):
+        reason = outside_reason(value) if isinstance(value, str) and value else "is not a folder name"
+        if reason is not None:
+            raise ConfigError(f"VOC option {option} = {value!r} {reason}; give a folder relative to the root {root}")
+    annotation_dir, image_dir = root / annotations_dir, root / images_dir
     if not annotation_dir.is_dir():
-        raise DataError(annotation_dir, "VOC Annotations directory not found")
-    image_ids = _split_ids(root, split, with_segmentation)
-    class_names = list(class_names) if class_names is not None else default_class_names(root)
+        raise DataError(annotation_dir, f"VOC annotation folder not found (annotations_dir: {annotations_dir!r})")
+    image_ids = _split_ids(root, split, with_segmentation, annotation_dir)
+    class_names = list(class_names) if class_names is not None else default_class_names(root, annotations_dir)
     if not class_names:
         raise ConfigError(f"read_voc: no class names given and none found under {root}")
     label_of = {name: label for label, name in enumerate(class_names)}
@@ -214,10 +223,10 @@ def read_voc(root, split="train", class_names=None, strict=False, with_segmentat
         filename = (element.findtext("filename") or "").strip() or None
         reason = outside_reason(filename) if filename is not None else None
         if reason is not None:
-            report.add(xml_path, f"<filename> {filename!r} {reason}; it must name a file in JPEGImages/: skipped",
+            report.add(xml_path, f"<filename> {filename!r} {reason}; it must name a file in {images_dir}/: skipped",
                        "image", strict)
             continue
-        image_path = _image_path(root, image_id, filename)
+        image_path = _image_path(image_dir, image_id, filename)
         size = check_record_image(image_path, annotated, report, strict)
         if size is None:
             continue

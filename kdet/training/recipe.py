@@ -16,7 +16,6 @@ import math
 import sys
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from kdet.data.multiscale import multiscale_batches
@@ -24,6 +23,7 @@ from kdet.data.pipeline import make_tf_dataset
 from kdet.ops.box_ops import convert_format
 from kdet.ops.images import image_hw
 from kdet.training import callbacks as cb
+from kdet.training.tensorboard import TensorBoardLog
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -89,6 +89,15 @@ def validation_dataset(model, config, data, extra=None):
                                                            num_parallel_calls=AUTOTUNE)
 
 
+def _sample_images(model, config, data, extra=None):
+    """x of the first `train.log_images` images of `data` (unaugmented, in the fit layout) for TensorBoard, or None."""
+    count = config.train.log_images
+    if not count or data is None or not len(data):
+        return None
+    x, _ = next(iter(_batches(model, config, data, False, extra).map(lambda batch: to_keras(batch, model)).take(1)))
+    return tf.nest.map_structure(lambda tensor: tensor[:count], x)
+
+
 def prepare(model, config, train_data):
     """Before the first fit: statistics the model declared it needs (`data_needs.adapt`), from the training split
     without augmentation."""
@@ -128,7 +137,8 @@ def fit(model, config, train_data, val_data=None, *, out_dir=None, epochs=None, 
     own = [cb.HistoryLog(out / history_name), cb.AtomicCheckpoint(out)]
     if evaluate_fn is not None and t.eval_every and val_data is not None:
         own.insert(0, cb.EvaluationCallback(evaluate_fn, every=t.eval_every))
-    own.append(keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False))
+    own.append(TensorBoardLog(out / "logs", every_steps=t.log_every_steps,
+                              images=_sample_images(model, config, val_data or train_data, extra)))
     if budget is not None:
         own.insert(0, budget)  # its epoch-end pause starts before evaluation and checkpoints
     own.insert(0, cb.NonFiniteLossGuard(out))  # first: it raises before any epoch-end callback uses NaN weights
