@@ -4,8 +4,8 @@
     fast = inference_model(model, precision="bfloat16")     # built under mixed_bfloat16, fp32 weights copied in
     fast = inference_model(model, fold_bn=False)            # returns `model` itself (nothing to change)
 
-The copy is made through the model's own config (`from_config(get_config())`), built at `model.image_size` and given
-the original's weights, so `model` is never changed and can still be trained or saved. Under bfloat16 the network
+The copy is made through the model's own config (`from_config(get_config())`), built by one graph trace at
+`model.image_size` (the same trace finds the conv -> BN pairs) and given the original's weights, so `model` is never changed and can still be trained or saved. Under bfloat16 the network
 (convolutions, matmuls) computes in bfloat16 with float32 variables; box coding, anchors, NMS and losses stay float32
 in every kdet model (they cast their inputs), and the outputs are float32 like the fp32 model's.
 The copy is for inference only: a folded BN refuses `training=True` (kdet.layers.fold_bn).
@@ -14,9 +14,10 @@ import contextlib
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kdet.errors import ConfigError
-from kdet.layers.fold_bn import fold_batch_norm
+from kdet.layers.fold_bn import find_conv_bn_pairs, fold_pair
 
 PRECISIONS = ("float32", "bfloat16")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -39,20 +40,20 @@ def check_precision(precision):
     return precision
 
 
-def copy_model(model, policy="float32"):
-    """A new model of `model`'s class and config under the dtype `policy`, built at image_size, same weights."""
-    ensure_built(model)
+def new_model(model, policy="float32"):
+    """A new, unbuilt model of `model`'s class and config whose layers take the dtype `policy`."""
     config = dict(model.get_config())
     config["dtype"] = policy
     with global_policy(policy):
-        copy = type(model).from_config(config)
-        height, width = model.image_size
-        copy(np.zeros((1, height, width, 3), np.float32), training=False)
-    try:
-        copy.set_weights(model.get_weights())
-    except ValueError as error:
-        raise ConfigError(f"{type(model).__name__}: cannot copy weights into an inference copy: {error}") from None
-    return copy
+        return type(model).from_config(config)
+
+
+def build_by_tracing(model):
+    """Create `model`'s variables by tracing it once at image_size (a graph trace costs less than an eager call;
+    Keras creates variables outside the function)."""
+    height, width = model.image_size
+    spec = tf.TensorSpec((1, height, width, 3), tf.float32)
+    tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
 
 
 def ensure_built(model):
@@ -61,12 +62,27 @@ def ensure_built(model):
         model(np.zeros((1, height, width, 3), np.float32), training=False)
 
 
+def copy_weights(source, target):
+    try:
+        target.set_weights(source.get_weights())
+    except ValueError as error:
+        raise ConfigError(f"{type(source).__name__}: cannot copy weights into an inference copy: {error}") from None
+
+
 def inference_model(model, precision="float32", fold_bn=True):
     """`model` ready for inference: a copy with BN folded (fold_bn) and / or computing in bfloat16 (precision);
     `model` itself when neither applies. The copy's `folded_pairs` says how many (conv, BN) pairs were folded."""
     policy = POLICIES[check_precision(precision)]
-    if not fold_bn and policy == model.dtype_policy.name:
+    if getattr(model, "folded_pairs", None) is not None or (not fold_bn and policy == model.dtype_policy.name):
+        if policy != model.dtype_policy.name:  # its weights are folded: a copy of it would fold them again
+            raise ConfigError(f"{model.name} is already an inference copy ({model.dtype_policy.name}); make the "
+                              f"{precision} copy from the original model")
         return model
-    copy = copy_model(model, policy)
-    copy.folded_pairs = len(fold_batch_norm(copy)) if fold_bn else 0
+    ensure_built(model)
+    copy = new_model(model, policy)
+    pairs = find_conv_bn_pairs(copy, tuple(model.image_size)) if fold_bn else build_by_tracing(copy) or []
+    copy_weights(model, copy)
+    for conv, bn in pairs:
+        fold_pair(conv, bn)
+    copy.folded_pairs = len(pairs)
     return copy

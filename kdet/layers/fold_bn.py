@@ -41,15 +41,14 @@ class FoldedBatchNormalization(keras.layers.BatchNormalization):
 
 @contextlib.contextmanager
 def _recording_calls(record):
-    """Record, while active, every conv output ({id: (conv, tensor)}) and every BN call (bn, input tensor, the graph
-    ops the BN created)."""
+    """Record, while active, every conv call (conv, output tensor) and every BN call (bn, input tensor, the graph ops
+    the BN created)."""
     originals = {cls: cls.call for cls in CONV_TYPES + (keras.layers.BatchNormalization,)}
 
     def conv_call(original):
         def call(self, inputs, *args, **kwargs):
             outputs = original(self, inputs, *args, **kwargs)
-            record["conv_calls"][id(self)] = record["conv_calls"].get(id(self), 0) + 1
-            record["conv_outputs"][id(outputs)] = (self, outputs)
+            record["conv_outputs"].append((self, outputs))
             return outputs
         return call
 
@@ -72,19 +71,31 @@ def _recording_calls(record):
 
 
 def find_conv_bn_pairs(model, image_size):
-    """The foldable (conv, bn) pairs of `model`, traced on a float32 [1, H, W, 3] input of `image_size`."""
-    record = {"conv_calls": {}, "conv_outputs": {}, "bn_calls": []}
+    """The foldable (conv, bn) pairs of `model`, traced on a float32 [1, H, W, 3] input of `image_size`. An unbuilt
+    model is built by this trace (Keras may then also run layers on scratch graphs: only the trace's graph counts)."""
+    record = {"conv_outputs": [], "bn_calls": []}
     height, width = image_size
-    spec = tf.TensorSpec((1, height, width, 3), tf.float32)
+
+    def trace(images):
+        record["graph"] = images.graph
+        return model(images, training=False)
+
     with _recording_calls(record):
-        tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
-    bn_calls = {}
-    for bn, _, _ in record["bn_calls"]:
+        tf.function(trace).get_concrete_function(tf.TensorSpec((1, height, width, 3), tf.float32))
+    graph = record["graph"]
+    in_trace = lambda tensor: getattr(tensor, "graph", None) is graph  # noqa: E731
+    conv_calls, bn_calls = {}, {}
+    for conv, outputs in record["conv_outputs"]:
+        if in_trace(outputs):
+            conv_calls[id(conv)] = conv_calls.get(id(conv), 0) + 1
+    bn_records = [(bn, inputs, ops) for bn, inputs, ops in record["bn_calls"] if in_trace(inputs)]
+    for bn, _, _ in bn_records:
         bn_calls[id(bn)] = bn_calls.get(id(bn), 0) + 1
+    producers = {id(outputs): (conv, outputs) for conv, outputs in record["conv_outputs"] if in_trace(outputs)}
     pairs = []
-    for bn, inputs, bn_ops in record["bn_calls"]:
-        conv, outputs = record["conv_outputs"].get(id(inputs), (None, None))
-        if conv is None or outputs is not inputs or bn_calls[id(bn)] != 1 or record["conv_calls"][id(conv)] != 1:
+    for bn, inputs, bn_ops in bn_records:
+        conv, outputs = producers.get(id(inputs), (None, None))
+        if conv is None or outputs is not inputs or bn_calls[id(bn)] != 1 or conv_calls[id(conv)] != 1:
             continue
         if not _foldable(conv, bn, len(inputs.shape)) or any(op not in bn_ops for op in outputs.consumers()):
             continue
