@@ -61,8 +61,8 @@ def export_model(model, out_dir, name, formats=FORMATS, quantize=None, represent
     model = inference_model(model, precision=precision, fold_bn=fold_bn)
     model_dir = Path(out_dir) / name
     paths = {}
-    if "saved_model" in formats:
-        paths["saved_model"] = export_saved_model(model, model_dir, version=version)
+    if "saved_model" in formats:  # `model` is the inference copy now: the exporters use it as it is
+        paths["saved_model"] = export_saved_model(model, model_dir, version=version, precision=precision)
     if "tflite" in formats:
         paths["tflite"] = export_tflite(model, model_dir / tflite_filename(name, quantize), quantize=quantize,
                                         representative_images=representative_images)
