@@ -93,3 +93,21 @@ def test_precision_errors_name_the_option():
         inference_model(half, precision="float32")
     assert inference_model(half, precision="bfloat16") is half
     assert set(MODELS) >= set(DETECTORS)
+
+
+def test_bfloat16_saved_model_export_and_keras_benchmark(tmp_path):
+    from kdet.api import benchmark
+    from kdet.export import export_model, load_runner
+
+    model, images = built("yolov2")
+    randomize_batch_norm(model)
+    with pytest.raises(ConfigError, match="SavedModel only"):
+        export_model(model, tmp_path, "m", formats=("saved_model", "tflite"), precision="bfloat16")
+    path = export_model(model, tmp_path, "m", formats=("saved_model",), precision="bfloat16")["saved_model"]
+    outputs = load_runner(path)(images)
+    assert outputs["boxes"].dtype == np.float32
+    found, total = found_again(numpy_dict(model.detect(tf.constant(images))), outputs)
+    assert total > 0 and found >= 0.7 * total
+    model.save(tmp_path / "m.keras")
+    rows = benchmark([str(tmp_path / "m.keras"), path], runs=1, warmup=1, precision="bfloat16")
+    assert rows[0]["precision"] == "bfloat16" and rows[0]["fold_bn"] and "precision" not in rows[1]
