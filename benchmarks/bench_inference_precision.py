@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from kdet.layers import fold_bn
 from kdet.models import FasterRCNN, RetinaNet
 
@@ -102,7 +102,8 @@ def bench_model(name, rounds):
         print(json.dumps({"model": name, "variant": variant, **summary(values), "rounds": rounds,
                           "folded_pairs": getattr(variants[variant], "folded_pairs", 0),
                           "top_detections_agree": round(agreement, 3), "of": n,
-                          "max_score_diff_rowwise": round(score_diff, 5), "top_score": round(top_score, 4)}), flush=True)
+                          "max_score_diff_rowwise": round(score_diff, 5), "top_score": round(top_score, 4)}),
+              flush=True)
 
 
 def bench_formulation(rounds):

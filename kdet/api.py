@@ -41,7 +41,7 @@ def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both",
              fold_bn=True):
     """Detectors: COCO AP (pycocotools) and VOC mAP@0.5 on a split, boxes in each image's own frame.
     Semantic models: mIoU, per-class IoU and pixel accuracy (255 ignored).
-    precision / fold_bn: the inference copy evaluated (kdet.inference.optimize: "bfloat16" compute, BN folded)."""
+    precision / fold_bn: the inference copy evaluated (kdet.models.inference_copy: "bfloat16" compute, BN folded)."""
     config = load_config(config, overrides)
     model = _inference(build.load_trained_model(config, checkpoint), precision, fold_bn)
     dataset = build.load_split(config, split)
@@ -62,7 +62,7 @@ def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpo
     results (boxes yxyx in the image's own pixels, scores, class ids and names, milliseconds; instance models add
     "masks" as COCO RLE). Semantic models write <name>.png as a colour overlay, <name>_mask.png (class ids) and
     <name>.json (pixels per class); `tiled=True` segments at the image's own resolution by overlap-tile prediction.
-    precision / fold_bn: run an inference copy ("bfloat16" compute, BN folded; kdet.inference.optimize).
+    precision / fold_bn: run an inference copy ("bfloat16" compute, BN folded; kdet.models.inference_copy).
     """
     if config is None:
         if not checkpoint:
@@ -125,5 +125,5 @@ def benchmark(paths, runs=50, warmup=5, batch=1, seed=0, precision="float32", fo
 
 
 def _inference(model, precision, fold_bn):
-    from kdet.inference.optimize import inference_model
+    from kdet.models.inference_copy import inference_model
     return inference_model(model, precision=precision, fold_bn=fold_bn)

@@ -1,4 +1,4 @@
-"""bfloat16 inference copies (kdet.inference.optimize, precision="bfloat16") against float32, for the tiny detectors.
+"""bfloat16 inference copies (kdet.models.inference_copy, precision="bfloat16") against float32, for the tiny detectors.
 
 Each detector is built under Keras' mixed_bfloat16 policy with the fp32 weights copied in. Stated tolerances:
 raw head outputs (Faster R-CNN: its RPN's) within 5e-2 of their largest magnitude (bfloat16 keeps 8 significant
@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from kdet.errors import ConfigError
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from tests.test_bn_folding import MODELS, assert_close_relative, built, randomize_batch_norm
 
 DETECTORS = ("faster_rcnn", "retinanet", "ssdlite", "yolov2")

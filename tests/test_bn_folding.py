@@ -1,4 +1,4 @@
-"""BatchNorm folding (kdet.layers.fold_bn, kdet.inference.optimize): the folded copy computes what the model computes.
+"""BatchNorm folding (kdet.layers.fold_bn, kdet.models.inference_copy): a folded copy computes what the model does.
 
 Every BN gets random statistics and affine terms first (a fresh BN is almost the identity, which would hide a wrong
 fold). Tolerance: raw head outputs within 1e-4 of their largest magnitude (float32 round-off of the reassociated
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from kdet.layers.fold_bn import FoldedBatchNormalization, fold_batch_norm
 from kdet.models import FasterRCNN, FCNResNet, RetinaNet, SSD, SSDLite, YOLOv2
 from tests.testing import compare_detections, random_images

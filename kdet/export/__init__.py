@@ -10,15 +10,15 @@ Export only uses the model contract (`detect(images)` = `decode(call(images), im
 `class_names`); artifacts take uint8 images at `image_size` and return boxes as yxyx pixels of that size. Models
 never import this package.
 
-Every artifact is written from an inference copy of the model (`kdet.inference.optimize.inference_model`): BatchNorm
-folded into the preceding convolutions unless `fold_bn=False`, and for the SavedModel optionally bfloat16 compute
-(`precision="bfloat16"`; TFLite has its own fp16 / int8 quantisation, ONNX stays float32). The model passed in is
+Every artifact is written from an inference copy of the model (`kdet.models.inference_copy.inference_model`):
+BatchNorm folded into the preceding convolutions unless `fold_bn=False`, and for the SavedModel optionally bfloat16
+compute (`precision="bfloat16"`; TFLite has its own fp16 / int8 quantisation, ONNX stays float32). The model passed in is
 never changed.
 """
 from pathlib import Path
 
 from kdet.errors import ConfigError
-from kdet.inference.optimize import check_precision, inference_model
+from kdet.models.inference_copy import check_precision, inference_model
 from kdet.export.onnx import export_onnx
 from kdet.inference.runners import load_runner
 from kdet.export.saved_model import export_saved_model

@@ -14,13 +14,13 @@ import tensorflow as tf
 
 from kdet.errors import KdetError, require
 from kdet.export.saved_model import checked_class_names, serving_fn
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 
 
 def export_onnx(model, path, opset=17, fold_bn=True):
     """Convert `model` to ONNX at `path` (parent directories created) and return the path; `fold_bn` converts the
-    model with BatchNorm folded into its convolutions (kdet.inference.optimize).
+    model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
 
     Raises:
         KdetError: tf2onnx could not convert an op (the message names it).

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.errors import KdetError
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import LABELS_FILE, latest_version_dir  # noqa: F401  (latest_version_dir re-exported)
 
 
@@ -35,7 +35,7 @@ def export_saved_model(model, base_dir, version=None, fold_bn=True, precision="f
         model: a kdet model (`detect`, `image_size`, `task`).
         base_dir: the model's directory in a TF Serving model base path.
         version: integer version; None = one more than the highest version already in `base_dir` (1 when empty).
-        fold_bn: export the model with BatchNorm folded into its convolutions (kdet.inference.optimize).
+        fold_bn: export the model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
         precision: "float32" or "bfloat16" (the network computes in bfloat16; boxes, anchors, NMS stay float32).
     Raises:
         KdetError: the version directory already exists (TF Serving versions are immutable).

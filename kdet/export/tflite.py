@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export.saved_model import checked_class_names, ensure_built
-from kdet.inference.optimize import inference_model
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 from kdet.ops.mode import builtins_only
 
@@ -43,7 +43,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         representative_images: uint8 or float 0..255 [N, H, W, 3] training images; needed for "int8" (calibration).
         keep_float: extra name scopes (layer names, e.g. a proposal layer) whose ops stay float in an int8 model,
             for models that run NMS inside `call`. Ops fed only by such a scope stay float too (no input range).
-        fold_bn: convert the model with BatchNorm folded into its convolutions (kdet.inference.optimize).
+        fold_bn: convert the model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
     Signature `serving_default`: images uint8 [B, H, W, 3] -> the model's output dict (same keys as `detect`).
     Raises:
         KdetError: an op has no TFLite builtin (the message names it); ConfigError: bad quantize / images.

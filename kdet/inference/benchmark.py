@@ -1,13 +1,13 @@
 """`kdet benchmark`: latency and FPS of any artifact (.keras, SavedModel, .tflite, .onnx) on the same images.
 
 All artifacts run in one process, round-robin, on identical inputs, so their ratios are meaningful on a noisy machine.
-A .keras file runs as its inference copy (kdet.inference.optimize): BatchNorm folded unless fold_bn=False, bfloat16
+A .keras file runs as its inference copy (kdet.models.inference_copy): BatchNorm folded unless fold_bn=False, bfloat16
 compute with precision="bfloat16"; exported artifacts run as they were exported (export folds BN by default).
 """
 import numpy as np
 
 from kdet.errors import KdetError
-from kdet.inference.optimize import check_precision, inference_model
+from kdet.models.inference_copy import check_precision, inference_model
 from kdet.inference.runners import load_runner
 from kdet.metrics.speed import round_robin_latency
 

@@ -138,7 +138,7 @@ def fold_batch_norm(model, image_size=None):
     """Fold every foldable (conv -> BN) pair of the built `model` in place; returns the list of (conv, bn) pairs.
 
     image_size: (H, W) of the tracing input (default `model.image_size`). Call it on a copy you only run for
-    inference (kdet.inference.optimize.inference_model makes one): the folded model cannot be trained.
+    inference (kdet.models.inference_copy.inference_model makes one): the folded model cannot be trained.
     """
     pairs = find_conv_bn_pairs(model, image_size or tuple(model.image_size))
     for conv, bn in pairs:

@@ -100,7 +100,8 @@ def has_batch_norm(model):
 
 def inference_model(model, precision="float32", fold_bn=True):
     """`model` ready for inference: a copy with BN folded (fold_bn) and / or computing in bfloat16 (precision);
-    `model` itself when neither applies (float32 and no BatchNorm, or `model` is already such a copy). The copy's `folded_pairs` says how many (conv, BN) pairs were folded."""
+    `model` itself when neither applies (float32 and no BatchNorm, or `model` is already such a copy). The copy's
+    `folded_pairs` says how many (conv, BN) pairs were folded."""
     policy = POLICIES[check_precision(precision)]
     fold_bn = fold_bn and has_batch_norm(model)
     if getattr(model, "folded_pairs", None) is not None or (not fold_bn and policy == model.dtype_policy.name):
