@@ -28,6 +28,13 @@ def _command(subparsers, name, text, **kwargs):
     return subparsers.add_parser(name, help=text, description=text, **kwargs)
 
 
+def _add_inference_options(parser, bfloat16="the network computes in bfloat16"):
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help=f"float32 (default) or bfloat16: {bfloat16}; boxes, anchors and NMS stay float32")
+    parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                        help="keep BatchNorm layers (default: folded into the preceding convolutions)")
+
+
 def _torchvision_archs():
     from kdet.convert.pretrained import ARCHITECTURES
     return sorted(ARCHITECTURES)
@@ -63,6 +70,7 @@ def _parser():
     p.add_argument("--json", metavar="FILE", help="also write the figures to this file")
     p.add_argument("--proposals", metavar="JSON",
                    help="Fast R-CNN mode: evaluate the second stage on the boxes of this JSON file")
+    _add_inference_options(p)
 
     p = _command(sub, "predict", "detect objects (or segment) in images, folders or globs; write an annotated "
                           "picture + JSON per image (segmentation: colour overlay PNG, class-id mask PNG, JSON)")
@@ -82,6 +90,7 @@ def _parser():
                    help="write <name>.json per image (default: yes; --no-save-json to skip)")
     p.add_argument("--tiled", action="store_true",
                    help="segmentation: overlap-tile prediction at the image's own resolution instead of resizing")
+    _add_inference_options(p)
 
     p = _command(sub, "export", "SavedModel (TF Serving layout) / TFLite / ONNX")
     _add_config(p, required=False)
@@ -93,12 +102,14 @@ def _parser():
     p.add_argument("--checkpoint", metavar="FILE", help=_CHECKPOINT_HELP + "; a .keras file alone needs no --config")
     p.add_argument("--out", help="output directory (default: export.out_dir, or saved_models without a config)")
     p.add_argument("--name", help="export name (default: export.name, or the .keras file's stem)")
+    _add_inference_options(p, "the SavedModel computes in bfloat16 (SavedModel only)")
 
     p = _command(sub, "benchmark", "latency / FPS of exported artifacts on the same images")
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".keras, SavedModel dir, .tflite or .onnx")
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact (default: 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default: 1)")
+    _add_inference_options(p, ".keras artifacts compute in bfloat16")
 
     p = _command(sub, "run", "the main job: train, evaluate, export, predict and draw, in one go")
     _add_config(p)
@@ -225,7 +236,7 @@ def _run(args):
                                          checkpoint=args.checkpoint, metric=args.metric)
         else:
             results = api.evaluate(args.config, args.overrides, split=args.split, checkpoint=args.checkpoint,
-                                   metric=args.metric)
+                                   metric=args.metric, precision=args.precision, fold_bn=args.fold_bn)
         _print_figures(results)
         if args.json:
             write_json(results, args.json)
@@ -235,7 +246,8 @@ def _run(args):
             raise KdetError("--set needs --config")
         results = api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
                               args.score_threshold, tiled=args.tiled, save_images=args.save_images,
-                              save_json=args.save_json, save_format=args.save_format)
+                              save_json=args.save_json, save_format=args.save_format, precision=args.precision,
+                              fold_bn=args.fold_bn)
         for r in results:
             print(f"{r['image']}: pixels per class {r['pixels']}" if "pixels" in r else summary_line(r))
         written = [what for what, wanted in (("pictures", args.save_images), ("JSON", args.save_json)) if wanted]
@@ -244,11 +256,12 @@ def _run(args):
         if args.config is None and args.overrides:
             raise KdetError("--set needs --config")
         for fmt, path in api.export(args.config, args.overrides, args.formats, args.quantize, args.checkpoint,
-                                    args.out, args.name).items():
+                                    args.out, args.name, precision=args.precision, fold_bn=args.fold_bn).items():
             print(f"{fmt}: {path}")
     elif args.command == "benchmark":
         from kdet.inference.benchmark import benchmark_artifacts
-        for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch):
+        for row in benchmark_artifacts(args.artifacts, runs=args.runs, warmup=args.warmup, batch=args.batch,
+                                       precision=args.precision, fold_bn=args.fold_bn):
             print(dumps(row))
     elif args.command == "run":
         from kdet.main_job import run_main_job

@@ -13,12 +13,14 @@ from pathlib import Path
 import tensorflow as tf
 
 from kdet.errors import KdetError, require
-from kdet.export.saved_model import checked_class_names, ensure_built, serving_fn
+from kdet.export.saved_model import checked_class_names, serving_fn
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 
 
-def export_onnx(model, path, opset=17):
-    """Convert `model` to ONNX at `path` (parent directories created) and return the path.
+def export_onnx(model, path, opset=17, fold_bn=True):
+    """Convert `model` to ONNX at `path` (parent directories created) and return the path; `fold_bn` converts the
+    model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
 
     Raises:
         KdetError: tf2onnx could not convert an op (the message names it).
@@ -28,7 +30,7 @@ def export_onnx(model, path, opset=17):
 
     _patch_tf2onnx_for_numpy2()
     class_names = checked_class_names(model)
-    ensure_built(model)
+    model = inference_model(model, fold_bn=fold_bn)
     height, width = model.image_size
     spec = [tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")]
     function = tf.function(serving_fn(model), input_signature=spec)

@@ -25,16 +25,19 @@ import tensorflow as tf
 
 from kdet.data.decode import decode_in_graph
 from kdet.errors import KdetError
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import LABELS_FILE, latest_version_dir  # noqa: F401  (latest_version_dir re-exported)
 
 
-def export_saved_model(model, base_dir, version=None):
+def export_saved_model(model, base_dir, version=None, fold_bn=True, precision="float32"):
     """Write `model` to `base_dir/<version>/` and return that path.
 
     Args:
         model: a kdet model (`detect`, `image_size`, `task`).
         base_dir: the model's directory in a TF Serving model base path.
         version: integer version; None = one more than the highest version already in `base_dir` (1 when empty).
+        fold_bn: export the model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
+        precision: "float32" or "bfloat16" (the network computes in bfloat16; boxes, anchors, NMS stay float32).
     Raises:
         KdetError: the version directory already exists (TF Serving versions are immutable).
     """
@@ -46,7 +49,7 @@ def export_saved_model(model, base_dir, version=None):
                         "pass another version or leave it unset")
     base_dir.mkdir(parents=True, exist_ok=True)
     class_names = checked_class_names(model)
-    archive = build_export_archive(model)
+    archive = build_export_archive(inference_model(model, precision=precision, fold_bn=fold_bn))
     # Write beside the target and rename: a server watching base_dir must never load a half-written version.
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base_dir))
     try:

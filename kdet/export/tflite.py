@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export.saved_model import checked_class_names, ensure_built
+from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
 from kdet.ops.mode import builtins_only
 
@@ -32,7 +33,7 @@ DECODE_SCOPE = "kdet_decode"
 QUANTIZE_MODES = (None, "fp16", "int8")
 
 
-def export_tflite(model, path, quantize=None, representative_images=None, keep_float=()):
+def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True):
     """Convert `model` to a TFLite flatbuffer at `path` and return the path.
 
     Args:
@@ -42,6 +43,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         representative_images: uint8 or float 0..255 [N, H, W, 3] training images; needed for "int8" (calibration).
         keep_float: extra name scopes (layer names, e.g. a proposal layer) whose ops stay float in an int8 model,
             for models that run NMS inside `call`. Ops fed only by such a scope stay float too (no input range).
+        fold_bn: convert the model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
     Signature `serving_default`: images uint8 [B, H, W, 3] -> the model's output dict (same keys as `detect`).
     Raises:
         KdetError: an op has no TFLite builtin (the message names it); ConfigError: bad quantize / images.
@@ -51,6 +53,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
     if quantize == "int8":
         representative_images = _check_images(model, representative_images)
     class_names = checked_class_names(model)
+    model = inference_model(model, fold_bn=fold_bn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="kdet-tflite-")

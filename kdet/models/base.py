@@ -153,6 +153,13 @@ class Detector(keras.Model):
                                                                self.bounding_box_format, height=height, width=width))
         return detections
 
+    def inference_copy(self, precision="float32", fold_bn=True):
+        """A copy of this model for inference (this model is unchanged): BatchNorm folded into the preceding
+        convolutions (fold_bn) and / or bfloat16 compute with float32 box coding, anchors and NMS (precision).
+        kdet export does this by default; see kdet.models.inference_copy."""
+        from kdet.models.inference_copy import inference_model
+        return inference_model(self, precision=precision, fold_bn=fold_bn)
+
     # -- the contract -------------------------------------------------------------------------------------------------
     def encode_targets(self, targets, image_size):
         """Default: the targets as they are ({"boxes": yxyx pixels, "labels"})."""
