@@ -136,9 +136,12 @@ class MaskRCNN(FasterRCNN):
         columns = tf.gather(tf.constant(self.label_ids, tf.int32), detections["classes"])
         logits = self.mask_outputs(outputs["features"], detections["boxes"])
         probabilities = tf.sigmoid(class_maps(logits, columns))
+        # Rows past num_detections are zeroed as 28 x 28 float maps: cheaper than on the pasted masks, and TFLite
+        # has no uint8 MUL, nor a STRIDED_SLICE that adds two axes (hence expand_dims).
+        valid = tf.range(tf.shape(probabilities)[1])[None, :] < detections["num_detections"][:, None]
+        probabilities = probabilities * tf.expand_dims(tf.expand_dims(tf.cast(valid, tf.float32), -1), -1)
         masks = paste_masks(probabilities, detections["boxes"], image_size, self.mask_threshold)
-        valid = tf.range(tf.shape(masks)[1])[None, :] < detections["num_detections"][:, None]
-        return dict(detections, masks=masks * tf.cast(valid, tf.uint8)[..., None, None])
+        return dict(detections, masks=masks)
 
     def get_config(self):
         config = super().get_config()
