@@ -148,9 +148,7 @@ class MaskRCNN(FasterRCNN):
         # and TFLite has no uint8 MUL, nor a STRIDED_SLICE that adds two axes (hence expand_dims).
         valid = tf.range(count)[None, :] < detections["num_detections"][:, None]
         probabilities = probabilities * tf.expand_dims(tf.expand_dims(tf.cast(valid, tf.float32), -1), -1)
-        masks = paste_masks(probabilities, boxes, image_size, self.mask_threshold)
-        masks = tf.pad(masks, [[0, 0], [0, tf.shape(detections["boxes"])[1] - count], [0, 0], [0, 0]])
-        masks.set_shape([None, rows, None, None])
+        masks = paste_masks(probabilities, boxes, image_size, self.mask_threshold, rows=rows)
         return dict(detections, masks=masks)
 
     def get_config(self):
