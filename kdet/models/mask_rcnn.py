@@ -135,7 +135,7 @@ class MaskRCNN(FasterRCNN):
 
         The mask branch and the paste run on the first max(num_detections) rows of the batch only (at least one),
         the rest are zero padding: on torchvision's maskrcnn_resnet50_fpn at 640x480 with 30 of 100 rows detected,
-        the mask head on all 100 rows was 40 % of the whole inference (benchmarks/bench_mask_rcnn_speed.py).
+        the mask branch (head and paste) on all 100 rows took 40 % of the inference (bench_mask_rcnn_speed.py).
         """
         detections = super().decode(outputs, image_size)
         rows = detections["boxes"].shape[1]
