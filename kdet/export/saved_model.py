@@ -11,7 +11,10 @@ assets.extra/ and copies it with the version, so deployment tooling and clients 
 `serving_bytes` takes encoded JPEG/PNG (anything `tf.io.decode_image` reads), resizes each image to the model size,
 runs the model and maps the result back: boxes are scaled to the image's own width/height; semantic masks are resized
 with nearest neighbour (probabilities bilinearly) and padded to the largest image of the batch (masks with -1,
-probabilities with 0), and `original_size` [B, 2] says which part of each row is the image.
+probabilities with 0), and `original_size` [B, 2] says which part of each row is the image. Instance masks
+("masks" [B, K, H, W] uint8 of Mask R-CNN) are mapped the same way: nearest neighbour through the boxes' scale
+(original pixel i reads input pixel floor((i + 0.5) * H / h), as `kdet predict` maps them), padded with 0 to the
+batch's largest image, with `original_size` beside them.
 Everything is graph ops (no py_function), so TF Serving and `saved_model_cli run` can execute it.
 """
 import os
@@ -117,6 +120,9 @@ def bytes_serving_fn(model):
             return _semantic_to_original(outputs, sizes)
         scale = tf.cast(sizes, tf.float32) / tf.constant([height, width], tf.float32)
         outputs["boxes"] = outputs["boxes"] * tf.tile(scale, [1, 2])[:, None, :]
+        if "masks" in outputs:  # instance masks (Mask R-CNN)
+            outputs["masks"] = _instance_masks_to_original(outputs["masks"], sizes)
+            outputs["original_size"] = sizes
         return outputs
 
     return serve
@@ -138,6 +144,29 @@ def _semantic_to_original(outputs, sizes):
                                      fn_output_signature=(tf.TensorSpec((None, None), tf.int32),
                                                           tf.TensorSpec((None, None, num_classes), tf.float32)))
     return {"masks": masks, "probabilities": probabilities, "original_size": sizes}
+
+
+def _nearest_rows(size, model_size):
+    """[size] int32: the input row (or column) each original pixel i reads, floor((2i + 1) * model_size / (2 size)),
+    in integers so that no float rounding moves a boundary."""
+    i = tf.range(size, dtype=tf.int64)
+    return tf.cast(tf.minimum((2 * i + 1) * model_size // (2 * tf.cast(size, tf.int64)), model_size - 1), tf.int32)
+
+
+def _instance_masks_to_original(masks, sizes):
+    """masks [B, K, H, W] of the model input, sizes [B, 2] -> [B, K, h_max, w_max]: each image's masks at its own
+    size (nearest neighbour), zeros past it."""
+    max_size = tf.reduce_max(sizes, axis=0)
+    model_height, model_width = masks.shape[2], masks.shape[3]
+
+    def resize_one(args):
+        mask, size = args
+        mask = tf.gather(mask, _nearest_rows(size[0], model_height), axis=1)
+        mask = tf.gather(mask, _nearest_rows(size[1], model_width), axis=2)
+        return tf.pad(mask, [[0, 0], [0, max_size[0] - size[0]], [0, max_size[1] - size[1]]])
+
+    return tf.map_fn(resize_one, (masks, sizes),
+                     fn_output_signature=tf.TensorSpec((masks.shape[1], None, None), masks.dtype))
 
 
 def build_export_archive(model):

@@ -20,7 +20,7 @@ def measure_latency(fn, *args, warmup=5, runs=50, batch_size=None, **kwargs):
     warmup: calls made first and not timed (tracing, graph building, caches).
     runs: timed calls.
     batch_size: images per call; fps = batch_size * 1000 / median_ms (1 image per call if None).
-    Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "fps", "runs", "batch_size"}.
+    Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "max_ms", "fps", "runs", "batch_size"}.
     """
     return round_robin_latency({"fn": lambda: fn(*args, **kwargs)}, warmup=warmup, runs=runs,
                                batch_size=batch_size)["fn"]
@@ -53,6 +53,7 @@ def round_robin_latency(functions, warmup=5, runs=50, batch_size=None):
             "p90_ms": float(np.percentile(times, 90)),
             "mean_ms": float(times.mean()),
             "min_ms": float(times.min()),
+            "max_ms": float(times.max()),
             "fps": images * 1000.0 / median if median > 0 else float("inf"),
             "runs": runs,
             "batch_size": images,

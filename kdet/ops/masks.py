@@ -114,7 +114,7 @@ def _paste_matmul(padded, lows, highs, image_size):
     return tf.matmul(tf.matmul(rows, padded), cols, transpose_b=True)
 
 
-def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1):
+def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1, rows=None):
     """torchvision's paste_masks_in_image on fixed shapes: RoI masks into the image frame.
 
     Per box (torchvision expand_masks / expand_boxes / paste_mask_in_image): the M x M map is padded by `padding`
@@ -126,9 +126,11 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1):
         masks: [B, K, M, M] probabilities.
         boxes: [B, K, 4] yxyx pixels of the image.
         image_size: (H, W) ints or scalar int tensors.
-        threshold: pixels with probability > threshold are 1; None returns the float probabilities.
+        threshold: pixels with probability > threshold (>= 0) are 1; None returns the float probabilities.
+        rows: None, or a static K' >= K: the result is padded with zero masks to K' rows (TFLite has no uint8 PAD:
+            the builtins-only twin pads the float probabilities before thresholding).
     Returns:
-        [B, K, H, W] uint8 0 / 1 (float32 probabilities when threshold is None).
+        [B, K, H, W] (or [B, rows, H, W]) uint8 0 / 1 (float32 probabilities when threshold is None).
     """
     masks = tf.cast(masks, tf.float32)
     boxes = tf.cast(boxes, tf.float32)
@@ -145,6 +147,16 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1):
     inside = _pixels_inside(y0, y1, height)[:, :, None] & _pixels_inside(x0, x1, width)[:, None, :]
     values = tf.where(inside, values, 0.0)
     values = tf.reshape(values, tf.concat([batch_shape, tf.shape(values)[1:]], axis=0))
-    if threshold is None:
-        return values
-    return tf.cast(values > threshold, tf.uint8)
+    if threshold is None or builtins_only_enabled():
+        values = _pad_rows(values, rows)
+        return values if threshold is None else tf.cast(values > threshold, tf.uint8)
+    return _pad_rows(tf.cast(values > threshold, tf.uint8), rows)
+
+
+def _pad_rows(masks, rows):
+    """[B, K, H, W] -> [B, rows, H, W], zero masks after the K given (unchanged when rows is None)."""
+    if rows is None:
+        return masks
+    padded = tf.pad(masks, [[0, 0], [0, rows - tf.shape(masks)[1]], [0, 0], [0, 0]])
+    padded.set_shape([None, rows, None, None])
+    return padded

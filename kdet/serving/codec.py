@@ -7,6 +7,11 @@
     string outputs whose key ends in "_bytes" come back as {"b64": "..."}.
   * numbers follow the input's dtype: integers only for integer inputs (range-checked), any number for floats,
     true/false for bool; floats are written as TF Serving writes them: %g, or %.9g when %g would lose bits.
+  * instance masks (kdet's one departure from TF Serving's JSON): an output named "masks" of dtype uint8 and rank 4
+    ([B, K, H, W], Mask R-CNN) is written per instance as COCO RLE {"size": [H, W], "counts": str} (pycocotools'
+    compressed string, `pycocotools.mask.decode` reads it back), K of them per image, instead of B*K*H*W numbers.
+    When the response also has "original_size" [B, 2] (`serving_bytes`, whose masks are padded to the batch's
+    largest image), each image's masks are cut to its own size first. gRPC keeps the tensor.
 Every rule violation raises a `ServingError` (INVALID_ARGUMENT) with TF Serving's wording where it has one.
 """
 import base64
@@ -17,6 +22,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
+from kdet.inference.predict import mask_rle
 from kdet.serving.core import ServingError, invalid_argument
 
 
@@ -232,12 +238,31 @@ def _nest(texts, shape):
     return texts[0]
 
 
+def is_instance_masks(key, array):
+    """The RLE rule: the output "masks" of dtype uint8 and rank 4 holds instance masks [B, K, H, W]."""
+    return key == "masks" and array.dtype == np.uint8 and array.ndim == 4
+
+
+def _instance_masks_json(masks, original_size=None):
+    """uint8 [B, K, H, W] -> one JSON text per image, a list of K COCO RLEs, each cut to original_size[b] if given."""
+    texts = []
+    for b, image_masks in enumerate(masks):
+        if original_size is not None:
+            height, width = (int(v) for v in original_size[b])
+            image_masks = image_masks[:, :height, :width]
+        texts.append("[" + ",".join(json.dumps(mask_rle(mask)) for mask in image_masks) + "]")
+    return texts
+
+
 def outputs_to_json(outputs, row_format):
     """{key: array} -> the response text: {"predictions": [...]} (row) or {"outputs": ...} (columnar)."""
     keys = sorted(outputs)
-    texts = {k: _format_values(outputs[k], k.endswith("_bytes") and outputs[k].dtype == object) for k in keys}
+    rle = {k: _instance_masks_json(outputs[k], outputs.get("original_size")) for k in keys
+           if is_instance_masks(k, outputs[k])}
+    texts = {k: _format_values(outputs[k], k.endswith("_bytes") and outputs[k].dtype == object) for k in keys
+             if k not in rle}
     if not row_format:
-        columns = {k: _nest(texts[k], outputs[k].shape) for k in keys}
+        columns = {k: "[" + ",".join(rle[k]) + "]" if k in rle else _nest(texts[k], outputs[k].shape) for k in keys}
         body = columns[keys[0]] if len(keys) == 1 else \
             "{" + ",".join(f"{json.dumps(k)}:{columns[k]}" for k in keys) + "}"
         return '{"outputs":' + body + "}"
@@ -253,8 +278,8 @@ def outputs_to_json(outputs, row_format):
         batch = size
     items = []
     for i in range(batch):
-        per_key = {}
-        for key in keys:
+        per_key = {key: rle[key][i] for key in rle}
+        for key in set(keys) - set(rle):
             step = int(np.prod(outputs[key].shape[1:], dtype=np.int64))
             per_key[key] = _nest(texts[key][i * step:(i + 1) * step], outputs[key].shape[1:])
         items.append(per_key[keys[0]] if len(keys) == 1 else
