@@ -37,6 +37,12 @@ def _output_size(size, pad, dilation, kernel, stride):
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
 
 
+def _clamp_int(values, high):
+    """int32 values clamped to [0, high] with selects."""
+    values = tf.where(values < 0, tf.zeros_like(values), values)
+    return tf.where(values > high, tf.fill(tf.shape(values), tf.cast(high, values.dtype)), values)
+
+
 def _sample_columns(inputs, ys, xs, weights_of, offset_groups):
     """Bilinear samples with zeros outside the map, torchvision's rule.
 
@@ -57,9 +63,10 @@ def _sample_columns(inputs, ys, xs, weights_of, offset_groups):
     w00, w01, w10, w11 = weights_of(hy * hx, hy * lx, ly * hx, ly * lx)
     # rows / cols in the padded map; at y == H the high corner would be H + 2, outside: clamp it (weight is 0)
     # Clamped again as integers: in an int8 TFLite model the float clip above is approximate, and a gather index
-    # one past the padded map would fail at run time.
-    row_low = tf.clip_by_value(tf.cast(y_low, tf.int32) + 1, 0, height + 1)
-    col_low = tf.clip_by_value(tf.cast(x_low, tf.int32) + 1, 0, width + 1)
+    # one past the padded map would fail at run time. Selects, not min / max: the converter would fuse an integer
+    # clip to [0, 6] into RELU6, which TFLite has no int32 kernel for.
+    row_low = _clamp_int(tf.cast(y_low, tf.int32) + 1, height + 1)
+    col_low = _clamp_int(tf.cast(x_low, tf.int32) + 1, width + 1)
     row_high = tf.minimum(row_low + 1, height + 1)
     col_high = tf.minimum(col_low + 1, width + 1)
     batch = tf.shape(inputs)[0]
