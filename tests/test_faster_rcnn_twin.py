@@ -9,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdet.convert.torchvision import faster_rcnn_table, load_state_dict, seeded_state_dict, torch_shapes
+from kdet.convert.torchvision import faster_rcnn_table, load_state_dict, torch_shapes
 from kdet.errors import KdetError
 from kdet.models.faster_rcnn import FasterRCNN
+from tests.testing import relative_error, twin_fixture_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "faster_rcnn_twin.npz"
 pytestmark = pytest.mark.slow
-
-
-def relative_error(actual, expected):
-    return float(np.max(np.abs(np.asarray(actual) - expected)) / max(np.max(np.abs(expected)), 1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +26,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def state(data):
-    names = [str(n) for n in data["torch_names"]]
-    shapes = {n: tuple(int(v) for v in s.strip("[]").split(",") if v.strip())
-              for n, s in zip(names, data["torch_shapes"])}
-    state = seeded_state_dict(shapes, int(data["weight_seed"]))
-    state["roi_heads.box_predictor.cls_score.weight"] *= data["cls_weight_scale"]
-    state["roi_heads.box_predictor.cls_score.bias"][:] = data["cls_bias"]
-    state["roi_heads.box_predictor.cls_score.bias"][0] = data["background_bias"]
-    return state
+    return twin_fixture_state(data)
 
 
 @pytest.fixture(scope="module")

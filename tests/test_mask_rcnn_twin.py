@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.convert.torchvision import load_state_dict, mask_rcnn_table, seeded_state_dict, torch_shapes
+from kdet.convert.torchvision import load_state_dict, mask_rcnn_table, torch_shapes
 from kdet.models.mask_rcnn import MaskRCNN
+from tests.testing import relative_error, twin_fixture_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mask_rcnn_twin.npz"
 pytestmark = pytest.mark.slow
-
-
-def relative_error(actual, expected):
-    return float(np.max(np.abs(np.asarray(actual) - expected)) / max(np.max(np.abs(expected)), 1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +27,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def model(data):
-    names = [str(n) for n in data["torch_names"]]
-    shapes = {n: tuple(int(v) for v in s.strip("[]").split(",") if v.strip())
-              for n, s in zip(names, data["torch_shapes"])}
-    state = seeded_state_dict(shapes, int(data["weight_seed"]))
-    state["roi_heads.box_predictor.cls_score.weight"] *= data["cls_weight_scale"]
-    state["roi_heads.box_predictor.cls_score.bias"][:] = data["cls_bias"]
-    state["roi_heads.box_predictor.cls_score.bias"][0] = data["background_bias"]
+    state = twin_fixture_state(data)
     state["roi_heads.mask_predictor.mask_fcn_logits.bias"] += data["mask_bias"]
     height, width = data["images"].shape[1:3]
     model = MaskRCNN(num_classes=int(data["num_classes"]) - 1, image_size=(height, width))

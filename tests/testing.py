@@ -413,3 +413,22 @@ def check_dense_twin_outputs(model, images, fixture, anchor_atol=0.0):
         assert np.max(np.abs(detections["boxes"][i, :count] - fixture[f"det{i}_boxes"])) <= 0.5
         np.testing.assert_array_equal(detections["classes"][i, :count], fixture[f"det{i}_labels"])
         np.testing.assert_allclose(detections["scores"][i, :count], fixture[f"det{i}_scores"], atol=1e-5)
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: the twins' agreement measure."""
+    return float(np.max(np.abs(np.asarray(actual) - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+def twin_fixture_state(data):
+    """The seeded torchvision state dict a two-stage twin fixture was made with (tests/reference/
+    make_*_rcnn_twin_fixtures.py): its names and shapes, seed, and the box predictor's shifted class scores."""
+    from kdet.convert.torchvision import seeded_state_dict
+    names = [str(n) for n in data["torch_names"]]
+    shapes = {n: tuple(int(v) for v in s.strip("[]").split(",") if v.strip())
+              for n, s in zip(names, data["torch_shapes"])}
+    state = seeded_state_dict(shapes, int(data["weight_seed"]))
+    state["roi_heads.box_predictor.cls_score.weight"] *= data["cls_weight_scale"]
+    state["roi_heads.box_predictor.cls_score.bias"][:] = data["cls_bias"]
+    state["roi_heads.box_predictor.cls_score.bias"][0] = data["background_bias"]
+    return state
