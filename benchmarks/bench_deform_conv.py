@@ -17,7 +17,6 @@ median, min and max ms per implementation and each median's ratio to torchvision
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
@@ -39,18 +38,11 @@ CASES = {  # name: (batch, channels in, height, width, channels out, kernel, str
 
 
 def round_robin(functions, rounds, warmup):
-    """functions: name -> zero-arg callable that blocks until done. -> name -> {median_ms, min_ms, max_ms}."""
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: {"median_ms": round(float(np.median(t)), 2), "min_ms": round(min(t), 2),
-                   "max_ms": round(max(t), 2)} for name, t in times.items()}
+    """functions: name -> zero-arg callable that blocks until done. -> name -> {median_ms, min_ms, max_ms}
+    (benchmarks/speed_common.py's timer: every round calls each function once, in turns)."""
+    from speed_common import round_robin as timer
+    timed = timer(functions, rounds=rounds, warmup=warmup)["contenders"]
+    return {name: {k: round(float(c[k]), 2) for k in ("median_ms", "min_ms", "max_ms")} for name, c in timed.items()}
 
 
 def litert_runner(function, specs, threads):

@@ -15,7 +15,6 @@ after warm-up, and the ratio kdet / torchvision.
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
@@ -28,17 +27,9 @@ def emit(name, value, unit, **extra):
 
 
 def round_robin(functions, rounds, warmup):
-    """{name: fn} -> {name: [ms per round]}: every round calls each fn once, after `warmup` calls of each."""
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return times
+    """{name: fn} -> {name: [ms per round]} (benchmarks/speed_common.py's timer: every round calls each fn once)."""
+    from speed_common import round_robin as timer
+    return {name: c["times_ms"] for name, c in timer(functions, rounds=rounds, warmup=warmup)["contenders"].items()}
 
 
 def emit_times(prefix, times, reference):
