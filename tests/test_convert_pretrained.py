@@ -83,3 +83,16 @@ def test_convert_then_predict_and_export_without_a_config(tmp_path, monkeypatch,
     assert (tmp_path / "exp" / "tiny" / "1" / "saved_model.pb").is_file()
     assert main(["convert", "torchvision", "--arch", "resnet9000", "--weights", "x.pth", "--output", "y.keras"]) == 2
     assert "--arch 'resnet9000': choose one of" in capsys.readouterr().err
+
+
+def test_mask_rcnn_twin_has_torchvisions_state_dict_layout():
+    """maskrcnn_resnet50_fpn: 307 tensors (BN statistics included, num_batches_tracked not), 91 box and mask columns,
+    the key set checked against torchvision 0.29's builder when this was written."""
+    from kdet.convert.torchvision import torch_shapes
+    shapes = {name: tuple(shape) for name, shape in
+              torch_shapes(pretrained.build_twin("maskrcnn_resnet50_fpn")).items()}
+    assert len(shapes) == 307
+    assert shapes["roi_heads.mask_predictor.mask_fcn_logits.weight"] == (91, 256, 1, 1)
+    assert shapes["roi_heads.mask_predictor.conv5_mask.weight"] == (256, 256, 2, 2)
+    assert shapes["roi_heads.box_predictor.cls_score.weight"] == (91, 1024)
+    assert shapes["roi_heads.mask_head.3.0.weight"] == (256, 256, 3, 3)

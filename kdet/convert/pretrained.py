@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kdet.convert.torchvision import load_state_dict
 from kdet.errors import ConfigError
-from kdet.models import FasterRCNN, FCNResNet, RetinaNet, SSD
+from kdet.models import FasterRCNN, FCNResNet, MaskRCNN, RetinaNet, SSD
 
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
 COCO_NAMES = (
@@ -34,6 +34,7 @@ def _coco(cls, image_size, **kwargs):
 # torchvision builder name -> () -> the kdet twin with that state dict's layout
 ARCHITECTURES = {
     "fasterrcnn_resnet50_fpn": _coco(FasterRCNN, (800, 1088), max_detections=100, depth=50),
+    "maskrcnn_resnet50_fpn": _coco(MaskRCNN, (800, 1088), max_detections=100, depth=50),
     "retinanet_resnet50_fpn": _coco(RetinaNet, (800, 1088), max_detections=100, depth=50),
     "ssd300_vgg16": _coco(SSD, (300, 300), max_detections=200),
     "fcn_resnet50": lambda: FCNResNet(num_classes=20, image_size=(520, 520), depth=50, aux_loss=True,
