@@ -127,3 +127,21 @@ def test_predictor_and_head_shapes():
     x = head(tf.zeros([2, 7, 3, 3, 8]))
     logits, deltas = predictor(x)
     assert x.shape == (2, 7, 32) and logits.shape == (2, 7, 6) and deltas.shape == (2, 7, 6, 4)
+
+
+def test_box_head_init_is_torch_linear_default():
+    """fc6 / fc7 / cls_score / bbox_pred start as torch nn.Linear does (torchvision's TwoMLPHead and FastRCNNPredictor):
+    kernel and bias uniform in +-1/sqrt(fan_in). Detectron's normal(0.001) bbox_pred or Keras' Glorot fc6 fail it."""
+    head, predictor = TwoFCHead(256), BoxPredictor(3)
+    features = head(tf.zeros([1, 2, 7, 7, 64]))
+    predictor(features)
+    layers = [(head.fc6, 64 * 49), (head.fc7, 256), (predictor.cls_score, 256), (predictor.bbox_pred, 256)]
+    for layer, fan_in in layers:
+        bound = 1.0 / np.sqrt(fan_in)
+        for values in (layer.kernel.numpy().ravel(), layer.bias.numpy()):
+            assert np.abs(values).max() <= bound
+            # a uniform draw on [-b, b]: std b / sqrt(3); 16 draws all inside b / 2 happen once in 65536
+            if values.size >= 1000:
+                np.testing.assert_allclose(values.std(), bound / np.sqrt(3), rtol=0.1)
+            if values.size >= 16:
+                assert np.abs(values).max() > 0.5 * bound
