@@ -171,3 +171,47 @@ def test_export_parity(tmp_path):
     m.score_threshold = threshold_with_margin(scores[scores > 0], 0.9)  # a few tens of peaks, not a tie at K
     reports = check_export_parity(m, images, tmp_path, formats=("keras", "saved_model", "tflite", "onnx"))
     assert reports["tflite"]["detections"] > 0
+
+
+@pytest.mark.slow
+def test_fp16_tflite_parity(tmp_path):
+    """TFLite fp16 (weights stored as float16, computed in float32) of the paper's ResNet-DCN trunk against Keras.
+
+    Measured (this test, 19 detections on 2 images): 7.5e-5 in score, 3.8e-6 px in box, counts equal (seeds 3 to 5
+    without the heatmap spread: at most 5.5e-5 and 7.6e-6 px). Tolerances: 2e-4 in score, 1e-4 px in box; the threshold
+    sits in a gap wider than twice the score tolerance, so no peak within tolerance can cross it."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from kdet.export import export_tflite, load_runner
+    from tests.testing import compare_detections, keras_outputs
+
+    keras.utils.set_random_seed(4)
+    m = tiny(image_size=(64, 96), max_detections=50, deformable=True)
+    images = random_images(m, 2, seed=4)
+    m(images)
+    rng = np.random.default_rng(4)
+    spread = ((m.head.heatmap[-1], 1.0, [-2.19] * 3), (m.head.size[-1], 0.3, [4.0, 6.0]),
+              (m.head.offset[-1], 0.1, [0.5, 0.5]))                     # scores and boxes that vary with the image
+    for conv, std, bias in spread:
+        conv.kernel.assign(rng.normal(0, std, conv.kernel.shape).astype(np.float32))
+        conv.bias.assign(bias)
+    out = m(images)
+    scores = centernet_decode(out["heatmap"], out["size"], out["offset"], (64, 96), 4, 1000, 0.0)["scores"].numpy()
+    ranked = np.sort(scores[scores > 0])[::-1]
+    gaps = ranked[5:-1] - ranked[6:]                         # keep 6 or more peaks: where the widest gap is
+    cut = 5 + int(np.argmax(gaps))
+    m.score_threshold = float(ranked[cut] + ranked[cut + 1]) / 2
+    assert gaps.max() / 2 > 2e-4, gaps.max()                 # no peak within the score tolerance of the threshold
+    path = export_tflite(m, tmp_path / "model_fp16.tflite", quantize="fp16")
+    # Every weight is stored in float16: no float32 constant of 64 values or more is left (the converter merges
+    # equal constants, so the float16 count is not the kernels' sum: the deformable convs' kernels are MatMul weights).
+    stored = flatbuffer_utils.read_model(str(path))
+    constants = [(t.type, int(np.prod(t.shape))) for sg in stored.subgraphs for t in sg.tensors
+                 if stored.buffers[t.buffer].data is not None]
+    assert not [n for kind, n in constants if kind == schema.TensorType.FLOAT32 and n >= 64]
+    assert sum(n for kind, n in constants if kind == schema.TensorType.FLOAT16) >= 36864   # the largest kernel
+    report = compare_detections(keras_outputs(m, images), load_runner(path)(images), box_atol=1e-4, score_atol=2e-4,
+                                name="tflite fp16")
+    assert report["detections"] >= 5, report
+    print("fp16 TFLite vs Keras:", report)

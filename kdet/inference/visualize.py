@@ -155,6 +155,27 @@ def draw_instance_masks(image, masks, classes, scores=None, score_threshold=0.0,
     return np.round(out).astype(np.uint8)
 
 
+def heat_colors(heat):
+    """heat [..] in 0..1 -> RGB uint8 [.., 3] on a black-red-yellow-white ramp (each third of the range lifts one
+    channel: red, then green, then blue)."""
+    heat = np.clip(np.asarray(heat, np.float64), 0.0, 1.0)
+    ramp = np.stack([np.clip(3 * heat - k, 0.0, 1.0) for k in range(3)], axis=-1)
+    return np.round(255 * ramp).astype(np.uint8)
+
+
+def draw_heatmap(image, heat, alpha=0.7):
+    """The heatmap heat [H, W] (0..1, on the image's pixels) blended over image [H, W, 3]: each pixel takes
+    alpha * heat of the heat colour (`heat_colors`), so cold regions show the image and peaks glow.
+    Returns a new uint8 [H, W, 3] image."""
+    image = rgb_uint8(image)
+    heat = np.clip(np.asarray(heat, np.float64), 0.0, 1.0)
+    if heat.shape != image.shape[:2]:
+        raise DataError("heatmap", f"shape {heat.shape} does not match the image {image.shape[:2]}")
+    weight = (alpha * heat)[..., None]
+    blended = (1.0 - weight) * image.astype(np.float64) + weight * heat_colors(heat).astype(np.float64)
+    return np.round(blended).astype(np.uint8)
+
+
 def draw_segmentation(image, mask, num_classes, alpha=0.5, background_index=0):
     """Colour overlay of a semantic mask in the VOC palette.
 

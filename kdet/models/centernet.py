@@ -125,6 +125,12 @@ class CenterNet(Detector):
                             for key in HEAD_KEYS})
         return outputs
 
+    def heatmaps(self, images):
+        """images [B, H, W, 3] 0..255 -> per-class centre probabilities [B, ceil(H / 4), ceil(W / 4), C] of the
+        last map (sigmoid of the heatmap logits); cell (i, j) covers input pixels [4i, 4i + 4) x [4j, 4j + 4).
+        What `kdet predict --heatmap` draws."""
+        return tf.sigmoid(self(images, training=False)["heatmap"])
+
     def encode_targets(self, targets, image_size):
         """{"boxes": [B, M, 4] yxyx pixels, "labels": [B, M] (-1 padding)} -> kdet.ops.heatmap.centernet_targets:
         {"heatmap": [B, h, w, C], "indices": [B, M], "sizes": [B, M, 2], "offsets": [B, M, 2], "mask": [B, M]}."""
