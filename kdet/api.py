@@ -52,7 +52,8 @@ def evaluate(config, overrides=(), split="test", checkpoint=None, metric="both",
 
 
 def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpoint=None, score_threshold=0.3,
-            tiled=False, save_images=True, save_json=True, save_format="auto", precision="float32", fold_bn=True):
+            tiled=False, save_images=True, save_json=True, save_format="auto", precision="float32", fold_bn=True,
+            heatmap=False):
     """Detect objects in images: files, folders, glob patterns, or numpy arrays / tensors ([H, W, 3] or
     [B, H, W, 3]). Writes per image <name>.png or .jpg (boxes, labels, instance masks drawn) and <name>.json into
     `out_dir` (None: write nothing); output names never collide (`kdet.inference.inputs`).
@@ -63,6 +64,7 @@ def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpo
     "masks" as COCO RLE). Semantic models write <name>.png as a colour overlay, <name>_mask.png (class ids) and
     <name>.json (pixels per class); `tiled=True` segments at the image's own resolution by overlap-tile prediction.
     precision / fold_bn: run an inference copy ("bfloat16" compute, BN folded; kdet.models.inference_copy).
+    heatmap: also write <name>_heatmap.png, the class-max heatmap over the image (models with heatmaps: CenterNet).
     """
     if config is None:
         if not checkpoint:
@@ -75,12 +77,14 @@ def predict(config=None, images=(), out_dir="predictions", overrides=(), checkpo
         class_names = build.class_names_of(model, config)
     model = _inference(model, precision, fold_bn)
     if model.task == "semantic":
+        if heatmap:
+            raise KdetError("--heatmap: segmentation models have no heatmaps")
         from kdet.eval.semantic import predict_files as predict_semantic
         from kdet.inference.inputs import image_paths
         return predict_semantic(model, image_paths(images), out_dir, class_names, tiled=tiled)
     from kdet.inference.predict import predict_images
     return predict_images(model, images, out_dir, class_names, score_threshold, resize=resize,
-                          save_images=save_images, save_json=save_json, save_format=save_format)
+                          save_images=save_images, save_json=save_json, save_format=save_format, heatmap=heatmap)
 
 
 def export(config=None, overrides=(), formats=None, quantize=None, checkpoint=None, out_dir=None, name=None,

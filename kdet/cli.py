@@ -213,29 +213,6 @@ def _print_figures(results):
             print(f"{key:<22} {value}")
 
 
-def _predict_with_heatmaps(config, images, out_dir, overrides, checkpoint, score_threshold, tiled, save_images,
-                           save_json, save_format, precision, fold_bn):
-    """`kdet predict --heatmap`: api.predict for detectors, plus <name>_heatmap.png per image; models without
-    heatmaps refuse. Stands in until api.predict takes `heatmap=` (kdet/api.py belongs to another session)."""
-    from kdet import api
-    from kdet.config import load_config
-    from kdet.inference.predict import predict_images
-    if tiled:
-        raise KdetError("--heatmap: --tiled is for segmentation models, which have no heatmaps")
-    if config is None:
-        if not checkpoint:
-            raise KdetError("predict needs a config (--config) or a model file (--checkpoint model.keras)")
-        model, resize = api.build.load_model_file(checkpoint), "stretch"
-        class_names = list(model.class_names or [str(i) for i in range(model.num_classes)])
-    else:
-        config = load_config(config, overrides)
-        model, resize = api.build.load_trained_model(config, checkpoint), config.data.resize
-        class_names = api.build.class_names_of(model, config)
-    return predict_images(api._inference(model, precision, fold_bn), images, out_dir, class_names, score_threshold,
-                          resize=resize, save_images=save_images, save_json=save_json, save_format=save_format,
-                          heatmap=True)
-
-
 def _run(args):
     import kdet.api as api
     if args.command == "train":
@@ -269,11 +246,10 @@ def _run(args):
         from kdet.inference.predict import summary_line
         if args.config is None and args.overrides:
             raise KdetError("--set needs --config")
-        predict = _predict_with_heatmaps if args.heatmap else api.predict
-        results = predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
-                          args.score_threshold, tiled=args.tiled, save_images=args.save_images,
-                          save_json=args.save_json, save_format=args.save_format, precision=args.precision,
-                          fold_bn=args.fold_bn)
+        results = api.predict(args.config, args.images, args.out, args.overrides, args.checkpoint,
+                              args.score_threshold, tiled=args.tiled, save_images=args.save_images,
+                              save_json=args.save_json, save_format=args.save_format, precision=args.precision,
+                              fold_bn=args.fold_bn, heatmap=args.heatmap)
         for r in results:
             print(f"{r['image']}: pixels per class {r['pixels']}" if "pixels" in r else summary_line(r))
         written = [what for what, wanted in (("pictures", args.save_images), ("JSON", args.save_json)) if wanted]
