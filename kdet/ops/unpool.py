@@ -3,13 +3,15 @@
 Both paths use one argmax encoding, TensorFlow's `max_pool_with_argmax(include_batch_in_index=True)`: the flat
 index ((b * H + y) * W + x) * C + c of the maximum in the input [B, H, W, C], int32. So the pooling of one path
 can be unpooled by the other. The TF path is `tf.nn.max_pool_with_argmax` + scatter; with
-`builtins_only_enabled()` (TFLite has no MaxPoolWithArgmax builtin) the twins pool by space_to_depth / argmax
-and unpool by equality masks / depth_to_space (no scatter, no integer division: TFLite's int32 FLOOR_DIV /
-FLOOR_MOD made the earlier one_hot twin slower than TensorFlow's scatter). Windows are pool_size x pool_size with stride pool_size, no padding
-(rows / columns past the last full window are dropped, as padding="VALID").
+`builtins_only_enabled()` (TFLite has no MaxPoolWithArgmax builtin) the twins use neither scatter, gather, ARG_MAX
+nor integer division (with TFLite's int32 FLOOR_DIV / FLOOR_MOD, ARG_MAX and strided slices the earlier pooling
+twin took 2-6x the TF op's time at SegNet's shapes, benchmarks/bench_unpool.py): pooling is MAX_POOL_2D plus one equality select per
+window slot (space_to_depth split), unpooling one equality mask per slot and depth_to_space. Windows are
+pool_size x pool_size with stride pool_size, no padding (rows / columns past the last full window are dropped, as
+padding="VALID").
 
 Ties: the first maximum of the window in row-major order wins (top-left before top-right before bottom-left),
-which is what the TF kernel does and what tf.argmax does on the space_to_depth slots; tests pin it.
+which is what the TF kernel does and what the twin's last-to-first selects give; tests pin it.
 """
 import tensorflow as tf
 
