@@ -39,14 +39,13 @@ def run_name(config_path):
 def bfloat16_with_float32_layers(model, patterns):
     """The bfloat16 inference copy with the layers whose path matches a pattern computing in float32."""
     copy = inference_model(model, precision="bfloat16", fold_bn=True)
-    matched = [layer.path for layer in copy._flatten_layers(include_self=False, recursive=True)
-               if any(re.search(p, layer.path) for p in patterns)]
-    if not matched:
+    layers = [layer for layer in copy._flatten_layers(include_self=False, recursive=True)
+              if any(re.search(p, layer.path or layer.name) for p in patterns)]
+    if not layers:
         raise SystemExit(f"--float32-layers {patterns}: no layer path matches")
-    for layer in copy._flatten_layers(include_self=False, recursive=True):
-        if layer.path in matched:
-            layer.dtype_policy = "float32"
-    return copy, matched
+    for layer in layers:
+        layer.dtype_policy = "float32"
+    return copy, [layer.path or layer.name for layer in layers]
 
 
 def evaluate_precision(model, config, dataset, precision, float32_layers=()):
