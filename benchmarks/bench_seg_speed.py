@@ -11,8 +11,7 @@ encoder's argmax, 11 classes as on CamVid). Each model is exported with kdet.exp
 TFLite float32, builtins only) and all three runtimes are timed round-robin (benchmarks/speed_common.py) on the same
 uint8 image (batch 1, one call of each runtime per round) after one warm-up call each, so machine noise hits them
 alike. Prints median (min-max) latency per runtime, the median (min-max) of its per-round ratio to Keras, the load
-average, and the largest probability difference to Keras
-(a parity check).
+average, and the largest probability difference to Keras (a parity check).
 """
 import argparse
 import json
