@@ -89,3 +89,33 @@ def test_paths_are_interchangeable_and_work_in_a_graph():
 
         np.testing.assert_array_equal(round_trip(x).numpy(), unpool_reference(tf_values, tf_argmax, x.shape))
         assert round_trip(x[:1]).shape == (1, 10, 14, 5)
+
+
+@pytest.mark.parametrize("shape,k", [((2, 9, 11, 3), 2), ((1, 9, 12, 2), 3)])
+def test_tflite_twins_equal_default_ops_with_ties_and_use_no_division_or_scatter(shape, k):
+    """Converted with TFLITE_BUILTINS only, the pool + unpool twins give the default ops' argmax and unpooled map
+    (ties, odd sizes, decoder values that are not the pooled ones), and the graph is the scatter-free,
+    division-free formulation (TFLite's int32 FLOOR_DIV / FLOOR_MOD and ARG_MAX made the earlier twins slow)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def pool_unpool(x, decoder):
+        _, argmax = max_pool_with_argmax(x, k)
+        return {"argmax": argmax, "unpooled": max_unpool(decoder, argmax, shape, k)}
+
+    pooled = (shape[0], shape[1] // k, shape[2] // k, shape[3])
+    module = tf.Module()
+    module.run = tf.function(pool_unpool, input_signature=[tf.TensorSpec(shape), tf.TensorSpec(pooled)])
+    with builtins_only():
+        concrete = module.run.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=1)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not ops & {"FLOOR_DIV", "FLOOR_MOD", "ARG_MAX", "ONE_HOT", "SCATTER_ND", "GATHER", "GATHER_ND"}, ops
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, shape).astype(np.float32)  # many ties
+    decoder = rng.normal(0, 1, pooled).astype(np.float32)
+    result = interpreter.get_signature_runner()(x=x, decoder=decoder)
+    expected = {key: value.numpy() for key, value in pool_unpool(x, decoder).items()}  # the default TF ops
+    np.testing.assert_array_equal(result["argmax"], expected["argmax"])
+    np.testing.assert_array_equal(result["unpooled"], expected["unpooled"])
