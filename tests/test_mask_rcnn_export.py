@@ -2,8 +2,9 @@
 masks; `serving_bytes` maps the masks to each image's own size; `kdet serve` answers with RLE masks.
 
 Masks are compared per detection by IoU (a pixel whose pasted probability sits at the 0.5 threshold may flip between
-runtimes): >= 0.98 for the float artifacts. (The int8 TFLite export of this model crashed the TFLite quantiser with a
-segmentation fault on 2026-12-04: not covered here yet.)
+runtimes): >= 0.98 for the float artifacts. The int8 TFLite (backbone, FPN, RPN head and box head int8; proposals,
+RoI pooling, decode and the mask branch float) is judged like the other detectors' int8 exports: most of Keras'
+detections found again, with their masks.
 """
 import base64
 import json
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from pycocotools import mask as mask_utils
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
 
 from kdet.data.shapes import make_shapes
 from kdet.eval.detection import masks_to_original
@@ -26,6 +29,11 @@ from tests.testing import check_export_parity, compare_detections, encode_png, m
 
 SIZE = (64, 64)
 MASK_IOU = 0.98
+# int8, measured on this fixture's model (12 steps, 2026-12-04): on its 3 images Keras keeps 2 detections, int8 4,
+# 1 of the 2 matched (box error 0.14 px, mask IoU 0.986); on 8 images at their own threshold 2 of 2 matched, mask
+# IoU 0.69 / 0.70. A barely trained 64 x 64 model scores near its threshold, so the bars are low (the shapes model
+# in docs/mask_rcnn.md is the accuracy figure); they still fail a broken export (nothing matched, IoU ~0).
+MATCHED, MEAN_MASK_IOU = 0.5, 0.5
 # No proposal cap binds at inference (341 anchors at 64 x 64): a cut among near-tied objectness values could keep
 # another proposal in TFLite than in TF (tests/test_faster_rcnn.py).
 ARGS = dict(TINY, rpn_pre_nms_top_n_test=4096, rpn_post_nms_top_n_test=4096, max_detections=100)
@@ -121,6 +129,40 @@ def test_kdet_serve_returns_rle_masks_of_the_real_model(float_reports):
     decoded = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()}) for r in row["masks"]])
     np.testing.assert_array_equal(decoded, want["masks"][0])
     assert row["num_detections"] == int(want["num_detections"][0])
+
+
+def int8_ops(path):
+    """[(subgraph, op name, first output's name, True if any output is int8)] of a .tflite file."""
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model(str(path))
+    rows = []
+    for index, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            outputs = [subgraph.tensors[i] for i in op.outputs if i >= 0]
+            rows.append((index, names[max(code.builtinCode, code.deprecatedBuiltinCode)], outputs[0].name.decode(),
+                         any(t.type == schema.TensorType.INT8 for t in outputs)))
+    return rows
+
+
+@pytest.mark.slow
+def test_int8_tflite_finds_the_keras_detections_and_masks(trained, tmp_path):
+    """int8 TFLite, builtins only: the network int8, proposals / RoI pooling / decode / mask branch float32; on the
+    briefly trained model it finds most of Keras' detections with their masks. (Before: a SIGFPE in calibration, a
+    pyramid level without RoIs, then a segmentation fault in TF's quantiser on the -inf / -FLT_MAX ranges.)"""
+    model, images = trained
+    calibration = np.stack([r.image for r in make_shapes(16, SIZE, seed=0, min_objects=1, max_objects=4).records])
+    reports = check_export_parity(model, images, tmp_path, formats=("tflite_int8",),
+                                  representative_images=calibration)
+    report = reports["tflite_int8"]
+    print("Mask R-CNN int8 vs Keras:", report)
+    ops = int8_ops(tmp_path / "model_int8.tflite")
+    network = [row for row in ops if row[1] in ("CONV_2D", "FULLY_CONNECTED") and "kdet_decode" not in row[2]]
+    assert network and sum(row[3] for row in network) >= len(network) - 1, network  # all but fc6 (float input)
+    assert not [row for row in ops if row[3] and (row[0] > 0 or row[1] == "TOPK_V2" or "/proposals" in row[2]
+                                                  or "/box_roi_pool" in row[2])]
+    assert report["keras_detections"] >= 1, report
+    assert report["matched_fraction"] >= MATCHED and report["mean_mask_iou"] >= MEAN_MASK_IOU, report
 
 
 def test_mask_iou_comparison_catches_a_moved_mask():

@@ -90,3 +90,60 @@ def test_zero_area_boxes_in_tflite_nms_are_kept_once():
     kept = interpreter.get_signature_runner()(b=boxes, s=scores)["kept"]
     np.testing.assert_array_equal(nms(boxes, scores, 0.5).numpy(), [0, 1, 2, 3, 4])  # box 5 overlaps box 0
     np.testing.assert_array_equal(kept, [0, 1, 2, 3, 4])
+
+
+_RUN_REFERENCE_KERNELS = """
+import sys, numpy as np, tensorflow as tf
+interpreter = tf.lite.Interpreter(model_path=sys.argv[1], experimental_op_resolver_type=(
+    tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+run = interpreter.get_signature_runner()
+feeds = np.load(sys.argv[2])
+outputs = {}
+for i in range(int(feeds["count"])):
+    outputs[f"pooled{i}"] = run(features=feeds[f"features{i}"], coarse=feeds[f"coarse{i}"], boxes=feeds[f"boxes{i}"],
+                                box_indices=feeds[f"box_indices{i}"])["pooled"]
+np.savez(sys.argv[3], **outputs)
+"""
+
+
+def test_multiscale_twin_with_empty_levels_runs_on_tflite_reference_kernels(tmp_path):
+    """A pyramid level without RoIs (or no RoIs at all) on TF Lite's reference kernels, which int8 calibration runs
+    (tf.lite.Interpreter without delegates): the regrouping's SCATTER_ND once had a zero-size output there, and the
+    kernel divides by the output's dimensions: SIGFPE, the process died. Run in a child process for that reason."""
+    import subprocess
+    import sys
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 12, 14, 4], name="features"),
+                                      tf.TensorSpec([1, 6, 7, 4], name="coarse"),
+                                      tf.TensorSpec([None, 4], name="boxes"),
+                                      tf.TensorSpec([None], tf.int32, name="box_indices")])
+        def run(self, features, coarse, boxes, box_indices):
+            return {"pooled": multiscale_roi_align([features, coarse], boxes, box_indices, 2, (4, 8),
+                                                   canonical_scale=8, canonical_level=2)}
+
+    module = Module()
+    with builtins_only():
+        concrete = module.run.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    (tmp_path / "model.tflite").write_bytes(converter.convert())
+    rng = np.random.default_rng(0)
+    small = np.array([[0, 0, 4, 4], [8, 8, 14, 12], [20, 30, 26, 34]], np.float32)       # all on the fine level
+    large = np.array([[0, 0, 40, 48], [4, 8, 30, 50]], np.float32)                        # all on the coarse level
+    feeds, expected = {}, []
+    for i, boxes in enumerate((small, large, np.zeros((0, 4), np.float32))):
+        feed = {"features": rng.normal(0, 1, (1, 12, 14, 4)).astype(np.float32),
+                "coarse": rng.normal(0, 1, (1, 6, 7, 4)).astype(np.float32), "boxes": boxes,
+                "box_indices": np.zeros(len(boxes), np.int32)}
+        feeds.update({f"{k}{i}": v for k, v in feed.items()})
+        expected.append(module.run(**feed)["pooled"].numpy())  # the default (CropAndResize) path
+    np.savez(tmp_path / "feeds.npz", count=3, **feeds)
+    run = subprocess.run([sys.executable, "-c", _RUN_REFERENCE_KERNELS, str(tmp_path / "model.tflite"),
+                          str(tmp_path / "feeds.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, f"reference kernels: exit {run.returncode}\n{run.stderr[-2000:]}"
+    result = np.load(tmp_path / "out.npz")
+    assert [len(e) for e in expected] == [3, 2, 0]
+    for i, want in enumerate(expected):
+        np.testing.assert_allclose(result[f"pooled{i}"], want, atol=1e-4)

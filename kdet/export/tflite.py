@@ -9,14 +9,14 @@ Never `model.export(format="litert")`: it adds SELECT_TF_OPS silently, and no Fl
 
 int8: the network is quantised, decoding + NMS stay float. Measured: with NMS (or the box arithmetic feeding it)
 inside the int8 graph, counts drift or a DIV kernel fails. The decode is traced under the name scope `kdet_decode`;
-after calibration every tensor of that scope (and any `keep_float` scope) loses its calibration range and is
-denylisted from quantisation (`tf.lite.experimental.QuantizationDebugger`), so the int8 network ends in a
-DEQUANTIZE and decode, NMS included, runs in float32.
+after calibration every tensor of that scope (and any `keep_float` scope, and any scope the model lists in
+`tflite_float_scopes`) loses its calibration range and is denylisted from quantisation (TF's mlir_quantize
+`denylisted_nodes`), so the int8 network ends in a DEQUANTIZE and decode, NMS included, runs in float32. Tensors
+whose calibrated range is a sentinel (not finite, or beyond +-1e30) stay float32 as well.
 """
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import keras
@@ -31,6 +31,10 @@ from kdet.ops.mode import builtins_only
 
 DECODE_SCOPE = "kdet_decode"
 QUANTIZE_MODES = (None, "fp16", "int8")
+# TOPK_V2 is multi-output, so the node denylist misses it, and the quantiser made it int8 inside float scopes (a
+# QUANTIZE inserted before it: Faster R-CNN's proposal top-k, the decode's score top-k): every TOPK_V2 stays float32.
+FLOAT_OPS = ("TOPK_V2",)
+UNBOUNDED_RANGE = 1e30  # a calibrated |min| or |max| above it is a sentinel, not an activation range
 
 
 def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True):
@@ -61,7 +65,8 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         _write_builtins_saved_model(model, staging)
         converter = _converter(staging, quantize)
         if quantize == "int8":
-            flatbuffer = _convert_int8(converter, representative_images, (DECODE_SCOPE,) + tuple(keep_float))
+            scopes = (DECODE_SCOPE,) + tuple(getattr(model, "tflite_float_scopes", ())) + tuple(keep_float)
+            flatbuffer = _convert_int8(converter, representative_images, scopes)
         else:
             flatbuffer = _convert(converter)
     finally:
@@ -158,14 +163,22 @@ def _check_images(model, images):
 
 
 def _convert_int8(converter, images, float_scopes):
-    """Calibrate on `images`, then quantise everything except the tensors of `float_scopes`.
+    """Calibrate on `images`, then quantise everything except the tensors of `float_scopes` and the tensors whose
+    calibrated range no int8 scale can hold.
 
-    Two measures are needed (measured on the tiny detectors of tests/testing.py): the quantiser's node denylist only
-    matches ops whose location is a single name, so multi-output ops (TOPK_V2, SPLIT, NMS) and fused ops ("a;b")
-    slip through it; an op whose tensors carry no calibration range is never quantised, so those ranges are removed
-    from the calibrated model as well. With the denylist alone TANH/LOGISTIC/MIN/MAX of the decode stay int8; with
-    both, the decode (and its WHILE body) is float32 and the network ends in a DEQUANTIZE.
+    Two measures keep a scope float (measured on the tiny detectors of tests/testing.py): the quantiser's node
+    denylist only matches ops whose location is a single name, so multi-output ops (TOPK_V2, SPLIT, NMS) and fused
+    ops ("a;b") slip through it; an op whose tensors carry no calibration range is never quantised, so those ranges
+    are removed from the calibrated model as well. With the denylist alone TANH/LOGISTIC/MIN/MAX of the decode stay
+    int8; with both, the decode (and its WHILE body) is float32 and the network ends in a DEQUANTIZE.
+
+    Calibration and quantisation are TF's two steps (calibrate_only, then mlir_quantize) called directly, the calls
+    QuantizationDebugger makes, without its numeric-verify debug model: that one is quantised from the untouched
+    ranges, and a range of -inf (log of an empty box's area in the RoI level rule) or +-3.4e38 (the -FLT_MAX fill
+    before a top-k) crashed TF 2.21's quantiser with a segmentation fault (ConvertStatsToQDQs; Mask R-CNN).
     """
+    from tensorflow.lite.python import convert
+
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
     def dataset():
@@ -173,17 +186,32 @@ def _convert_int8(converter, images, float_scopes):
             yield [image[None]]
 
     converter.representative_dataset = dataset
-    with warnings.catch_warnings():  # the debugger runs TF's deprecated tf.lite.Interpreter internally
-        warnings.simplefilter("ignore")
-        try:
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset)
-        except Exception as error:
-            _raise_if_unsupported(error)
-            raise
-        float_tensors = tensors_in_scopes(debugger.calibrated_model, float_scopes)
-        debugger.calibrated_model = _without_calibration(debugger.calibrated_model, set(float_tensors))
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_tensors)
-        return debugger.get_nondebug_quantized_model()
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # noqa: SLF001  (TF's own two-step path, as the debugger's)
+    calibrated = _convert(converter)
+    float_tensors = set(tensors_in_scopes(calibrated, float_scopes)) | set(unbounded_tensors(calibrated))
+    calibrated = _without_calibration(calibrated, float_tensors)
+    return convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,  # noqa
+                                 fully_quantize=False, enable_numeric_verify=False,
+                                 denylisted_ops=list(FLOAT_OPS), denylisted_nodes=sorted(float_tensors))
+
+
+def unbounded_tensors(flatbuffer, limit=UNBOUNDED_RANGE):
+    """Names of the calibrated tensors (all subgraphs) whose recorded min or max is not finite or beyond +-limit:
+    sentinels (-FLT_MAX fills, log(0) = -inf) that no int8 scale represents; they stay float32."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    names = set()
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            q = tensor.quantization
+            if q is None or q.min is None or q.max is None or not len(q.min):
+                continue
+            bounds = np.concatenate([np.asarray(q.min, np.float64), np.asarray(q.max, np.float64)])
+            if not np.all(np.isfinite(bounds)) or np.max(np.abs(bounds)) > limit:
+                names.add(tensor.name.decode())
+    return sorted(names)
 
 
 def _without_calibration(flatbuffer, names):

@@ -91,6 +91,9 @@ class FasterRCNN(Detector):
     """
 
     loss_names = ("rpn_objectness", "rpn_box_regression", "classification", "box_regression")
+    # int8 TFLite (kdet.export.tflite): proposal decoding + NMS and the RoI pooling's box arithmetic (level rule,
+    # bilinear weights) stay float32; the backbone, FPN, RPN head and box head are quantised.
+    tflite_float_scopes = ("proposals", "box_roi_pool")
 
     def __init__(self, num_classes, image_size=(800, 1088), max_detections=100, label_ids=None, backbone="resnet_fpn",
                  depth=50,

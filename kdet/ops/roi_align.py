@@ -161,7 +161,9 @@ def run_by_group(group_ids, group_values, compute):
         results.append(compute(value, indices))
     order = tf.concat(orders, axis=0)
     num = tf.shape(group_ids)[0]
-    inverse = tf.scatter_nd(order[:, None], tf.range(num), [num])
+    # One spare slot, cut off again: TF Lite's reference SCATTER_ND (tf.lite.Interpreter, which int8 calibration
+    # runs) divides by the output's dimensions, so an empty group_ids (a pyramid level without RoIs) raised SIGFPE.
+    inverse = tf.scatter_nd(order[:, None], tf.range(num), [num + 1])[:num]
     return tf.gather(tf.concat(results, axis=0), inverse)
 
 
