@@ -180,8 +180,7 @@ def retinanet_stages(size=512):
     t["head"], outputs = torch_stage(reference.head, features)
     t["postprocess"], _ = torch_stage(postprocess, images, features, outputs)
     t["nms"] = nms_stage(tv_retinanet.box_ops, "batched_nms", t["postprocess"], torch_replay)
-    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels),
-           "torchvision": lambda: torch_stage(reference, [tensor])[0]()}
+    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels), "torchvision": torch_stage(reference, [tensor])[0]}
     return {"input": f"{size}x{size}", "contenders": e2e}, k, t
 
 
@@ -223,8 +222,7 @@ def ssd300_stages():
     t["head"], outputs = torch_stage(reference.head, features)
     t["postprocess"], _ = torch_stage(postprocess, images, features, outputs)
     t["nms"] = nms_stage(tv_ssd.box_ops, "batched_nms", t["postprocess"], torch_replay)
-    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels),
-           "torchvision": lambda: torch_stage(reference, [tensor])[0]()}
+    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels), "torchvision": torch_stage(reference, [tensor])[0]}
     return {"input": "300x300", "contenders": e2e}, k, t
 
 
