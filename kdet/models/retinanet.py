@@ -240,8 +240,9 @@ def top_scores_above(logits, k, score_threshold):
         count = tf.minimum(k, tf.size(candidates))
         scores, order = tf.math.top_k(tf.sigmoid(tf.gather(pairs, candidates)), k=count)
         padding = [[0, k - count]]
-        scores = tf.ensure_shape(tf.pad(scores, padding), [size])
-        return scores, tf.ensure_shape(tf.pad(tf.gather(flat_index, tf.gather(candidates, order)), padding), [size])
+        shape = [-1 if size is None else size]  # a static length for the cond (a reshape: TFLite has no EnsureShape)
+        scores = tf.reshape(tf.pad(scores, padding), shape)
+        return scores, tf.reshape(tf.pad(tf.gather(flat_index, tf.gather(candidates, order)), padding), shape)
 
     def one_image(rows):
         anchors = tf.cast(tf.reshape(tf.where(tf.reduce_max(rows, axis=-1) > bound), [-1]), tf.int32)
