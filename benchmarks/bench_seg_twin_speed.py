@@ -82,7 +82,8 @@ def speed_pair(size=512, export=True, threads=2):
             notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
             contenders[f"kdet_{fmt}"] = (lambda r: lambda: r(image))(runner)
             calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [1, {size}, {size}, 3]"
-    return {"input": f"{size}x{size}", "contenders": contenders, "calls": calls, "notes": notes}
+    return {"input": f"{size}x{size}", "contenders": contenders, "calls": calls, "notes": notes,
+            "model": model, "reference": reference, "image": image}  # the last three for profile_stages.py
 
 
 def main():

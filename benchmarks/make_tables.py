@@ -2,6 +2,7 @@
 
     python3 benchmarks/make_tables.py            # rewrite the block of README.md from benchmarks/results/speed.json
     python3 benchmarks/make_tables.py --check    # exit 1 if README.md's block differs from the JSON's rendering
+    python3 benchmarks/make_tables.py --profile runs/bench/profile.json   # print the per-stage table (Markdown)
 
 The block sits between START and END (HTML comments, invisible on GitHub); everything else in README.md is left
 as it is. tests/test_bench_harness.py checks that the committed README and JSON agree.
@@ -119,6 +120,26 @@ def render(record):
     return "\n".join(lines + [END])
 
 
+def profile_table(record):
+    """The per-stage table of benchmarks/profile_stages.py's JSON (Markdown lines): kdet and torchvision ms
+    (median, min-max) and the per-round ratio of every stage, then the end-to-end row; the load next to each pair."""
+    def ms(timing):
+        return f"{timing['median_ms']:.1f} ({timing['min_ms']:.1f}-{timing['max_ms']:.1f})"
+
+    def ratio(r):
+        return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+    lines = ["| pair | stage | kdet ms | torchvision ms | kdet / torchvision per round |", "|---|---|---|---|---|"]
+    for name, pair in record["pairs"].items():
+        load = f"{name} {pair['input']} (load {pair['load_average_start'][0]} -> {pair['load_average_end'][0]})"
+        for stage, timing in list(pair["stages"].items()) + [("end to end", pair["end_to_end"])]:
+            kdet = next(k for k in timing["contenders"] if k != "torchvision")
+            lines.append(f"| {load} | {stage} | {ms(timing['contenders'][kdet])} | "
+                         f"{ms(timing['contenders']['torchvision'])} | {ratio(timing['ratios'][kdet])} |")
+            load = ""
+    return lines
+
+
 def replace_block(text, block):
     """text with its START..END block replaced; a clear error if the markers are missing or out of order."""
     start, end = text.find(START), text.find(END)
@@ -140,7 +161,11 @@ def main(argv=None):
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when they differ")
+    parser.add_argument("--profile", help="print the per-stage table of this profile_stages.py JSON and stop")
     args = parser.parse_args(argv)
+    if args.profile:
+        print("\n".join(profile_table(json.loads(Path(args.profile).read_text()))))
+        return
     record = json.loads(Path(args.results).read_text())
     readme = Path(args.readme)
     text = readme.read_text()

@@ -3,6 +3,7 @@
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py                  # all pairs, 7 rounds
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py --only retinanet --rounds 9
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py --quick          # 3 rounds, no exports: a smoke run
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py --profile        # + per-stage profiles
     python3 benchmarks/make_tables.py                                               # README's block from the JSON
 
 Pairs (same seeded weights on both sides, batch 1, one image): Faster R-CNN R50-FPN 640x480, RetinaNet R50-FPN 512
@@ -161,6 +162,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up, no exports (output: runs/bench/)")
     parser.add_argument("--skip-export", action="store_true", help="no SavedModel / TFLite contenders")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also the per-stage profile of each twin pair "
+                        "(benchmarks/profile_stages.py) of the pairs run, written next to the output as "
+                        "profile.json (benchmarks/results/profile.json for a full run)")
     parser.add_argument("--merge", action="store_true", help="replace only these pairs in an existing --output "
                         "(e.g. one that failed); the machine record keeps the first run's start")
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/speed.json for a "
@@ -221,6 +225,10 @@ def main(argv=None):
         record["wall_seconds"] = earlier_seconds + round(time.perf_counter() - start)
         output.write_text(json.dumps(record, indent=1) + "\n")  # after every pair: a crash keeps the rest
     print(f"[run_all] wrote {output}", flush=True)
+    if args.profile:
+        import profile_stages
+        profiled = [name for name in names if name in profile_stages.PAIRS]
+        profile_stages.run(profiled, args.rounds, args.warmup, args.threads, output.parent / "profile.json")
 
 
 if __name__ == "__main__":

@@ -169,10 +169,9 @@ class RetinaNet(Detector):
         boxes, scores, classes = [], [], []
         for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, anchors_per_level):
             batch = tf.shape(level_logits)[0]
-            flat = tf.reshape(tf.sigmoid(level_logits), [batch, count * columns])
             k = min(self.topk_candidates, count * columns) if isinstance(count, int) else \
                 tf.minimum(self.topk_candidates, count * columns)
-            top_scores, top = tf.math.top_k(flat, k=k)
+            top_scores, top = top_scores_above(level_logits, k, self.score_threshold)
             anchor_index = top // columns
             label = tf.gather(tf.constant(column_to_label), top % columns)  # -1: a column no class uses
             level_boxes = decode_boxes(tf.gather(level_deltas, anchor_index, batch_dims=1),
@@ -201,6 +200,59 @@ class RetinaNet(Detector):
                       image_mean=list(self.image_mean), image_std=list(self.image_std),
                       label_ids=list(self.label_ids))
         return config
+
+
+def top_scores_above(logits, k, score_threshold):
+    """The k best sigmoid scores of each image's (anchor, class) pairs, searched only where they can pass the
+    threshold.
+
+    Equal to `tf.math.top_k(tf.sigmoid(tf.reshape(logits, [B, A * C])), k)` wherever the score is >
+    score_threshold (values, flat indices and their order, ties by ascending index); the other slots hold scores
+    <= score_threshold, which decoding drops. A 512 x 512 input has 3.4 M (anchor, class) logits on P3 and a top-k
+    over all of them cost more than the whole rest of decoding, while usually a few hundred can pass (torchvision
+    also filters before its top-k): anchors whose best logit exceeds logit(score_threshold) minus a margin far
+    above float32 rounding are gathered first (a max over classes, then a small `where`), then their pairs.
+
+    Args:
+        logits: [B, A, C] float32.
+        k: int or scalar int32 tensor, <= A * C.
+        score_threshold: float.
+    Returns:
+        (scores [B, k] float32, indices [B, k] int32 into A * C) by descending score.
+    """
+    if score_threshold <= 0.0:
+        bound = float("-inf")
+    elif score_threshold >= 1.0:
+        bound = float("inf")
+    else:
+        bound = float(np.log(score_threshold / (1.0 - score_threshold))) - 1e-3
+    columns = logits.shape[-1]
+    size = k if isinstance(k, int) else None
+
+    def all_pairs(rows):
+        scores, indices = tf.math.top_k(tf.sigmoid(tf.reshape(rows, [-1])), k=k)
+        return scores, indices
+
+    def candidate_pairs(rows, anchors):
+        pairs = tf.reshape(tf.gather(rows, anchors), [-1])  # [A' * C], ascending flat index
+        flat_index = tf.reshape(anchors[:, None] * columns + tf.range(columns)[None, :], [-1])
+        candidates = tf.cast(tf.reshape(tf.where(pairs > bound), [-1]), tf.int32)
+        count = tf.minimum(k, tf.size(candidates))
+        scores, order = tf.math.top_k(tf.sigmoid(tf.gather(pairs, candidates)), k=count)
+        padding = [[0, k - count]]
+        shape = [-1 if size is None else size]  # a static length for the cond (a reshape: TFLite has no EnsureShape)
+        scores = tf.reshape(tf.pad(scores, padding), shape)
+        return scores, tf.reshape(tf.pad(tf.gather(flat_index, tf.gather(candidates, order)), padding), shape)
+
+    def one_image(rows):
+        anchors = tf.cast(tf.reshape(tf.where(tf.reduce_max(rows, axis=-1) > bound), [-1]), tf.int32)
+        # When most anchors pass (an untrained head), the filtering costs more than it saves: measured at
+        # 512 x 512 with a quarter of the pairs passing, the plain top-k took 0.7x the time of the filtered one.
+        dense = tf.size(anchors) * 4 > tf.shape(rows)[0]
+        return tf.cond(dense, lambda: all_pairs(rows), lambda: candidate_pairs(rows, anchors))
+
+    return tf.map_fn(one_image, logits, fn_output_signature=(tf.TensorSpec([size], tf.float32),
+                                                              tf.TensorSpec([size], tf.int32)))
 
 
 def sizes_of_levels(image_size, levels=(3, 4, 5, 6, 7)):

@@ -148,8 +148,15 @@ class _MultiBoxDetector(Detector):
         k = min(self.topk_candidates, num_boxes) if num_boxes is not None else \
             tf.minimum(self.topk_candidates, tf.shape(outputs["cls_logits"])[1])
         # Per class, the k-th best score: anything below it is not a candidate (top-k before NMS, torchvision).
-        kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # [B, C]
-        scores = tf.where(scores >= kth[:, None, :], scores, 0.0)
+        # Only scores above the threshold reach the NMS, so when no image has more than k of them in any class
+        # (the usual case) every one of them is in its class's top k and the top-k (0.5 ms per class at 300 x 300,
+        # most of the decoding time) is skipped: the same detections.
+        def top_k_only():
+            kth = tf.math.top_k(tf.transpose(scores, [0, 2, 1]), k=k).values[..., -1]  # [B, C]
+            return tf.where(scores >= kth[:, None, :], scores, 0.0)
+
+        passing = tf.reduce_sum(tf.cast(scores > self.score_threshold, tf.int32), axis=1)  # [B, C]
+        scores = tf.cond(tf.reduce_max(passing) > k, top_k_only, lambda: scores)
         return combined_nms(boxes, scores, self.max_detections, self.nms_iou_threshold, self.score_threshold)
 
     def _common_config(self):
