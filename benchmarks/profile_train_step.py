@@ -58,17 +58,18 @@ NUM_CLASSES = 3  # BCCD: RBC, WBC, platelets
 
 
 def _kdet_models():
-    from kdet.models import CenterNet, FasterRCNN, RetinaNet, SSD, YOLOv2
-    return {  # name: (config for the data, image size, batch, kdet model, torchvision builder or None)
-        "faster_rcnn": ("faster_rcnn_r50_fpn_bccd.yaml", 512, 2, lambda: FasterRCNN(NUM_CLASSES, image_size=(512, 512)),
-                        "fasterrcnn_resnet50_fpn"),
-        "retinanet": ("retinanet_r50_fpn_bccd.yaml", 512, 2, lambda: RetinaNet(NUM_CLASSES, image_size=(512, 512)),
-                      "retinanet_resnet50_fpn"),
-        "ssd300": ("ssd300_bccd.yaml", 300, 2, lambda: SSD(NUM_CLASSES, image_size=(300, 300)), "ssd300_vgg16"),
-        "yolov2": ("yolov2_bccd.yaml", 416, 2,
-                   lambda: YOLOv2(NUM_CLASSES, image_size=(416, 416), multiscale_sizes=()), None),
-        "centernet_r18": ("centernet_r18_bccd.yaml", 512, 2,
-                          lambda: CenterNet(NUM_CLASSES, image_size=(512, 512), depth=18, deformable=False), None),
+    """{name: (config for the data, image size, batch, model builder(config), torchvision twin or None)}: the twins
+    at torchvision's widths, YOLOv2 and CenterNet R18 as their BCCD configs build them (multi-scale off)."""
+    from kdet.build import build_model
+    from kdet.models import FasterRCNN, RetinaNet, SSD
+    return {
+        "faster_rcnn": ("faster_rcnn_r50_fpn_bccd.yaml", 512, 2,
+                        lambda config: FasterRCNN(NUM_CLASSES, image_size=(512, 512)), "fasterrcnn_resnet50_fpn"),
+        "retinanet": ("retinanet_r50_fpn_bccd.yaml", 512, 2,
+                      lambda config: RetinaNet(NUM_CLASSES, image_size=(512, 512)), "retinanet_resnet50_fpn"),
+        "ssd300": ("ssd300_bccd.yaml", 300, 2, lambda config: SSD(NUM_CLASSES, image_size=(300, 300)), "ssd300_vgg16"),
+        "yolov2": ("yolov2_bccd.yaml", 416, 2, build_model, None),
+        "centernet_r18": ("centernet_r18_bccd.yaml", 512, 2, build_model, None),
     }
 
 
@@ -143,9 +144,9 @@ def profile(name, spec, args):
     config_name, size, batch, make_model, twin = spec
     config = load_config(str(REPO / "configs" / config_name),
                          [f"data.path={args.data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}",
-                          "train.steps_per_epoch=1000"])
+                          "train.steps_per_epoch=1000"] + (["model.args.multiscale_sizes=[]"] if name == "yolov2" else []))
     data = load_split(config, "train")
-    model = make_model()
+    model = make_model(config)
     model(tf.zeros([1, size, size, 3]))
     dataset, _ = recipe.training_dataset(model, config, data)
     x, y = next(iter(dataset))
@@ -165,6 +166,7 @@ def profile(name, spec, args):
                "train_step_ms": med["kdet_train_step"]}
     step_rate = batch * 1000.0 / med["kdet_train_step"]
     return {"input": f"BCCD batch {batch} at {size}x{size} (recipe pipeline, augmented)", "twin": twin,
+            "model": f"{type(model).__name__}, {model.count_params()} parameters",
             "stages_ms": derived, "pipeline_images_per_s": round(rate, 2), "step_images_per_s": round(step_rate, 2),
             "pipeline_over_step": round(rate / step_rate, 2), "timing_seconds": round(time.perf_counter() - start, 1),
             "load_average_start": load_start, "load_average_end": load_average(), **timing}
