@@ -8,12 +8,14 @@ Contenders, timed round-robin (benchmarks/speed_common.round_robin) on one uint8
   predict            kdet's `Detector.predict` (the call Keras users make)
   keras_predict      Keras' own `keras.Model.predict` on the same model: what `predict` was before kdet's override
 Prints one JSON object (machine, load average before / after, per-contender median and min-max in ms, ratios to
-predict_on_batch).
+predict_on_batch): wall time, and with --cpu also the process CPU time of each call (time.process_time; on a
+shared machine the load changes wall times many-fold, CPU time much less).
 """
 import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -50,6 +52,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--cpu", action="store_true", help="also time process CPU per call (a second set of rounds)")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     model = build(args.model, args.size)
@@ -61,10 +64,13 @@ def main(argv=None):
     record = {"command": " ".join(["benchmarks/bench_predict_calls.py"] + (argv or sys.argv[1:])),
               "machine": machine(THREADS), "model": args.model, "input": f"uint8 [1, {size[0]}, {size[1]}, 3]",
               "predict_equals_predict_on_batch": bool(same)}
-    record.update(round_robin({"predict_on_batch": lambda: model.predict_on_batch(images),
-                               "predict": lambda: model.predict(images, verbose=0),
-                               "keras_predict": lambda: keras.Model.predict(model, images, verbose=0)},
-                              rounds=args.rounds, warmup=args.warmup, reference="predict_on_batch"))
+    contenders = {"predict_on_batch": lambda: model.predict_on_batch(images),
+                  "predict": lambda: model.predict(images, verbose=0),
+                  "keras_predict": lambda: keras.Model.predict(model, images, verbose=0)}
+    record["wall"] = round_robin(contenders, rounds=args.rounds, warmup=args.warmup, reference="predict_on_batch")
+    if args.cpu:
+        record["cpu"] = round_robin(contenders, rounds=args.rounds, warmup=0, reference="predict_on_batch",
+                                    clock=time.process_time)
     record["load_average_end"] = load_average()
     text = json.dumps(record, indent=1)
     print(text)
