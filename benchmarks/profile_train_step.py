@@ -142,9 +142,10 @@ def pipeline_rate(dataset, batches):
 
 def profile(name, spec, args):
     config_name, size, batch, make_model, twin = spec
-    config = load_config(str(REPO / "configs" / config_name),
-                         [f"data.path={args.data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}",
-                          "train.steps_per_epoch=1000"] + (["model.args.multiscale_sizes=[]"] if name == "yolov2" else []))
+    overrides = [f"data.path={args.data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}"]
+    if name == "yolov2":
+        overrides.append("model.args.multiscale_sizes=[]")  # one input signature: the step at 416
+    config = load_config(str(REPO / "configs" / config_name), overrides)
     data = load_split(config, "train")
     model = make_model(config)
     model(tf.zeros([1, size, size, 3]))
@@ -155,7 +156,8 @@ def profile(name, spec, args):
     rate = pipeline_rate(dataset, args.pipeline_batches)
     contenders = kdet_stages(model, x, y)
     if twin and torch is not None:
-        contenders["torchvision_forward_loss"], contenders["torchvision_train_step"] = torchvision_step(twin, size, x, y)
+        forward_loss, train_step = torchvision_step(twin, size, x, y)
+        contenders.update(torchvision_forward_loss=forward_loss, torchvision_train_step=train_step)
     start = time.perf_counter()
     timing = round_robin(contenders, rounds=args.rounds, warmup=args.warmup,
                          reference="torchvision_train_step" if "torchvision_train_step" in contenders else None)

@@ -63,7 +63,8 @@ def test_fit_after_train_on_batch_traces_only_the_new_signature(traces):
     model = TinyYOLOv2(3, image_size=(64, 64), width_multiplier=0.25, multiscale_sizes=())
     model.compile(optimizer="adam")
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    targets = {"boxes": np.array([[[8, 8, 40, 40]], [[16, 4, 60, 30]]], np.float32), "labels": np.array([[0], [2]], np.int32)}
+    targets = {"boxes": np.array([[[8, 8, 40, 40]], [[16, 4, 60, 30]]], np.float32),
+               "labels": np.array([[0], [2]], np.int32)}
     model.train_on_batch(images, targets)
     model.train_on_batch(images, targets)
     assert len(traces) == 1
