@@ -21,6 +21,7 @@ training recipe (kdet.training) applies both, whatever the model.
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kdet.ops.box_ops import convert_format
@@ -134,6 +135,25 @@ class Detector(keras.Model):
             targets["masks"] = y["masks"]
         return targets
 
+    def make_train_function(self, force=False):
+        """Keras' train function, with the model's and the optimizer's variables made first.
+
+        Without a distribution strategy Keras 3 (TF backend) defers building to the first train step, so variables
+        are created inside the trace and tf.function traces the whole step a second time without variable creation
+        (measured on a tiny RetinaNet through the recipe: two traces of one signature). Building here (fit and
+        train_on_batch both call this before their first step) leaves one trace per input signature: an unbuilt
+        model runs once eagerly at `image_size`, as `kdet.build.build_model` does, then the optimizer is built (unless
+        a layer is still unbuilt, e.g. one used in training only: then Keras' own deferred build)."""
+        def built():
+            return all(layer.built for layer in self._flatten_layers())
+
+        if not built():
+            self(tf.zeros([1, *self.image_size, 3]), training=False)
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built and built():  # else Keras builds both in the trace
+            optimizer.build(self.trainable_variables)
+        return super().make_train_function(force)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images = self.images_of(x)
         size = image_hw(images)
@@ -152,6 +172,24 @@ class Detector(keras.Model):
             detections = dict(detections, boxes=convert_format(detections["boxes"], "yxyx",
                                                                self.bounding_box_format, height=height, width=width))
         return detections
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Keras' `predict`; arrays and tensors (or a dict of them) enter through a plain tf.data pipeline
+        (`from_tensor_slices(x).batch(batch_size or 32)`, autotuning and graph rewrites off) instead of Keras' array
+        adapter, whose per-call pipeline (batched index slicing, a parallel map traced anew every call, autotuned
+        prefetch) cost more CPU than the model's own predict function (SSD300 batch 1: 815-900 against 747-787
+        CPU-ms per call) and issue 18 measured `predict` bimodal per call on 2 cores (benchmarks/
+        bench_predict_calls.py times both). Outputs are exactly `predict_on_batch`'s, batch by batch; datasets,
+        generators, lists and PyDatasets go to Keras unchanged."""
+        arrays = isinstance(x, (np.ndarray, tf.Tensor)) or (
+            isinstance(x, dict) and all(isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in x.values()))
+        if arrays:
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            options.experimental_optimization.apply_default_optimizations = False
+            x = tf.data.Dataset.from_tensor_slices(x).batch(batch_size or 32).with_options(options)
+            batch_size = None
+        return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
 
     def inference_copy(self, precision="float32", fold_bn=True):
         """A copy of this model for inference (this model is unchanged): BatchNorm folded into the preceding
