@@ -199,3 +199,34 @@ def test_upsampling_converts_to_tflite_builtins(tmp_path):
     interpreter.invoke()
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(out, model(x).numpy(), atol=1e-5)
+
+
+def test_nearest_unpooling_calibrates_for_int8(tmp_path):
+    """int8 calibration runs the unoptimised graph on TF Lite's kernels, which refuse tensors above 5-D: the nearest
+    unpooling (Hourglass-104's up-sampling) is one RESIZE_NEAREST_NEIGHBOR, and the int8 model keeps its values."""
+    inputs = keras.Input((4, 6, 2), batch_size=1)
+    model = keras.Model(inputs, NearestUnpooling2D(2)(keras.layers.Conv2D(3, 1)(inputs)))
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(7)
+    samples = rng.normal(size=(8, 1, 4, 6, 2)).astype(np.float32)
+    converter.representative_dataset = lambda: ([s] for s in samples)
+    from ai_edge_litert.interpreter import Interpreter
+    interpreter = Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], samples[0])
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = model(samples[0]).numpy()
+    assert out.shape == expected.shape == (1, 8, 12, 3)
+    np.testing.assert_allclose(out, expected, atol=0.05 * np.abs(expected).max())
+
+
+def test_nearest_unpooling_in_bfloat16():
+    x = np.random.default_rng(8).normal(size=(1, 3, 4, 2)).astype(np.float32)
+    out = NearestUnpooling2D(2, dtype="mixed_bfloat16")(tf.cast(x, tf.bfloat16))
+    assert out.dtype == tf.bfloat16
+    np.testing.assert_array_equal(out.numpy().astype(np.float32),
+                                  nearest_reference(x.astype(tf.bfloat16.as_numpy_dtype).astype(np.float32), 2, 2))

@@ -85,10 +85,12 @@ class NearestUnpooling2D(_Upsampling):
 
     def upsample(self, x):
         fy, fx = self.size
-        batch, height, width, channels = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in range(4))
-        # Broadcast over two new block axes and fold them in: RESHAPE + BROADCAST_TO, no gather.
-        blocks = tf.broadcast_to(x[:, :, None, :, None, :], [batch, height, fy, width, fx, channels])
-        return tf.reshape(blocks, [batch, height * fy, width * fx, channels])
+        height, width = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2))
+        # ResizeNearestNeighbor without corner alignment or half-pixel centres reads x[floor(i * h / H)], which is
+        # x[i // ky] for H = h * ky: one RESIZE_NEAREST_NEIGHBOR builtin. (A broadcast over two new block axes was a
+        # 6-D STRIDED_SLICE, which TF Lite's kernels refuse when int8 calibration runs the unoptimised graph.)
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=tf.stack([height * fy, width * fx]),
+                                                align_corners=False, half_pixel_centers=False)
 
 
 @keras.saving.register_keras_serializable(package="kdet")
