@@ -98,7 +98,10 @@ def test_predict_returns_pasted_masks_at_any_size(fitted, tmp_path):
     images = shapes_images((80, 96)).astype(np.float32)
     outputs = model(images, training=False)
     detections = model.decode(outputs, (80, 96))
-    np.testing.assert_array_equal(detections["masks"].numpy(), masks)
+    # predict runs compiled, this eager: float summation order can move a pixel that sits at the 0.5 threshold (one
+    # in 153600 differed in one CI run), so a few such pixels are allowed, not a different mask.
+    differ = detections["masks"].numpy() != masks
+    assert differ.mean() < 1e-4, f"{differ.sum()} of {differ.size} mask pixels differ from decode's"
     check_reload_in_fresh_process(model, tmp_path)           # .keras with safe_mode, masks equal
 
 
