@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,18 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real test data not found at {SHARED_DATA} (set KDET_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def voc_copy(tmp_path, shared_data, request):
+    """A VOC tree in tmp_path of the BCCD images the test module lists in BCCD_IDS (xml, jpg and a 'train' list), to
+    be edited by each test."""
+    image_ids = request.module.BCCD_IDS
+    source = shared_data / "bccd" / "BCCD"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    for image_id in image_ids:
+        shutil.copy(source / "Annotations" / f"{image_id}.xml", tmp_path / "Annotations")
+        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", tmp_path / "JPEGImages")
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("\n".join(image_ids) + "\n")
+    return tmp_path

@@ -1,7 +1,6 @@
 """Bad input: every reader names the file and either skips + counts the problem, or raises a one-line DataError."""
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -17,19 +16,6 @@ from kdet.data.yolo import read_yolo
 from kdet.errors import ConfigError, DataError
 
 BCCD_IDS = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00002"]
-
-
-@pytest.fixture
-def voc_copy(tmp_path, shared_data):
-    """Three BCCD images with their xml and a 'train' list, in tmp_path (to be edited by each test)."""
-    source = shared_data / "bccd" / "BCCD"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (tmp_path / sub).mkdir(parents=True)
-    for image_id in BCCD_IDS:
-        shutil.copy(source / "Annotations" / f"{image_id}.xml", tmp_path / "Annotations")
-        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", tmp_path / "JPEGImages")
-    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("\n".join(BCCD_IDS) + "\n")
-    return tmp_path
 
 
 def edit_xml(root, image_id, pattern, new):

@@ -2,7 +2,6 @@
 decoder for training, evaluation and prediction (16-bit PNGs at the brightness `read_image` sees, JPEGs with
 Pillow's pixels)."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -92,18 +91,6 @@ def test_a_split_without_a_usable_image_stops_training_with_the_first_problem(tm
     err = capsys.readouterr().err
     assert f"kdet: error: {error.value}" in err.splitlines() and "Traceback" not in err
     assert list((tmp_path / "run").iterdir()) == []
-
-
-@pytest.fixture
-def voc_copy(tmp_path, shared_data):
-    source = shared_data / "bccd" / "BCCD"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (tmp_path / sub).mkdir(parents=True)
-    for image_id in BCCD_IDS:
-        shutil.copy(source / "Annotations" / f"{image_id}.xml", tmp_path / "Annotations")
-        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", tmp_path / "JPEGImages")
-    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("\n".join(BCCD_IDS) + "\n")
-    return tmp_path
 
 
 @pytest.mark.parametrize("filename, reason", [("/work/shared/data/bccd/BCCD/JPEGImages/BloodImage_00001.jpg",
