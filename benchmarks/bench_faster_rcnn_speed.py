@@ -14,7 +14,6 @@ figure. `benchmarks/run_all.py` runs the same pair (speed_pair) with the other m
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -82,6 +81,7 @@ def speed_pair(export=True):
 
     from kdet.convert.torchvision import load_state_dict
     from kdet.models.faster_rcnn import FasterRCNN
+    from speed_common import kdet_variants
 
     reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
                                         min_size=HEIGHT, max_size=WIDTH).eval()
@@ -111,17 +111,9 @@ def speed_pair(export=True):
     contenders = {"kdet_keras": lambda: {k: v.numpy() for k, v in detect(batch).items()}, "torchvision": run_torch}
     calls = {"kdet_keras": "tf.function(model.detect) on uint8 [1, 480, 640, 3]",
              "torchvision": "model([image]) under no_grad, resize disabled (min_size 480, max_size 640)"}
-    if export:
-        from kdet.export import export_saved_model, export_tflite, load_runner
-        workdir = tempfile.mkdtemp(prefix="kdet-frcnn-bench-")
-        for fmt, export_fn in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
-                               ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
-            start = time.perf_counter()
-            path = export_fn()
-            notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
-            runner = load_runner(path)
-            contenders[f"kdet_{fmt}"] = (lambda r: lambda: r(pixels[None]))(runner)
-            calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [1, 480, 640, 3]"
+    variants, variant_calls = kdet_variants(model, pixels[None], notes, export=export)
+    contenders.update(variants)
+    calls.update(variant_calls)
     return {"input": f"{WIDTH}x{HEIGHT}", "contenders": contenders, "calls": calls, "notes": notes,
             "model": model, "reference": reference, "pixels": pixels, "tensor": tensor}
 

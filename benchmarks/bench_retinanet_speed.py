@@ -13,7 +13,6 @@ the image size). The CPU is shared: compare the ratios, not the absolutes. bench
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
@@ -35,6 +34,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
 from kdet.models.retinanet import RetinaNet  # noqa: E402
+from speed_common import kdet_variants  # noqa: E402
 
 WEIGHT_SEED, CLS_WEIGHT_SCALE, CLS_BIAS = 8, 3.0, -4.0  # as tests/reference/make_retinanet_twin_fixtures.py
 
@@ -86,24 +86,6 @@ def keras_hub_runner(size):
     return lambda images: {k: v.numpy() for k, v in detect(tf.constant(images, tf.float32)).items()}
 
 
-def exported_runners(model, images, notes):
-    """kdet's SavedModel and TFLite (fp32, builtins only) of the same model, through `kdet.export.load_runner`;
-    writes each artifact's detection count next to Keras' and its export time into notes (the timed work must be
-    the same)."""
-    import tempfile
-    from kdet.export import export_saved_model, export_tflite, load_runner
-    workdir = tempfile.mkdtemp(prefix="kdet-speed-bench-")
-    runners = {}
-    for fmt, export in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
-                        ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
-        start = time.perf_counter()
-        runner = load_runner(export())
-        notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
-        notes[f"{fmt}_detections"] = int(runner(images)["num_detections"][0])
-        runners[f"kdet_{fmt}"] = runner
-    return runners
-
-
 def round_robin(runners, images, runs, warmup, reference=None):
     """Runners called on the same images in turns (benchmarks/speed_common.py) -> its result dict."""
     from speed_common import round_robin as timer
@@ -112,7 +94,7 @@ def round_robin(runners, images, runs, warmup, reference=None):
 
 
 def speed_pair(size=512, export=True):
-    """kdet's RetinaNet (`predict_on_batch`, `predict`, SavedModel and TFLite if export) and torchvision's, same
+    """kdet's RetinaNet (`predict_on_batch`, `predict`, bfloat16, SavedModel and TFLite if export) and torchvision's, same
     seeded weights, for benchmarks/run_all.py: {"input", "contenders", "calls", "notes"}. `predict` is there for its
     per-call spread (issue 18: bimodal while `predict_on_batch` stays steady)."""
     images = smooth_image(size)
@@ -132,18 +114,15 @@ def speed_pair(size=512, export=True):
     if notes["detections_agree"] and count:
         notes["max_box_error_px"] = round(float(np.max(np.abs(
             kdet_out["boxes"][0, :count] - torch_out["boxes"].numpy()[:, [1, 0, 3, 2]]))), 5)
-    if export:
-        exported = exported_runners(model, images, notes=notes)
-        runners.update(exported)
-        calls.update({name: f"kdet.export.load_runner({name[5:]}) on uint8 [1, {size}, {size}, 3]"
-                      for name in exported})
+    variants, variant_calls = kdet_variants(model, images, notes, export=export)
     try:
         runners["keras_hub"] = keras_hub_runner(size)
         calls["keras_hub"] = "tf.function(model call + decode_predictions), random init"
     except ImportError as error:
         notes["keras_hub_skipped"] = f"not installed ({error})"
-    return {"input": f"{size}x{size}", "contenders": {name: (lambda run=run: run(images)) for name, run in
-                                                      runners.items()}, "calls": calls, "notes": notes}
+    contenders = {name: (lambda run=run: run(images)) for name, run in runners.items()}
+    return {"input": f"{size}x{size}", "contenders": {**contenders, **variants}, "calls": {**calls, **variant_calls},
+            "notes": notes}
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ import tensorflow as tf
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes
 from kdet.convert.torchvision import fcn_resnet_table
 from kdet.models.fcn_resnet import FCNResNet
-from speed_common import round_robin
+from speed_common import kdet_variants, round_robin
 
 SEED = 5
 
@@ -69,19 +69,9 @@ def speed_pair(size=512, export=True, threads=2):
     contenders = {"kdet_keras": lambda: run_kdet(image), "torchvision": lambda: run_torch(image)}
     calls = {"kdet_keras": f"tf.function(model.detect) on uint8 [1, {size}, {size}, 3] (logits, softmax, argmax)",
              "torchvision": "normalise + model(x)['out'] + softmax + argmax under inference_mode"}
-    if export:
-        import os
-        import tempfile
-        import time
-        from kdet.export import export_saved_model, export_tflite, load_runner
-        workdir = tempfile.mkdtemp(prefix="kdet-fcn-bench-")
-        for fmt, export_fn in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
-                               ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
-            start = time.perf_counter()
-            runner = load_runner(export_fn())
-            notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
-            contenders[f"kdet_{fmt}"] = (lambda r: lambda: r(image))(runner)
-            calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [1, {size}, {size}, 3]"
+    variants, variant_calls = kdet_variants(model, image, notes, export=export)
+    contenders.update(variants)
+    calls.update(variant_calls)
     return {"input": f"{size}x{size}", "contenders": contenders, "calls": calls, "notes": notes,
             "model": model, "reference": reference, "image": image}  # the last three for profile_stages.py
 

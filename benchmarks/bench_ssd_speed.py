@@ -33,7 +33,8 @@ tf.config.threading.set_intra_op_parallelism_threads(THREADS)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retinanet_speed import emit, exported_runners, round_robin, smooth_image  # noqa: E402
+from bench_retinanet_speed import emit, round_robin, smooth_image  # noqa: E402
+from speed_common import kdet_variants  # noqa: E402
 from speed_common import round_robin as round_robin_timer  # noqa: E402
 
 from kdet.convert.torchvision import load_state_dict, seeded_state_dict, torch_shapes  # noqa: E402
@@ -68,7 +69,7 @@ def torchvision_ssd(state):
 
 
 def speed_pair(export=True):
-    """kdet's SSD300 (`predict_on_batch`, SavedModel and TFLite if export) and torchvision's ssd300_vgg16, same
+    """kdet's SSD300 (`predict_on_batch`, bfloat16, SavedModel and TFLite if export) and torchvision's ssd300_vgg16, same
     seeded weights, for benchmarks/run_all.py: {"input", "contenders", "calls", "notes"}."""
     model = SSD(90)
     state = seeded_state(torch_shapes(model))
@@ -79,12 +80,10 @@ def speed_pair(export=True):
              "torchvision": "model([image]) under no_grad (its own 300x300 resize of the 300x300 image)"}
     notes = {"kdet_detections": int(model.predict_on_batch(images)["num_detections"][0]),
              "torchvision_detections": len(runners["torchvision"](images)[0]["boxes"])}
-    if export:
-        exported = exported_runners(model, images, notes=notes)
-        runners.update(exported)
-        calls.update({name: f"kdet.export.load_runner({name[5:]}) on uint8 [1, 300, 300, 3]" for name in exported})
-    return {"input": "300x300", "contenders": {name: (lambda run=run: run(images)) for name, run in runners.items()},
-            "calls": calls, "notes": notes}
+    variants, variant_calls = kdet_variants(model, images, notes, export=export)
+    contenders = {name: (lambda run=run: run(images)) for name, run in runners.items()}
+    return {"input": "300x300", "contenders": {**contenders, **variants}, "calls": {**calls, **variant_calls},
+            "notes": notes}
 
 
 def ssd300_vs_torchvision(runs, warmup, export=True):

@@ -117,3 +117,52 @@ def machine(threads):
     return {"cpu": cpu_description(), "threads": threads, "platform": platform.platform(),
             "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average_start": load_average()}
+
+
+def agreement(reference, other):
+    """How much of one image's fp32 output `other` reproduces: for detection dicts the share of the reference's
+    detections with a detection of the same class at IoU >= 0.9 in `other`; for masks the share of equal pixels."""
+    from kdet.ops.box_ops import box_iou
+    if "num_detections" not in reference:
+        return round(float((np.asarray(reference["masks"]) == np.asarray(other["masks"])).mean()), 4)
+    count, found = int(reference["num_detections"][0]), int(other["num_detections"][0])
+    if count == 0:
+        return 1.0 if found == 0 else 0.0
+    iou = np.asarray(box_iou(np.asarray(reference["boxes"][0, :count], np.float32),
+                             np.asarray(other["boxes"][0, :found], np.float32)))
+    same = np.asarray(reference["classes"][0, :count])[:, None] == np.asarray(other["classes"][0, :found])[None]
+    return round(float(((iou >= 0.9) & same).any(axis=1).mean()), 4) if found else 0.0
+
+
+def kdet_variants(model, images, notes, export=True):
+    """kdet's other contenders of a twin pair, on the same uint8 `images` [1, H, W, 3] as its Keras one:
+      kdet_keras_bf16               tf.function(detect) of the bfloat16 inference copy (BN folded, mixed_bfloat16:
+                                    kdet.models.inference_copy), what `--precision bfloat16` runs;
+      kdet_saved_model, kdet_tflite if export: the fp32 exports (BN folded) through kdet.export.load_runner.
+    -> (contenders {name: zero-argument function}, calls {name: text}). `notes` get the export times, detection
+    counts and the bf16 copy's agreement with the fp32 model (`agreement`)."""
+    import tempfile
+    import tensorflow as tf
+    from kdet.export import export_saved_model, export_tflite, load_runner
+    from kdet.models.inference_copy import inference_model
+    shape = "x".join(str(d) for d in images.shape)
+    fast = inference_model(model, precision="bfloat16")
+    detect = tf.function(lambda x: fast.detect(tf.cast(x, tf.float32)),
+                         input_signature=[tf.TensorSpec((None, *images.shape[1:]), tf.uint8)])
+    contenders = {"kdet_keras_bf16": lambda: {k: v.numpy() for k, v in detect(images).items()}}
+    calls = {"kdet_keras_bf16": f"tf.function(inference_model(model, precision='bfloat16').detect) on uint8 [{shape}]"}
+    reference = {k: np.asarray(v) for k, v in model.detect(tf.cast(images, tf.float32)).items()}
+    notes["bf16_agreement"] = agreement(reference, contenders["kdet_keras_bf16"]())
+    if not export:
+        return contenders, calls
+    workdir = tempfile.mkdtemp(prefix="kdet-speed-bench-")
+    for fmt, write in (("saved_model", lambda: export_saved_model(model, os.path.join(workdir, "sm"))),
+                       ("tflite", lambda: export_tflite(model, os.path.join(workdir, "m.tflite")))):
+        start = time.perf_counter()
+        runner = load_runner(write())
+        notes[f"export_{fmt}_seconds"] = round(time.perf_counter() - start, 1)
+        if "num_detections" in reference:
+            notes[f"{fmt}_detections"] = int(runner(images)["num_detections"][0])
+        contenders[f"kdet_{fmt}"] = (lambda run: lambda: run(images))(runner)
+        calls[f"kdet_{fmt}"] = f"kdet.export.load_runner({fmt}) on uint8 [{shape}]"
+    return contenders, calls
