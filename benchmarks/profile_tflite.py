@@ -171,8 +171,9 @@ def stage_record(name, call, model, rounds, warmup):
 
 
 def end_to_end(kdet, directory, rounds, warmup):
-    """The whole model: kdet's real TFLite export (TFLiteRunner) vs tf.function(detect) of the folded model ("tf")
-    and of the unfolded one ("keras", run_all.py's kdet_keras for Faster R-CNN / FCN)."""
+    """The whole model: kdet's real TFLite export (TFLiteRunner; "tflite" with a dynamic batch, the default,
+    "tflite_batch1" exported with batch_size=1) vs tf.function(detect) of the folded model ("tf") and of the
+    unfolded one ("keras", run_all.py's kdet_keras for Faster R-CNN / FCN)."""
     import tensorflow as tf
     from kdet.export.tflite import export_tflite
     from kdet.inference.runners import load_runner
@@ -180,12 +181,13 @@ def end_to_end(kdet, directory, rounds, warmup):
     image = np.asarray(kdet["image"], np.uint8)
     path = export_tflite(kdet["unfolded"], Path(directory) / "profile_tflite_model.tflite")
     runner = load_runner(path)
-    contenders = {"tf": None, "keras": None, "tflite": lambda: runner(image)}
+    static = load_runner(export_tflite(kdet["unfolded"], Path(directory) / "profile_tflite_b1.tflite", batch_size=1))
+    contenders = {"tf": None, "keras": None, "tflite": lambda: runner(image), "tflite_batch1": lambda: static(image)}
     for key, model in (("tf", kdet["model"]), ("keras", kdet["unfolded"])):
         detect = tf.function(lambda x, m=model: m.detect(tf.cast(x, tf.float32)))
         contenders[key] = lambda d=detect: {k: v.numpy() for k, v in d(tf.constant(image)).items()}
-    with open(path, "rb") as handle:
-        coverage = delegation(handle.read())
+    coverage = {name: delegation(Path(file).read_bytes()) for name, file in (("tflite", path),
+                                                                              ("tflite_batch1", static.path))}
     return {"xnnpack": coverage, **round_robin(contenders, rounds=rounds, warmup=warmup, reference="tf")}
 
 
@@ -206,8 +208,9 @@ def profile_pair(name, builder, rounds, warmup, directory):
               + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}", flush=True)
     whole = end_to_end(pair["kdet"], directory, rounds, warmup)
     print(f"[tflite] {name} end to end  " + "  ".join(f"{key} {value['median_ms']:.1f} ms" for key, value in
-          whole["contenders"].items()) + f"  tflite/tf {whole['ratios']['tflite']['median']:.3f}  not in XNNPACK: "
-          f"{whole['xnnpack']['not_delegated']}", flush=True)
+          whole["contenders"].items()) + f"  tflite/tf {whole['ratios']['tflite']['median']:.3f}  tflite_batch1/tf "
+          f"{whole['ratios']['tflite_batch1']['median']:.3f}  not in XNNPACK (batch 1): "
+          f"{whole['xnnpack']['tflite_batch1']['not_delegated']}", flush=True)
     return {"input": pair["input"], "stages": stages, "end_to_end": whole,
             "seconds": round(time.perf_counter() - start, 1), "load_average_start": load_start,
             "load_average_end": load_average()}
