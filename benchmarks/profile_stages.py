@@ -3,6 +3,8 @@
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py                 # all pairs, 5 rounds
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py --only retinanet --rounds 3
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py --profile              # the same, inside run_all
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py --tflite        # each kdet stage as TFLite
+                                                                                          # vs TF (profile_tflite.py)
 
 Pairs (same seeded weights and image as benchmarks/run_all.py's, batch 1): Faster R-CNN R50-FPN 640x480, RetinaNet
 R50-FPN 512, SSD300 VGG-16, FCN ResNet-50 512. Every stage is a function of the previous stage's real outputs
