@@ -3,6 +3,8 @@
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py                 # all pairs, 5 rounds
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py --only retinanet --rounds 3
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/run_all.py --profile              # the same, inside run_all
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_stages.py --tflite        # each kdet stage as TFLite
+                                                                                          # vs TF (profile_tflite.py)
 
 Pairs (same seeded weights and image as benchmarks/run_all.py's, batch 1): Faster R-CNN R50-FPN 640x480, RetinaNet
 R50-FPN 512, SSD300 VGG-16, FCN ResNet-50 512. Every stage is a function of the previous stage's real outputs
@@ -50,7 +52,9 @@ def stage(fn, *inputs):
     the work is done, so the callable's time is the stage's."""
     import tensorflow as tf
     function = tf.function(fn)
-    return (lambda: function(*inputs)), function(*inputs)
+    call = lambda: function(*inputs)  # noqa: E731
+    call.fn, call.inputs = fn, inputs  # what --tflite converts (benchmarks/profile_tflite.py)
+    return call, function(*inputs)
 
 
 def torch_stage(fn, *inputs):
@@ -75,15 +79,31 @@ def nms_stage(module, name, run, replay):
 
 def tf_replay(function, args, kwargs):
     import tensorflow as tf
-    traced = tf.function(lambda *a: function(*a, **kwargs))
-    return lambda: traced(*args)
+    where = [i for i, arg in enumerate(args) if tf.is_tensor(arg)]  # the rest (sizes, thresholds) stay constants
+
+    def fn(*tensors):
+        full = list(args)
+        for i, tensor in zip(where, tensors):
+            full[i] = tensor
+        return function(*full, **kwargs)
+    inputs = tuple(args[i] for i in where)
+    traced = tf.function(fn)
+    call = lambda: traced(*inputs)  # noqa: E731
+    call.fn, call.inputs = fn, inputs
+    return call
+
+
+def inference(model, fold):
+    """The model --tflite profiles: its folded inference copy (what kdet's exports convert) when fold."""
+    from kdet.models.inference_copy import inference_model
+    return inference_model(model) if fold else model
 
 
 def torch_replay(function, args, kwargs):
     return lambda: function(*args, **kwargs)
 
 
-def faster_rcnn_stages():
+def faster_rcnn_stages(fold=False):
     """Faster R-CNN R50-FPN 640x480: backbone, fpn, rpn_head, proposals (anchors, decode, top-k, NMS), roi_align,
     box_head (+ predictor), postprocess (decode, NMS, top 100), nms."""
     import tensorflow as tf
@@ -96,6 +116,8 @@ def faster_rcnn_stages():
     pair = bench.speed_pair(export=False)
     model, reference, pixels, tensor = pair["model"], pair["reference"], pair["pixels"], pair["tensor"]
     image, size = tf.constant(pixels[None]), tuple(pixels.shape[:2])
+    model = inference(model, fold)
+    pair["kdet"] = {"model": model, "unfolded": pair["model"], "image": pixels[None]}
     k = {}
     k["backbone"], c = stage(lambda x: model.backbone(model.normalize(tf.cast(x, tf.float32))), image)
     k["fpn"], p = stage(lambda c: model.fpn(c), c)
@@ -137,7 +159,7 @@ def faster_rcnn_stages():
     return pair, k, t
 
 
-def retinanet_stages(size=512):
+def retinanet_stages(size=512, fold=False):
     """RetinaNet R50-FPN: backbone, fpn, head, postprocess (per level top-k, box decode, NMS, top 100), nms."""
     import tensorflow as tf
     import torch
@@ -152,6 +174,8 @@ def retinanet_stages(size=512):
     model = RetinaNet(91, image_size=(size, size), max_detections=100)
     state = bench.seeded_state(torch_shapes(model))
     load_state_dict(model, state)
+    kdet = {"model": inference(model, fold), "unfolded": model, "image": pixels}
+    model = kdet["model"]
     reference = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, min_size=size,
                                        max_size=size, detections_per_img=100).eval()
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
@@ -180,11 +204,12 @@ def retinanet_stages(size=512):
     t["head"], outputs = torch_stage(reference.head, features)
     t["postprocess"], _ = torch_stage(postprocess, images, features, outputs)
     t["nms"] = nms_stage(tv_retinanet.box_ops, "batched_nms", t["postprocess"], torch_replay)
-    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels), "torchvision": torch_stage(reference, [tensor])[0]}
-    return {"input": f"{size}x{size}", "contenders": e2e}, k, t
+    e2e = {"kdet_keras": lambda: kdet["unfolded"].predict_on_batch(pixels),
+           "torchvision": torch_stage(reference, [tensor])[0]}
+    return {"input": f"{size}x{size}", "contenders": e2e, "kdet": kdet}, k, t
 
 
-def ssd300_stages():
+def ssd300_stages(fold=False):
     """SSD300 VGG-16: backbone (VGG + extra layers), head, postprocess (softmax, decode, per-class top-k, NMS), nms."""
     import tensorflow as tf
     import torch
@@ -199,6 +224,8 @@ def ssd300_stages():
     model = SSD(90)
     state = bench.seeded_state(torch_shapes(model))
     load_state_dict(model, state)
+    kdet = {"model": inference(model, fold), "unfolded": model, "image": bench.smooth_image(300)}
+    model = kdet["model"]
     reference = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91).eval()
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
     pixels = bench.smooth_image(300)
@@ -222,11 +249,12 @@ def ssd300_stages():
     t["head"], outputs = torch_stage(reference.head, features)
     t["postprocess"], _ = torch_stage(postprocess, images, features, outputs)
     t["nms"] = nms_stage(tv_ssd.box_ops, "batched_nms", t["postprocess"], torch_replay)
-    e2e = {"kdet_keras": lambda: model.predict_on_batch(pixels), "torchvision": torch_stage(reference, [tensor])[0]}
-    return {"input": "300x300", "contenders": e2e}, k, t
+    e2e = {"kdet_keras": lambda: kdet["unfolded"].predict_on_batch(pixels),
+           "torchvision": torch_stage(reference, [tensor])[0]}
+    return {"input": "300x300", "contenders": e2e, "kdet": kdet}, k, t
 
 
-def fcn_resnet50_stages(size=512):
+def fcn_resnet50_stages(size=512, fold=False):
     """FCN ResNet-50 (dilated layer3 / layer4): stem (normalise, conv1, maxpool), layer1 .. layer4, classifier,
     upsample (bilinear to the input size), decode (softmax, argmax)."""
     import tensorflow as tf
@@ -235,9 +263,10 @@ def fcn_resnet50_stages(size=512):
     import bench_seg_twin_speed as bench
 
     pair = bench.speed_pair(size, export=False)
-    model, reference = pair["model"], pair["reference"]
+    model, reference = inference(pair["model"], fold), pair["reference"]
     net, body = model.backbone, reference.backbone
     pixels = pair["image"]
+    pair["kdet"] = {"model": model, "unfolded": pair["model"], "image": pixels}
 
     def stem(x):
         x = model.normalize(tf.cast(x, tf.float32))
@@ -306,8 +335,9 @@ def profile_pair(name, rounds, warmup):
             "load_average_start": load_start, "load_average_end": load_average()}
 
 
-def run(names, rounds, warmup, threads, output):
-    """Profile `names`, writing the JSON after every pair -> the record."""
+def run(names, rounds, warmup, threads, output, tflite=False):
+    """Profile `names` (tflite: each kdet stage as TFLite against TensorFlow, benchmarks/profile_tflite.py),
+    writing the JSON after every pair -> the record."""
     import torch  # before TensorFlow initialises: importing torchvision after it segfaults
     import torchvision  # noqa: F401
     import tensorflow as tf
@@ -317,12 +347,16 @@ def run(names, rounds, warmup, threads, output):
     os.environ["KDET_BENCH_THREADS"] = str(threads)
     sys.path.insert(0, str(BENCHMARKS))
     from speed_common import machine
-    record = {"command": "benchmarks/profile_stages.py", "machine": machine(threads),
+    import profile_tflite
+    record = {"command": "benchmarks/profile_stages.py" + (" --tflite" if tflite else ""), "machine": machine(threads),
               "settings": {"rounds": rounds, "warmup": warmup, "batch": 1}, "pairs": {}}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        record["pairs"][name] = profile_pair(name, rounds, warmup)
+        if tflite:
+            record["pairs"][name] = profile_tflite.profile_pair(name, BUILDERS[name], rounds, warmup, output.parent)
+        else:
+            record["pairs"][name] = profile_pair(name, rounds, warmup)
         output.write_text(json.dumps(record, indent=1) + "\n")
     print(f"[profile] wrote {output}", flush=True)
     return record
@@ -334,9 +368,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default="runs/bench/profile.json")
+    parser.add_argument("--tflite", action="store_true", help="each kdet stage as its own TFLite model (kdet's "
+                        "export settings, BN folded) against the same folded stage in TensorFlow, + XNNPACK coverage")
+    parser.add_argument("--output", default=None, help="default runs/bench/profile.json (--tflite: "
+                        "runs/bench/profile_tflite.json)")
     args = parser.parse_args(argv)
-    run(args.only or PAIRS, args.rounds, args.warmup, args.threads, args.output)
+    output = args.output or f"runs/bench/profile{'_tflite' if args.tflite else ''}.json"
+    run(args.only or PAIRS, args.rounds, args.warmup, args.threads, output, args.tflite)
 
 
 if __name__ == "__main__":

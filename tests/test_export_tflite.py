@@ -60,6 +60,20 @@ def test_fp32_matches_keras_counts_included(grid):
     assert "NON_MAX_SUPPRESSION_V5" in names and "WHILE" in names
 
 
+def test_fixed_batch_export_matches_keras_with_static_shapes(grid, tmp_path):
+    """batch_size=1 fixes the input's batch: no shape arithmetic is left in the graph (every tensor static, what
+    lets XNNPACK plan it), and the runner runs a batch of 3 image by image with Keras' detections."""
+    model, images, paths = grid
+    path = export_tflite(model, tmp_path / "b1.tflite", batch_size=1)
+    runner = load_runner(path)
+    assert list(runner._runner.get_input_details()["images"]["shape_signature"]) == [1, *model.image_size, 3]
+    assert "SHAPE" not in {name for _, name, _, _ in op_types(path)}
+    assert "SHAPE" in {name for _, name, _, _ in op_types(paths[None])}  # the dynamic batch's shape arithmetic
+    compare_detections(keras_outputs(model, images), runner(images), box_atol=1e-3, name="tflite batch_size=1")
+    with pytest.raises(ConfigError, match="batch_size"):
+        export_tflite(model, tmp_path / "b2.tflite", batch_size=2)
+
+
 def test_evaluate_artifact_scores_the_tflite_model_like_keras(grid):
     """kdet.eval.detection.evaluate_artifact runs an exported file over a dataset: the fp32 TFLite model's COCO / VOC
     figures equal the Keras model's on the same images."""

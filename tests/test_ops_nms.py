@@ -160,6 +160,23 @@ def test_combined_nms_builtins_tie_order_is_class_then_rank():
     check_against_reference({k: v.numpy() for k, v in result.items()}, boxes, scores, 6, 0.5, 0.0, 6)
 
 
+@pytest.mark.parametrize("per_class_boxes", [False, True])
+def test_combined_nms_zero_area_boxes_both_paths_equal_reference(per_class_boxes):
+    """The builtins path keeps zero-area boxes out of the NMS V5 kernel and merges them into every (image, class)
+    output at once after its loop: the same detections, counts and order as TF's kernel and the reference, also
+    when the zero-area boxes alone would fill a class's cap."""
+    rng = np.random.default_rng(31)
+    batch, count, classes = 2, 60, 3
+    shape = (batch, count, classes, 4) if per_class_boxes else (batch, count, 4)
+    boxes = clustered_boxes(rng, int(np.prod(shape[:-1]))).reshape(-1, 4)
+    degenerate = rng.choice(len(boxes), len(boxes) // 3, replace=False)
+    boxes[degenerate, 2] = boxes[degenerate, 0]  # zero height
+    boxes = boxes.reshape(shape)
+    scores = rng.uniform(0, 1, (batch, count, classes)).astype(np.float32) ** 2
+    for result in run_both_paths(boxes, scores, 30, 0.5, 0.1, 8):
+        check_against_reference(result, boxes, scores, 30, 0.5, 0.1, 8)
+
+
 @pytest.mark.parametrize("builtins", [False, True])
 def test_combined_nms_in_graph_with_unknown_batch(builtins):
     @tf.function(input_signature=[tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None, 3])])

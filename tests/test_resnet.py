@@ -50,6 +50,27 @@ def test_stride_two_conv_pads_symmetrically_like_torch():
     np.testing.assert_array_equal(out, [[4, 6, 6], [6, 9, 9], [6, 9, 9]])
 
 
+def test_builtins_shortcut_is_one_strided_conv_with_the_same_features(depth=18, size=(33, 41)):
+    """Under builtins_only (the TFLite trace) a downsampling shortcut is one stride-2 1x1 conv, not a stride-2
+    slice (which XNNPACK does not run) + conv, with the default path's features, odd sizes included (Bottleneck
+    blocks share the shortcut code)."""
+    from kdet.ops.mode import builtins_only
+    resnet = ResNet(depth, base_width=4)
+    images = tf.constant(np.random.default_rng(3).normal(0, 1, (2, *size, 3)), tf.float32)
+    resnet(images)
+    default = tf.function(lambda x: resnet(x))
+    with builtins_only():
+        twin = tf.function(lambda x: resnet(x))
+        graph = twin.get_concrete_function(images).graph
+    strided_pointwise = [op for op in graph.get_operations() if op.type == "Conv2D" and op.get_attr("strides") ==
+                         [1, 2, 2, 1] and tuple(op.inputs[1].shape[:2]) == (1, 1)]
+    assert len(strided_pointwise) == 3  # the shortcuts of layer2, layer3, layer4
+    assert "StridedSlice" not in {op.type for op in graph.get_operations()}
+    default, twin = default(images), twin(images)
+    for key in default:
+        np.testing.assert_allclose(twin[key].numpy(), default[key].numpy(), rtol=1e-5, atol=1e-4)
+
+
 def test_batch_norm_epsilon_is_torch_default():
     resnet = ResNet(18, base_width=2)
     resnet(tf.zeros([1, 32, 32, 3]))

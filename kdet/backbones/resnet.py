@@ -14,6 +14,7 @@ runs as kdet.layers.grouped_conv.GroupedConv2D (Keras' Conv2D(groups=) is ~10x s
 import keras
 
 from kdet.layers.grouped_conv import GroupedConv2D
+from kdet.ops.mode import builtins_only_enabled
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -40,6 +41,14 @@ def conv(filters, kernel_size, strides=1, name=None, groups=1):
     return layers
 
 
+def strided_pointwise(layer, x, strides):
+    """A stride-1 1x1 `layer` (Conv2D, no activation) applied at every `strides`-th pixel as one stride-`strides`
+    convolution: [B, H, W, Cin] -> [B, ceil(H / s), ceil(W / s), Cout], equal to layer(x[:, ::s, ::s, :])."""
+    x = keras.ops.cast(x, layer.compute_dtype)
+    y = keras.ops.conv(x, keras.ops.cast(layer.kernel, layer.compute_dtype), strides=strides, padding="valid")
+    return y + keras.ops.cast(layer.bias, y.dtype) if layer.use_bias else y
+
+
 def batch_norm(name=None, gamma_zero=False):
     return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name,
                                            gamma_initializer="zeros" if gamma_zero else "ones")
@@ -59,6 +68,11 @@ class _Block(keras.layers.Layer):
         # A 1x1 conv with stride s reads every s-th pixel: subsample, then a stride-1 1x1 conv (same result).
         # TF 2.21's oneDNN Conv2DBackpropFilter corrupts the heap for some 1x1 stride-2 shapes (e.g. batch 3,
         # 32x40, 8 -> 16 channels: "munmap_chunk(): invalid pointer"); the stride-1 kernel is not affected.
+        if self.strides > 1 and builtins_only_enabled():
+            # The TFLite trace: one stride-s CONV_2D, which XNNPACK runs. XNNPACK does not take a STRIDED_SLICE
+            # with stride 2: it ran in TFLite's reference kernel and split the XNNPACK graph at every downsampling
+            # block (benchmarks/profile_stages.py --tflite). Inference only, so the training bug above is moot.
+            return self.downsample_bn(strided_pointwise(self.downsample_conv, x, self.strides), training=training)
         if self.strides > 1:
             x = x[:, ::self.strides, ::self.strides, :]
         return self.downsample_bn(self.downsample_conv(x), training=training)

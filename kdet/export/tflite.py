@@ -37,7 +37,8 @@ FLOAT_OPS = ("TOPK_V2",)
 UNBOUNDED_RANGE = 1e30  # a calibrated |min| or |max| above it is a sentinel, not an activation range
 
 
-def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True):
+def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True,
+                  batch_size=None):
     """Convert `model` to a TFLite flatbuffer at `path` and return the path.
 
     Args:
@@ -48,12 +49,18 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
         keep_float: extra name scopes (layer names, e.g. a proposal layer) whose ops stay float in an int8 model,
             for models that run NMS inside `call`. Ops fed only by such a scope stay float too (no input range).
         fold_bn: convert the model with BatchNorm folded into its convolutions (kdet.models.inference_copy).
+        batch_size: None (default): a dynamic batch (the runner resizes the input); 1 fixes it, so every shape is
+            static: the converter folds the shape arithmetic and dilated convolutions (SPACE_TO_BATCH_ND + CONV_2D +
+            BATCH_TO_SPACE_ND) away and XNNPACK takes more of the graph (load_runner then runs a batch image by
+            image; measured in benchmarks/profile_stages.py --tflite, "tflite_batch1").
     Signature `serving_default`: images uint8 [B, H, W, 3] -> the model's output dict (same keys as `detect`).
     Raises:
         KdetError: an op has no TFLite builtin (the message names it); ConfigError: bad quantize / images.
     """
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+    if batch_size not in (None, 1):
+        raise ConfigError(f"batch_size must be None (dynamic) or 1, got {batch_size!r}")
     if quantize == "int8":
         representative_images = _check_images(model, representative_images)
     class_names = checked_class_names(model)
@@ -62,7 +69,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="kdet-tflite-")
     try:
-        _write_builtins_saved_model(model, staging)
+        _write_builtins_saved_model(model, staging, batch_size)
         converter = _converter(staging, quantize)
         if quantize == "int8":
             scopes = (DECODE_SCOPE,) + tuple(getattr(model, "tflite_float_scopes", ())) + tuple(keep_float)
@@ -94,7 +101,7 @@ def with_metadata(flatbuffer, entries):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def _write_builtins_saved_model(model, directory):
+def _write_builtins_saved_model(model, directory, batch_size=None):
     """A SavedModel of the builtins-only trace (from_saved_model freezes Keras variables; concrete functions don't)."""
     ensure_built(model)
     height, width = model.image_size
@@ -108,7 +115,7 @@ def _write_builtins_saved_model(model, directory):
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serving_default", serve,
-                             input_signature=[tf.TensorSpec((None, height, width, 3), tf.uint8, name="images")])
+                             input_signature=[tf.TensorSpec((batch_size, height, width, 3), tf.uint8, name="images")])
         archive.write_out(directory, verbose=False)
 
 

@@ -11,8 +11,19 @@ import tensorflow as tf
 
 from kdet.backbones.mobilenet_ssdlite import BN_MOMENTUM
 
+# XNNPACK (TFLite's CPU delegate) runs a CONCATENATION of at most 5 inputs; one of SSD's 6 levels ran in TFLite's
+# reference kernel and cut the graph (benchmarks/profile_stages.py --tflite). Same values, grouped.
+XNNPACK_MAX_CONCAT = 5
 XAVIER = keras.initializers.GlorotUniform()       # torchvision SSD: _xavier_init
 SSDLITE_INIT = keras.initializers.RandomNormal(stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
+
+
+def grouped_concat(values, axis):
+    """tf.concat(values, axis) as nested concatenations of at most XNNPACK_MAX_CONCAT inputs each."""
+    while len(values) > XNNPACK_MAX_CONCAT:
+        groups = [values[i:i + XNNPACK_MAX_CONCAT] for i in range(0, len(values), XNNPACK_MAX_CONCAT)]
+        values = [tf.concat(group, axis=axis) if len(group) > 1 else group[0] for group in groups]
+    return tf.concat(values, axis=axis)
 
 
 class SSDPredictor(keras.layers.Layer):
@@ -51,7 +62,7 @@ class SSDPredictor(keras.layers.Layer):
             for layer in layers:
                 x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
             outputs.append(tf.reshape(x, [tf.shape(x)[0], -1, self.num_outputs]))
-        return tf.concat(outputs, axis=1)
+        return grouped_concat(outputs, axis=1)
 
     def get_config(self):
         return dict(super().get_config(), num_anchors=list(self.num_anchors), num_outputs=self.num_outputs,

@@ -110,26 +110,62 @@ def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold
     return nmsed_boxes, nmsed_scores, tf.cast(nmsed_classes, tf.int32), valid
 
 
+def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
+    """`_nms_padded`'s zero-area rule for R rows at once: the zero-area boxes scoring above the threshold (kept
+    outside the kernel) merged by score into each row's NMS output, kept boxes first on equal scores.
+
+    scores, has_area: [R, N]; indices: [R, P] int32 NMS output (padded), valid: [R] -> (indices [R, P], count [R]).
+    """
+    size = indices.shape[-1]
+    zero_area = ~has_area & (scores > score_threshold)
+
+    def merge():
+        lowest = float("-inf")
+        kept = tf.where(tf.range(size)[None, :] < valid[:, None], tf.gather(scores, indices, batch_dims=1), lowest)
+        k = min(size, scores.shape[-1]) if scores.shape[-1] is not None else tf.minimum(size, tf.shape(scores)[1])
+        extra_scores, extra_indices = tf.math.top_k(tf.where(zero_area, scores, lowest), k=k)
+        _, order = tf.math.top_k(tf.concat([kept, extra_scores], 1), k=size)  # stable: kept boxes first on ties
+        count = tf.minimum(valid + tf.reduce_sum(tf.cast(zero_area, valid.dtype), axis=1), size)
+        return tf.gather(tf.concat([indices, extra_indices], 1), order, batch_dims=1), count
+
+    return tf.cond(tf.reduce_any(zero_area), merge, lambda: (indices, valid))
+
+
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
-    """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score."""
+    """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score.
+
+    Only the kernel runs in the loop: the zero-area rule of `_nms_padded` is applied to all (image, class) pairs at
+    once, before the loop (mask) and after it (merge). A TFLite WHILE body runs op by op in the interpreter for
+    every pair, so the per-pair masking, concat and top-k over all N boxes cost more than the kernel itself
+    (benchmarks/profile_stages.py --tflite: SSD300's 90 classes).
+    """
     batch = tf.shape(scores)[0]
     num_boxes = tf.shape(scores)[1]
     num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
-    # [B * C, N] scores and [B * C, N, 4] boxes (shared boxes are indexed per image instead of copied C times).
+    lowest = float("-inf")
+    has_area = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [B, N] or [B, N, C]
+    if shared:
+        has_area = tf.broadcast_to(has_area[:, :, None], tf.shape(scores))
+    # [B * C, N] scores and area flags, [B * C, N, 4] boxes (shared boxes are indexed per image, not copied C times).
     class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
+    class_area = tf.reshape(tf.transpose(has_area, [0, 2, 1]), [-1, num_boxes])
+    nms_scores = tf.where(class_area, class_scores, lowest)
     pair_image = tf.repeat(tf.range(batch), num_classes)
     if not shared:
         class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
 
     def one_class(pair):
         box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
-        indices, valid = _nms_padded(box_set, class_scores[pair], max_per_class, iou_threshold, score_threshold)
+        indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=box_set, scores=nms_scores[pair], max_output_size=max_per_class, iou_threshold=iou_threshold,
+            score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
         return indices, valid
 
     pair_indices, pair_valid = tf.map_fn(
         one_class, tf.range(batch * num_classes),
         fn_output_signature=(tf.TensorSpec([max_per_class], tf.int32), tf.TensorSpec([], tf.int32)))
+    pair_indices, pair_valid = _merge_zero_area(class_scores, class_area, pair_indices, pair_valid, score_threshold)
     pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
     slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
