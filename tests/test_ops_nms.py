@@ -162,6 +162,24 @@ def test_combined_nms_both_paths_equal_reference(seed, per_class_boxes, max_per_
         check_against_reference(result, boxes, scores, max_detections, 0.5, 0.1, per_class)
 
 
+@pytest.mark.parametrize("per_class_boxes", [False, True])
+def test_combined_nms_sparse_scores(per_class_boxes):
+    """Few (box, class) scores above the threshold, in different rows and classes per image (SSD's case): NMS runs
+    on those rows and classes only, with the same detections."""
+    rng = np.random.default_rng(31)
+    batch, count, classes = 3, 300, 20
+    shape = (batch, count, classes, 4) if per_class_boxes else (batch, count, 4)
+    boxes = clustered_boxes(rng, int(np.prod(shape[:-1])), spread=3.0).reshape(shape)
+    scores = rng.uniform(0, 0.05, (batch, count, classes)).astype(np.float32)
+    for b, hits in enumerate((40, 3, 0)):  # the last image has no candidate at all
+        rows, columns = rng.integers(0, count, hits), rng.choice([2, 5, 11, 17], hits)
+        scores[b, rows, columns] = rng.uniform(0.2, 1, hits)
+    tf_path, twin = run_both_paths(boxes, scores, 15, 0.5, 0.1, 4)
+    for result in (tf_path, twin):
+        check_against_reference(result, boxes, scores, 15, 0.5, 0.1, 4)
+    assert tf_path["num_detections"][0] > 4 and tf_path["num_detections"][2] == 0
+
+
 def test_combined_nms_zero_detections_and_fewer_candidates_than_rows():
     rng = np.random.default_rng(9)
     boxes = clustered_boxes(rng, 10).reshape(1, 10, 4)

@@ -139,13 +139,33 @@ def _batched_nms_builtins(boxes, scores, classes, iou_threshold):
     return tf.gather(kept, tf.argsort(tf.gather(scores, kept), direction="DESCENDING", stable=True))
 
 
+def _rows_above(boxes, scores, score_threshold):
+    """The rows (boxes) where some class scores above score_threshold, per image in their order: NMS only ever sees
+    those, and the kernels scan every class x row (SSD300: 8732 x 90 scores, ~180 above its threshold).
+
+    Args: boxes [B, N, 4] or [B, N, C, 4]; scores [B, N, C].
+    Returns: (boxes, scores) of [B, K, ...] rows, K = min(N, max(1, the most passing rows of an image)); an image's
+        passing rows come first in ascending order (top_k keeps equal keys in index order), then rows that pass no
+        class. Each class's NMS sees the same boxes in the same order as before, so the results are the same.
+    """
+    passing = tf.reduce_max(scores, axis=-1) > score_threshold  # [B, N]
+    most = tf.reduce_max(tf.reduce_sum(tf.cast(passing, tf.int32), axis=1))
+    k = tf.minimum(tf.maximum(most, 1), tf.shape(scores)[1])
+    _, rows = tf.math.top_k(tf.cast(passing, tf.float32), k=k)  # [B, K]
+    return tf.gather(boxes, rows, batch_dims=1), tf.gather(scores, rows, batch_dims=1)
+
+
 def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
-    if boxes.shape.rank == 3:
-        boxes = boxes[:, :, None, :]
+    """TF's CombinedNonMaxSuppression on the classes that some image scores above the threshold: its result buffer
+    (sorted per image) holds rows x classes entries (SSD300: 6 of 90 classes have candidates)."""
+    present = tf.cast(tf.reshape(tf.where(tf.reduce_any(scores > score_threshold, axis=[0, 1])), [-1]), tf.int32)
+    present = tf.concat([present, tf.zeros([1 - tf.minimum(tf.size(present), 1)], tf.int32)], 0)  # >= 1 column
+    scores = tf.gather(scores, present, axis=2)
+    boxes = boxes[:, :, None, :] if boxes.shape.rank == 3 else tf.gather(boxes, present, axis=2)
     nmsed_boxes, nmsed_scores, nmsed_classes, valid = tf.image.combined_non_max_suppression(
         boxes, scores, max_output_size_per_class=max_per_class, max_total_size=max_detections,
         iou_threshold=iou_threshold, score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
-    return nmsed_boxes, nmsed_scores, tf.cast(nmsed_classes, tf.int32), valid
+    return nmsed_boxes, nmsed_scores, tf.gather(present, tf.cast(nmsed_classes, tf.int32)), valid
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
@@ -224,6 +244,7 @@ def combined_nms(boxes, scores, max_detections, iou_threshold=0.5, score_thresho
         raise ValueError(f"scores must be [B, N, C] with a static C, got shape {scores.shape}")
     max_detections = int(max_detections)
     max_per_class = max_detections if max_detections_per_class is None else int(max_detections_per_class)
+    boxes, scores = _rows_above(boxes, scores, float(score_threshold))
     run = _combined_nms_builtins if builtins_only_enabled() else _combined_nms_tf
     out_boxes, out_scores, out_classes, count = run(
         boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
