@@ -4,8 +4,8 @@
 their rank); with `builtins_only()` (TFLite) they and `combined_nms` run `tf.raw_ops.NonMaxSuppressionV5` with
 `pad_to_max_output_size=True` and its `valid_outputs` count: it is a TFLite builtin, and after conversion TFLite
 always returns the padded indices, so a count taken from the indices' shape would be wrong
-(notes/export-feasibility.md, snippet 2). The default path of `combined_nms` is TF's CombinedNonMaxSuppression, on
-the rows (anchors) where some class passes the score threshold.
+(notes/export-feasibility.md, snippet 2). The default path of `combined_nms` is TF's CombinedNonMaxSuppression; both
+of its paths see only the rows (anchors) where some class passes the score threshold.
 
 Semantics (shared with torchvision.ops.nms): boxes are visited by descending score, equal scores by ascending
 index; a box is suppressed by a kept box when their IoU is strictly greater than `iou_threshold`. Boxes must be
