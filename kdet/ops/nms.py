@@ -139,49 +139,52 @@ def _batched_nms_builtins(boxes, scores, classes, iou_threshold):
     return tf.gather(kept, tf.argsort(tf.gather(scores, kept), direction="DESCENDING", stable=True))
 
 
-def _rows_above(boxes, scores, score_threshold):
-    """The rows (boxes) where some class scores above score_threshold, per image in their order: NMS only ever sees
-    those, and the kernels scan every class x row (SSD300: 8732 x 90 scores, ~180 above its threshold).
+def _candidates(boxes, scores, score_threshold):
+    """The rows (boxes) and classes that some score above score_threshold: NMS only ever sees those, and the kernels
+    scan every class x row (SSD300: 8732 x 90 scores, 171 rows and 6 classes pass its threshold).
 
     Args: boxes [B, N, 4] or [B, N, C, 4]; scores [B, N, C].
-    Returns: (boxes, scores) of [B, K, ...] rows, K = min(N, max(1, the most passing rows of an image)); an image's
-        passing rows come first in ascending order (top_k keeps equal keys in index order), then rows that pass no
-        class. Each class's NMS sees the same boxes in the same order as before, so the results are the same.
+    Returns: (boxes [B, K, 4] or [B, K, C', 4], scores [B, K, C'], classes [C'] int32: the original class of each
+        column, ascending). K = min(N, max(1, the most passing rows of an image)): an image's passing rows come first
+        in ascending order (top_k keeps equal keys in index order), then rows that pass no class; C' >= 1. Each
+        class's NMS sees the same boxes in the same order as before, so the results are the same.
     """
-    passing = tf.reduce_max(scores, axis=-1) > score_threshold  # [B, N]
-    most = tf.reduce_max(tf.reduce_sum(tf.cast(passing, tf.int32), axis=1))
+    row_passes = tf.reduce_max(scores, axis=-1) > score_threshold  # [B, N]
+    most = tf.reduce_max(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1))
     k = tf.minimum(tf.maximum(most, 1), tf.shape(scores)[1])
-    _, rows = tf.math.top_k(tf.cast(passing, tf.float32), k=k)  # [B, K]
-    return tf.gather(boxes, rows, batch_dims=1), tf.gather(scores, rows, batch_dims=1)
+    _, rows = tf.math.top_k(tf.cast(row_passes, tf.float32), k=k)  # [B, K]
+    scores = tf.gather(scores, rows, batch_dims=1)
+    classes = tf.cast(tf.reshape(tf.where(tf.reduce_any(scores > score_threshold, axis=[0, 1])), [-1]), tf.int32)
+    classes = tf.concat([classes, tf.zeros([1 - tf.minimum(tf.size(classes), 1)], tf.int32)], 0)  # >= 1 column
+    scores = tf.gather(scores, classes, axis=2)
+    boxes = tf.gather(boxes, rows, batch_dims=1)
+    if boxes.shape.rank == 4:
+        boxes = tf.gather(boxes, classes, axis=2)
+    return boxes, scores, classes
 
 
 def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
-    """TF's CombinedNonMaxSuppression on the classes that some image scores above the threshold: its result buffer
-    (sorted per image) holds rows x classes entries (SSD300: 6 of 90 classes have candidates)."""
-    present = tf.cast(tf.reshape(tf.where(tf.reduce_any(scores > score_threshold, axis=[0, 1])), [-1]), tf.int32)
-    present = tf.concat([present, tf.zeros([1 - tf.minimum(tf.size(present), 1)], tf.int32)], 0)  # >= 1 column
-    scores = tf.gather(scores, present, axis=2)
-    boxes = boxes[:, :, None, :] if boxes.shape.rank == 3 else tf.gather(boxes, present, axis=2)
+    if boxes.shape.rank == 3:
+        boxes = boxes[:, :, None, :]
     nmsed_boxes, nmsed_scores, nmsed_classes, valid = tf.image.combined_non_max_suppression(
         boxes, scores, max_output_size_per_class=max_per_class, max_total_size=max_detections,
         iou_threshold=iou_threshold, score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
-    return nmsed_boxes, nmsed_scores, tf.gather(present, tf.cast(nmsed_classes, tf.int32)), valid
+    return nmsed_boxes, nmsed_scores, tf.cast(nmsed_classes, tf.int32), valid
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
     """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score."""
     batch = tf.shape(scores)[0]
     num_boxes = tf.shape(scores)[1]
-    num_classes = scores.shape[-1]
+    num_classes = tf.shape(scores)[2]  # the classes with candidates: known when run
     shared = boxes.shape.rank == 3
     # [B * C, N] scores and [B * C, N, 4] boxes (shared boxes are indexed per image instead of copied C times).
     class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
-    pair_image = tf.repeat(tf.range(batch), num_classes)
     if not shared:
         class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
 
     def one_class(pair):
-        box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
+        box_set = boxes[pair // num_classes] if shared else class_boxes[pair]
         indices, valid = _nms_padded(box_set, class_scores[pair], max_per_class, iou_threshold, score_threshold)
         return indices, valid
 
@@ -192,12 +195,10 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
     slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
     slot_scores = tf.where(slot_valid, slot_scores, float("-inf"))
-    candidates = num_classes * max_per_class
-    flat_scores = tf.reshape(slot_scores, [batch, candidates])
-    flat_indices = tf.reshape(pair_indices, [batch, candidates])
-    if candidates < max_detections:  # top_k needs k <= candidates
-        flat_scores = tf.pad(flat_scores, [[0, 0], [0, max_detections - candidates]], constant_values=float("-inf"))
-        flat_indices = tf.pad(flat_indices, [[0, 0], [0, max_detections - candidates]])
+    # top_k needs k <= candidates: max_detections padding slots (the number of classes is not known when traced)
+    flat_scores = tf.pad(tf.reshape(slot_scores, [batch, -1]), [[0, 0], [0, max_detections]],
+                         constant_values=float("-inf"))
+    flat_indices = tf.pad(tf.reshape(pair_indices, [batch, -1]), [[0, 0], [0, max_detections]])
     # top_k is stable: equal scores keep the lower class, then the lower rank within the class.
     top_scores, top_slots = tf.math.top_k(flat_scores, k=max_detections)
     count = tf.minimum(tf.reduce_sum(tf.cast(slot_valid, tf.int32), axis=[1, 2]), max_detections)
@@ -244,10 +245,11 @@ def combined_nms(boxes, scores, max_detections, iou_threshold=0.5, score_thresho
         raise ValueError(f"scores must be [B, N, C] with a static C, got shape {scores.shape}")
     max_detections = int(max_detections)
     max_per_class = max_detections if max_detections_per_class is None else int(max_detections_per_class)
-    boxes, scores = _rows_above(boxes, scores, float(score_threshold))
+    boxes, scores, columns = _candidates(boxes, scores, float(score_threshold))
     run = _combined_nms_builtins if builtins_only_enabled() else _combined_nms_tf
     out_boxes, out_scores, out_classes, count = run(
         boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
+    out_classes = tf.gather(columns, out_classes)
     keep = tf.range(max_detections)[None, :] < count[:, None]
     return {
         "boxes": tf.where(keep[..., None], out_boxes, 0.0),
