@@ -139,25 +139,29 @@ def _batched_nms_builtins(boxes, scores, classes, iou_threshold):
     return tf.gather(kept, tf.argsort(tf.gather(scores, kept), direction="DESCENDING", stable=True))
 
 
-def _candidates(boxes, scores, score_threshold):
+def _candidates(boxes, scores, score_threshold, compact_classes):
     """The rows (boxes) and classes that some score above score_threshold: NMS only ever sees those, and the kernels
     scan every class x row (SSD300: 8732 x 90 scores, 171 rows and 6 classes pass its threshold).
 
     Args: boxes [B, N, 4] or [B, N, C, 4]; scores [B, N, C].
     Returns: (boxes [B, K, 4] or [B, K, C', 4], scores [B, K, C'], classes [C'] int32: the original class of each
         column, ascending). K = min(N, max(1, the most passing rows of an image)): an image's passing rows come first
-        in ascending order (top_k keeps equal keys in index order), then rows that pass no class; C' >= 1. Each
-        class's NMS sees the same boxes in the same order as before, so the results are the same.
+        in ascending order (top_k keeps equal keys in index order), then rows that pass no class; C' >= 1 (all C
+        unless compact_classes). Each class's NMS sees the same boxes in the same order as before: same results.
+    The builtins path keeps every class: with a class count known only when run, Mask R-CNN's int8 TFLite export
+    lost its one detection (tests/test_mask_rcnn_export.py), where the static count passes.
     """
     row_passes = tf.reduce_max(scores, axis=-1) > score_threshold  # [B, N]
     most = tf.reduce_max(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1))
     k = tf.minimum(tf.maximum(most, 1), tf.shape(scores)[1])
     _, rows = tf.math.top_k(tf.cast(row_passes, tf.float32), k=k)  # [B, K]
     scores = tf.gather(scores, rows, batch_dims=1)
+    boxes = tf.gather(boxes, rows, batch_dims=1)
+    if not compact_classes:
+        return boxes, scores, tf.range(scores.shape[-1])
     classes = tf.cast(tf.reshape(tf.where(tf.reduce_any(scores > score_threshold, axis=[0, 1])), [-1]), tf.int32)
     classes = tf.concat([classes, tf.zeros([1 - tf.minimum(tf.size(classes), 1)], tf.int32)], 0)  # >= 1 column
     scores = tf.gather(scores, classes, axis=2)
-    boxes = tf.gather(boxes, rows, batch_dims=1)
     if boxes.shape.rank == 4:
         boxes = tf.gather(boxes, classes, axis=2)
     return boxes, scores, classes
@@ -176,15 +180,16 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score."""
     batch = tf.shape(scores)[0]
     num_boxes = tf.shape(scores)[1]
-    num_classes = tf.shape(scores)[2]  # the classes with candidates: known when run
+    num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
     # [B * C, N] scores and [B * C, N, 4] boxes (shared boxes are indexed per image instead of copied C times).
     class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
+    pair_image = tf.repeat(tf.range(batch), num_classes)
     if not shared:
         class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
 
     def one_class(pair):
-        box_set = boxes[pair // num_classes] if shared else class_boxes[pair]
+        box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
         indices, valid = _nms_padded(box_set, class_scores[pair], max_per_class, iou_threshold, score_threshold)
         return indices, valid
 
@@ -195,10 +200,12 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
     slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
     slot_scores = tf.where(slot_valid, slot_scores, float("-inf"))
-    # top_k needs k <= candidates: max_detections padding slots (the number of classes is not known when traced)
-    flat_scores = tf.pad(tf.reshape(slot_scores, [batch, -1]), [[0, 0], [0, max_detections]],
-                         constant_values=float("-inf"))
-    flat_indices = tf.pad(tf.reshape(pair_indices, [batch, -1]), [[0, 0], [0, max_detections]])
+    candidates = num_classes * max_per_class
+    flat_scores = tf.reshape(slot_scores, [batch, candidates])
+    flat_indices = tf.reshape(pair_indices, [batch, candidates])
+    if candidates < max_detections:  # top_k needs k <= candidates
+        flat_scores = tf.pad(flat_scores, [[0, 0], [0, max_detections - candidates]], constant_values=float("-inf"))
+        flat_indices = tf.pad(flat_indices, [[0, 0], [0, max_detections - candidates]])
     # top_k is stable: equal scores keep the lower class, then the lower rank within the class.
     top_scores, top_slots = tf.math.top_k(flat_scores, k=max_detections)
     count = tf.minimum(tf.reduce_sum(tf.cast(slot_valid, tf.int32), axis=[1, 2]), max_detections)
@@ -245,11 +252,13 @@ def combined_nms(boxes, scores, max_detections, iou_threshold=0.5, score_thresho
         raise ValueError(f"scores must be [B, N, C] with a static C, got shape {scores.shape}")
     max_detections = int(max_detections)
     max_per_class = max_detections if max_detections_per_class is None else int(max_detections_per_class)
-    boxes, scores, columns = _candidates(boxes, scores, float(score_threshold))
-    run = _combined_nms_builtins if builtins_only_enabled() else _combined_nms_tf
+    builtins = builtins_only_enabled()
+    boxes, scores, columns = _candidates(boxes, scores, float(score_threshold), compact_classes=not builtins)
+    run = _combined_nms_builtins if builtins else _combined_nms_tf
     out_boxes, out_scores, out_classes, count = run(
         boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
-    out_classes = tf.gather(columns, out_classes)
+    if not builtins:
+        out_classes = tf.gather(columns, out_classes)
     keep = tf.range(max_detections)[None, :] < count[:, None]
     return {
         "boxes": tf.where(keep[..., None], out_boxes, 0.0),
