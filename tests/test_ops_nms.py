@@ -70,7 +70,10 @@ def test_nms_equals_reference(seed):
     if seed % 3 == 0:
         scores = np.round(scores * 4) / 4  # ties: kept in index order
     threshold = float(rng.choice([0.3, 0.5, 0.7]))
-    np.testing.assert_array_equal(nms(boxes, scores, threshold).numpy(), nms_reference(boxes, scores, threshold))
+    expected = nms_reference(boxes, scores, threshold)
+    np.testing.assert_array_equal(nms(boxes, scores, threshold).numpy(), expected)
+    with builtins_only():  # NMS V5 (the TFLite path)
+        np.testing.assert_array_equal(nms(boxes, scores, threshold).numpy(), expected)
 
 
 def test_nms_edge_cases():
@@ -84,17 +87,40 @@ def test_nms_edge_cases():
     np.testing.assert_array_equal(nms(odd, [0.5, 0.7, 0.6], 0.5).numpy(), [1, 0])
 
 
+@pytest.mark.parametrize("builtins", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_batched_nms_equals_per_class_reference(seed):
+def test_batched_nms_equals_per_class_reference(seed, builtins):
     rng = np.random.default_rng(100 + seed)
     count = int(rng.integers(1, 400))
     boxes = clustered_boxes(rng, count, spread=4.0)
     if seed == 5:
         boxes -= 150.0  # negative coordinates: class regions must still not overlap
     scores = rng.uniform(0, 1, count).astype(np.float32)
-    classes = rng.integers(0, int(rng.integers(1, 12)), count).astype(np.int32)
-    kept = batched_nms(boxes, scores, classes, 0.5).numpy()
+    if seed % 2:
+        scores = np.round(scores * 8) / 8  # ties: kept in index order, and suppressed by the lower index
+        boxes[::7, 2:] = boxes[::7, :2]  # zero-area boxes: never suppressed, suppress nothing
+    classes = rng.integers(0, int(rng.integers(1, 12)), count).astype(np.int32) * 7 - 20  # any int ids
+    with builtins_only(builtins):
+        kept = batched_nms(boxes, scores, classes, 0.5).numpy()
     np.testing.assert_array_equal(kept, batched_nms_reference(boxes, scores, classes, 0.5))
+
+
+@pytest.mark.parametrize("builtins", [False, True])
+def test_batched_nms_traced_with_unknown_size_and_minus_inf_scores(builtins):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None]), tf.TensorSpec([None], tf.int32)])
+    def run(boxes, scores, classes):
+        with builtins_only(builtins):
+            return batched_nms(boxes, scores, classes, 0.45)
+
+    rng = np.random.default_rng(7)
+    for count in (0, 1, 250):
+        boxes = clustered_boxes(rng, count)
+        scores = rng.uniform(0, 1, count).astype(np.float32)
+        scores[::5] = -np.inf  # never kept (as NMS V5 with score_threshold=-inf)
+        classes = rng.integers(0, 3, count).astype(np.int32)
+        live = np.nonzero(scores > -np.inf)[0]
+        expected = live[batched_nms_reference(boxes[live], scores[live], classes[live], 0.45)]
+        np.testing.assert_array_equal(run(boxes, scores, classes).numpy(), expected)
 
 
 def test_batched_nms_empty_and_two_classes_on_the_same_box():
@@ -134,6 +160,24 @@ def test_combined_nms_both_paths_equal_reference(seed, per_class_boxes, max_per_
         assert result["classes"].dtype == np.int32 and result["num_detections"].dtype == np.int32
         assert result["boxes"].shape == (batch, max_detections, 4)
         check_against_reference(result, boxes, scores, max_detections, 0.5, 0.1, per_class)
+
+
+@pytest.mark.parametrize("per_class_boxes", [False, True])
+def test_combined_nms_sparse_scores(per_class_boxes):
+    """Few (box, class) scores above the threshold, in different rows and classes per image (SSD's case): NMS runs
+    on those rows and classes only, with the same detections."""
+    rng = np.random.default_rng(31)
+    batch, count, classes = 3, 300, 20
+    shape = (batch, count, classes, 4) if per_class_boxes else (batch, count, 4)
+    boxes = clustered_boxes(rng, int(np.prod(shape[:-1])), spread=3.0).reshape(shape)
+    scores = rng.uniform(0, 0.05, (batch, count, classes)).astype(np.float32)
+    for b, hits in enumerate((40, 3, 0)):  # the last image has no candidate at all
+        rows, columns = rng.integers(0, count, hits), rng.choice([2, 5, 11, 17], hits)
+        scores[b, rows, columns] = rng.uniform(0.2, 1, hits)
+    tf_path, twin = run_both_paths(boxes, scores, 15, 0.5, 0.1, 4)
+    for result in (tf_path, twin):
+        check_against_reference(result, boxes, scores, 15, 0.5, 0.1, 4)
+    assert tf_path["num_detections"][0] > 4 and tf_path["num_detections"][2] == 0
 
 
 def test_combined_nms_zero_detections_and_fewer_candidates_than_rows():
