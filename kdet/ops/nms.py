@@ -210,9 +210,12 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
     lowest = float("-inf")
-    has_area = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [B, N] or [B, N, C]
+    # [B, N] or [B, N, C]. unstack / expand_dims, not boxes[..., k] / x[:, :, None]: after the row compaction B and N
+    # are both dynamic, and such slices then stay StridedSlices with ellipsis / new-axis masks (no TFLite builtin).
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    has_area = (y2 > y1) & (x2 > x1)
     if shared:
-        has_area = tf.broadcast_to(has_area[:, :, None], tf.shape(scores))
+        has_area = tf.broadcast_to(tf.expand_dims(has_area, 2), tf.shape(scores))  # not [:, :, None]: see above
     # [B * C, N] scores and area flags, [B * C, N, 4] boxes (shared boxes are indexed per image, not copied C times).
     class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
     class_area = tf.reshape(tf.transpose(has_area, [0, 2, 1]), [-1, num_boxes])
