@@ -25,6 +25,7 @@ LABELS = {
     "kdet": "kdet (`tf.function`)",
     "kdet_builtins": "kdet builtins-only twin (TFLite path, run by TF)",
     "keras_hub": "KerasHub",
+    "kdet_keras_train_step": "kdet Keras `train_on_batch`",
 }
 NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say it
     "detections_agree": "same detections as torchvision: {}",
@@ -40,6 +41,12 @@ NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say i
     "kdet_builtins_max_error": "twin largest difference {:.1e}",
     "export_saved_model_seconds": "SavedModel export {} s",
     "export_tflite_seconds": "TFLite export {} s",
+    "weights": "{}",
+    "batch_boxes": "{} boxes in the batch",
+    "kdet_trainable_parameters": "{:,} trainable parameters",
+    "torchvision_trainable_parameters": "torchvision {:,}",
+    "optimizer": "{} on both sides",
+    "first_losses": "first step's loss (kdet, torchvision): {}",
 }
 
 
@@ -65,11 +72,13 @@ def header(record):
     calls = "call" if settings["warmup"] == 1 else "calls"
     merged = "".join(f", then `{command}` (re-ran those pairs into the same file)" for command in
                      record.get("merged", []))
+    batch = f"batch {settings['batch']}" + (f" (training steps: batch {settings['train_batch']})"
+                                             if "train_batch" in settings else "")
     wall = f"{record.get('wall_seconds', '?')} s wall" + (" in all" if merged else "")
     wall += f", code at {record['commit']}" if record.get("commit") else ""
     return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}`{merged} ({wall})"
             f" on {machine['date'][:10]}: {cpu['model']}, {cpu['usable_cpus']} cores ({flags}), "
-            f"{machine['threads']} threads for each library, batch 1, {settings['rounds']} round-robin rounds after "
+            f"{machine['threads']} threads for each library, {batch}, {settings['rounds']} round-robin rounds after "
             f"{settings['warmup']} warm-up {calls} of each contender; {libraries}. Load average (1 min) "
             f"{load_start[0]} at the start and {load_end[0]} at the end: the machine was shared, read the ratios, "
             f"not the milliseconds. The ratio is contender / torchvision within each round, then its median "
@@ -114,7 +123,9 @@ def render(record):
              "/ torchvision per round: median (min-max) |", "|---|---|---|---|---|"]
     for pair in record["pairs"].values():
         lines += pair_rows(pair)
-    lines += ["", "Checks made before timing (same seeded weights on both sides):", ""]
+    random = any("weights" in pair.get("notes", {}) for pair in record["pairs"].values())
+    lines += ["", "Checks made before timing (same seeded weights on both sides" +
+              (" unless the pair says otherwise" if random else "") + "):", ""]
     lines += [textwrap.fill(pair_notes(pair), 118, subsequent_indent="  ", break_on_hyphens=False,
                             break_long_words=False) for pair in record["pairs"].values() if "error" not in pair]
     return "\n".join(lines + [END])

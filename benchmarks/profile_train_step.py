@@ -55,9 +55,11 @@ from kdet.training import recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 3  # BCCD: RBC, WBC, platelets
+SGD = {"lr": 1e-3, "momentum": 0.9}  # both sides' optimizer
+DATA = (REPO / "../shared/data/bccd/BCCD").resolve()
 
 
-def _kdet_models():
+def kdet_models():
     """{name: (config for the data, image size, batch, model builder(config), torchvision twin or None)}: the twins
     at torchvision's widths, YOLOv2 and CenterNet R18 as their BCCD configs build them (multi-scale off)."""
     from kdet.build import build_model
@@ -82,9 +84,10 @@ def torchvision_model(name, size):
 
 
 def torchvision_step(name, size, x, y):
-    """-> (forward + loss, full train step) as zero-argument callables on the batch (x, y) of the recipe."""
+    """-> (forward + loss, full train step, the torchvision model) on the batch (x, y) of the recipe; the steps are
+    zero-argument callables, the train step returns the loss as a float."""
     model = torchvision_model(name, size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), **SGD)
     images = [torch.from_numpy(image.transpose(2, 0, 1) / 255.0).float() for image in np.asarray(x)]
     targets = []
     for boxes, labels in zip(np.asarray(y["boxes"]), np.asarray(y["labels"])):
@@ -100,12 +103,22 @@ def torchvision_step(name, size, x, y):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return forward_loss, train_step
+        return float(loss)
+    return forward_loss, train_step, model
+
+
+def kdet_train_step(model, x, y):
+    """Compile the kdet model with the benchmark's SGD; -> Keras' compiled train step on (x, y) as a zero-argument
+    callable returning the loss as a float (`train_on_batch`: forward, targets, loss, gradient, optimizer apply)."""
+    model.compile(optimizer=keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"]))
+    x = tf.constant(x)
+    y = {"boxes": tf.constant(y["boxes"]), "labels": tf.constant(y["labels"])}
+    return lambda: float(model.train_on_batch(x, y))
 
 
 def kdet_stages(model, x, y):
     """{stage: zero-argument callable} of the kdet model on the batch (x, y); the model is compiled here."""
-    model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
+    train_step = kdet_train_step(model, x, y)
 
     @tf.function
     def forward(images):
@@ -125,7 +138,7 @@ def kdet_stages(model, x, y):
     return {"kdet_forward": lambda: forward(x),
             "kdet_targets": lambda: targets(x, boxes, labels),
             "kdet_forward_targets_loss": lambda: forward_targets_loss(x, boxes, labels).numpy(),
-            "kdet_train_step": lambda: model.train_on_batch(x, {"boxes": boxes, "labels": labels})}
+            "kdet_train_step": train_step}
 
 
 def pipeline_rate(dataset, batches):
@@ -140,23 +153,29 @@ def pipeline_rate(dataset, batches):
     return images / (time.perf_counter() - start)
 
 
-def profile(name, spec, args):
-    config_name, size, batch, make_model, twin = spec
-    overrides = [f"data.path={args.data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}"]
+def prepare(name, data=DATA):
+    """-> (the built kdet model, (x, y): its first training batch as numpy, the recipe's training dataset) for a
+    model of kdet_models(), on the BCCD training split at `data`."""
+    config_name, size, batch, make_model, _ = kdet_models()[name]
+    overrides = [f"data.path={data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}"]
     if name == "yolov2":
         overrides.append("model.args.multiscale_sizes=[]")  # one input signature: the step at 416
     config = load_config(str(REPO / "configs" / config_name), overrides)
-    data = load_split(config, "train")
     model = make_model(config)
     model(tf.zeros([1, size, size, 3]))
-    dataset, _ = recipe.training_dataset(model, config, data)
+    dataset, _ = recipe.training_dataset(model, config, load_split(config, "train"))
     x, y = next(iter(dataset))
-    x, y = x.numpy(), {"boxes": y["boxes"].numpy(), "labels": y["labels"].numpy()}
+    return model, (x.numpy(), {"boxes": y["boxes"].numpy(), "labels": y["labels"].numpy()}), dataset
+
+
+def profile(name, spec, args):
+    _, size, batch, _, twin = spec
+    model, (x, y), dataset = prepare(name, args.data)
     load_start = load_average()
     rate = pipeline_rate(dataset, args.pipeline_batches)
     contenders = kdet_stages(model, x, y)
     if twin and torch is not None:
-        forward_loss, train_step = torchvision_step(twin, size, x, y)
+        forward_loss, train_step, _ = torchvision_step(twin, size, x, y)
         contenders.update(torchvision_forward_loss=forward_loss, torchvision_train_step=train_step)
     start = time.perf_counter()
     timing = round_robin(contenders, rounds=args.rounds, warmup=args.warmup,
@@ -175,13 +194,13 @@ def profile(name, spec, args):
 
 
 def main(argv=None):
-    models = _kdet_models()
+    models = kdet_models()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(models))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pipeline-batches", type=int, default=20)
-    parser.add_argument("--data", default=str((REPO / "../shared/data/bccd/BCCD").resolve()))
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--output", default="runs/bench/profile_train_step.json")
     args = parser.parse_args(argv)
     if torch is not None:
