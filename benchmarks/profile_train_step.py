@@ -113,7 +113,7 @@ def kdet_train_step(model, x, y):
     model.compile(optimizer=keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"]))
     x = tf.constant(x)
     y = {"boxes": tf.constant(y["boxes"]), "labels": tf.constant(y["labels"])}
-    return lambda: float(model.train_on_batch(x, y))
+    return lambda: float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 def kdet_stages(model, x, y):
