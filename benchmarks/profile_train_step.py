@@ -13,9 +13,11 @@ are timed round-robin (benchmarks/speed_common.round_robin) with torchvision's s
   torchvision_forward_loss   model(images, targets) in train mode (its target assignment is inside)
   torchvision_train_step     the same + backward + optimizer step
 Derived per model: loss = forward_targets_loss - forward - targets; gradient_and_apply = train_step -
-forward_targets_loss (medians). Both sides: random initialisation, SGD(1e-3, momentum 0.9), the same batch (boxes
-with label -1 dropped for torchvision, labels + 1 for its background class), the same threads. Faster R-CNN and
-RetinaNet: torchvision's transform set to min_size = max_size = the image size (no resize); SSD300 resizes to 300.
+forward_targets_loss (medians), torchvision's gradient_and_apply = its train_step - forward_loss; and per round, the
+kdet / torchvision ratio of forward + targets + loss, of gradient + apply and of the train step (median, min-max).
+Both sides: random initialisation, SGD(1e-3, momentum 0.9), the same batch (boxes with label -1 dropped for
+torchvision, labels + 1 where its twin has a background class), the same threads. Faster R-CNN and RetinaNet:
+torchvision's transform set to min_size = max_size = the image size (no resize); SSD300 resizes to 300.
 
 Input pipeline: the recipe's training dataset for the model alone, `--pipeline-batches` batches after 2 warm-up,
 images/s, against the step's images/s (batch / kdet_train_step median); goal >= 2x. Written as JSON (default
@@ -46,7 +48,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-from speed_common import load_average, machine, round_robin  # noqa: E402
+from speed_common import load_average, machine, round_robin, spread  # noqa: E402
 
 from kdet.build import load_split  # noqa: E402
 from kdet.config import load_config  # noqa: E402
@@ -75,9 +77,15 @@ def kdet_models():
     }
 
 
+def background_class(name):
+    """1 when torchvision's twin has a background class 0 (softmax heads: Faster R-CNN, SSD), else 0 (RetinaNet's
+    sigmoid focal loss has none, like kdet's: the same head widths on both sides)."""
+    return 0 if name.startswith("retinanet") else 1
+
+
 def torchvision_model(name, size):
-    """torchvision's twin in train mode, random init, 1 + NUM_CLASSES outputs (class 0 = background)."""
-    kwargs = {"weights": None, "weights_backbone": None, "num_classes": NUM_CLASSES + 1}
+    """torchvision's twin in train mode, random init, NUM_CLASSES (+ background) outputs."""
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": NUM_CLASSES + background_class(name)}
     if name != "ssd300_vgg16":
         kwargs.update(min_size=size, max_size=size)
     return getattr(tv_detection, name)(**kwargs).train()
@@ -93,7 +101,7 @@ def torchvision_step(name, size, x, y):
     for boxes, labels in zip(np.asarray(y["boxes"]), np.asarray(y["labels"])):
         keep = labels >= 0
         targets.append({"boxes": torch.from_numpy(boxes[keep][:, [1, 0, 3, 2]]).float(),  # yxyx -> xyxy
-                        "labels": torch.from_numpy(labels[keep] + 1).long()})
+                        "labels": torch.from_numpy(labels[keep] + background_class(name)).long()})
 
     def forward_loss():
         return sum(model(images, targets).values())
@@ -186,9 +194,20 @@ def profile(name, spec, args):
                "gradient_and_apply_ms": round(med["kdet_train_step"] - med["kdet_forward_targets_loss"], 1),
                "train_step_ms": med["kdet_train_step"]}
     step_rate = batch * 1000.0 / med["kdet_train_step"]
+    versus = {}
+    if timing["reference"]:
+        t = {key: np.asarray(value["times_ms"]) for key, value in timing["contenders"].items()}
+        derived["torchvision_gradient_and_apply_ms"] = round(
+            med["torchvision_train_step"] - med["torchvision_forward_loss"], 1)
+        versus = {"forward_targets_loss": spread(t["kdet_forward_targets_loss"] / t["torchvision_forward_loss"]),
+                  "gradient_and_apply": spread((t["kdet_train_step"] - t["kdet_forward_targets_loss"]) /
+                                               (t["torchvision_train_step"] - t["torchvision_forward_loss"])),
+                  "train_step": spread(t["kdet_train_step"] / t["torchvision_train_step"])}
+        versus = {stage: {key: round(value, 3) for key, value in ratio.items()} for stage, ratio in versus.items()}
     return {"input": f"BCCD batch {batch} at {size}x{size} (recipe pipeline, augmented)", "twin": twin,
             "model": f"{type(model).__name__}, {model.count_params()} parameters",
-            "stages_ms": derived, "pipeline_images_per_s": round(rate, 2), "step_images_per_s": round(step_rate, 2),
+            "stages_ms": derived, "kdet_over_torchvision_per_round": versus,
+            "pipeline_images_per_s": round(rate, 2), "step_images_per_s": round(step_rate, 2),
             "pipeline_over_step": round(rate / step_rate, 2), "timing_seconds": round(time.perf_counter() - start, 1),
             "load_average_start": load_start, "load_average_end": load_average(), **timing}
 
@@ -201,7 +220,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pipeline-batches", type=int, default=20)
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--output", default="runs/bench/profile_train_step.json")
+    parser.add_argument("--output", default="runs/bench/profile_train_step.json",
+                        help="JSON path (the committed run: benchmarks/results/profile_train_step.json)")
     args = parser.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(THREADS)
@@ -212,7 +232,8 @@ def main(argv=None):
     for name in args.only or list(models):
         print(f"[profile_train_step] {name}", flush=True)
         record["models"][name] = result = profile(name, models[name], args)
-        print(json.dumps({"model": name, "stages_ms": result["stages_ms"], "ratios": result["ratios"],
+        print(json.dumps({"model": name, "stages_ms": result["stages_ms"],
+                          "kdet_over_torchvision": result["kdet_over_torchvision_per_round"],
                           "pipeline_over_step": result["pipeline_over_step"]}), flush=True)
         record["machine"]["load_average_end"] = load_average()
         output.write_text(json.dumps(record, indent=1) + "\n")  # after every model: a crash keeps the rest

@@ -11,7 +11,8 @@ Pairs (same seeded weights on both sides, batch 1, one image): Faster R-CNN R50-
 with kdet's SavedModel and TFLite fp32 (builtins only); batched NMS of 1k / 10k boxes and RoIAlign of 2000 RoIs
 (kdet's default op and its builtins-only twin); and one training step, batch 2 at 512x512, of Faster R-CNN and
 RetinaNet R50-FPN (kdet's compiled Keras `train_on_batch` vs torchvision's forward + loss + backward + SGD step, on
-one real BCCD batch of the training recipe, random initialisation on each side). Each pair is built, checked (detection counts / agreement in its
+one real BCCD batch of the training recipe, random initialisation on each side; a step takes seconds, so these two
+pairs add about as much time as all the others). Each pair is built, checked (detection counts / agreement in its
 notes), warmed up (tracing and allocation, never timed), then timed by benchmarks/speed_common.round_robin: every
 round calls each contender once, in turn, and the ratio to torchvision is taken per round. TensorFlow and torch get
 the same threads (intra-op --threads, TF inter-op 1; torch's OpenMP waits passively, as TF's pool does, because a
@@ -139,17 +140,16 @@ def train_pair(name):
 
 
 def builders(args):
-    """{pair name: zero-argument function building the pair} (imports here: torch is already loaded first)."""
-    import bench_faster_rcnn_speed
-    import bench_retinanet_speed
-    import bench_seg_twin_speed
-    import bench_ssd_speed
+    """{pair name: zero-argument function building the pair}; modules are imported when a pair is built (torch is
+    loaded first by then), so listing the pairs imports nothing."""
+    from importlib import import_module
     export = not args.skip_export
     return {
-        "faster_rcnn": lambda: bench_faster_rcnn_speed.speed_pair(export=export),
-        "retinanet": lambda: bench_retinanet_speed.speed_pair(512, export=export),
-        "ssd300": lambda: bench_ssd_speed.speed_pair(export=export),
-        "fcn_resnet50": lambda: bench_seg_twin_speed.speed_pair(512, export=export, threads=args.threads),
+        "faster_rcnn": lambda: import_module("bench_faster_rcnn_speed").speed_pair(export=export),
+        "retinanet": lambda: import_module("bench_retinanet_speed").speed_pair(512, export=export),
+        "ssd300": lambda: import_module("bench_ssd_speed").speed_pair(export=export),
+        "fcn_resnet50": lambda: import_module("bench_seg_twin_speed").speed_pair(512, export=export,
+                                                                                 threads=args.threads),
         "nms_1k": lambda: nms_pair(1000),
         "nms_10k": lambda: nms_pair(10000),
         "roi_align_2000": lambda: roi_align_pair(2000),
