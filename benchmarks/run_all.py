@@ -118,7 +118,8 @@ def roi_align_pair(num_rois, output=7, channels=256, feature_size=64, stride=16,
 def train_pair(name):
     """kdet's compiled Keras train step (`train_on_batch`: forward, target assignment, loss, gradient, SGD apply) vs
     torchvision's (forward + loss in train mode, backward, SGD step) on the same real BCCD batch of the training
-    recipe's tf.data, both built by benchmarks/profile_train_step.py; one step each before timing (kdet traces)."""
+    recipe's tf.data, both built by benchmarks/profile_train_step.py. One step each here (kdet traces; the first
+    losses go into the notes) and one warm-up step in run_pair: 2 untimed steps, as the other pairs' 2 warm-up calls."""
     import profile_train_step as steps
     _, size, batch, _, twin = steps.kdet_models()[name]
     model, (x, y), _ = steps.prepare(name)
@@ -132,7 +133,7 @@ def train_pair(name):
                                                          if p.requires_grad)),
              "optimizer": f"SGD(learning rate {steps.SGD['lr']}, momentum {steps.SGD['momentum']})",
              "first_losses": [round(loss, 4) for loss in losses]}
-    return {"input": f"batch {batch}, {size}x{size}", "notes": notes,
+    return {"input": f"batch {batch}, {size}x{size}", "notes": notes, "warmup": 1,  # + the step above: 2 untimed
             "contenders": {"kdet_keras_train_step": kdet_step, "torchvision": torch_step},
             "calls": {"kdet_keras_train_step": "model.train_on_batch(images, {boxes, labels}) after model.compile("
                       "SGD): Keras' compiled train step", "torchvision": "model(images, targets) in train mode, sum of "
@@ -166,8 +167,8 @@ def run_pair(name, build, rounds, warmup):
     try:
         pair = build()
         built = time.perf_counter()
-        timing = round_robin(pair["contenders"], rounds=rounds, warmup=warmup, reference="torchvision",
-                             repeat=pair.get("repeat", 1))
+        timing = round_robin(pair["contenders"], rounds=rounds, warmup=min(warmup, pair.get("warmup", warmup)),
+                             reference="torchvision", repeat=pair.get("repeat", 1))
     except Exception:  # one broken pair must not lose the others' figures: the error goes into the JSON
         return {"title": TITLES[name], "error": traceback.format_exc(limit=-6)}
     return {"title": TITLES[name], "input": pair["input"], "calls": pair["calls"], "notes": pair["notes"],
