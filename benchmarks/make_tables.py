@@ -3,6 +3,7 @@
     python3 benchmarks/make_tables.py            # rewrite the block of README.md from benchmarks/results/speed.json
     python3 benchmarks/make_tables.py --check    # exit 1 if README.md's block differs from the JSON's rendering
     python3 benchmarks/make_tables.py --profile runs/bench/profile.json   # print the per-stage table (Markdown)
+    python3 benchmarks/make_tables.py --train-profile benchmarks/results/profile_train_step.json   # training step
 
 The block sits between START and END (HTML comments, invisible on GitHub); everything else in README.md is left
 as it is. tests/test_bench_harness.py checks that the committed README and JSON agree.
@@ -151,6 +152,33 @@ def profile_table(record):
     return lines
 
 
+def train_profile_table(record):
+    """The table of benchmarks/profile_train_step.py's JSON (Markdown lines): per model, kdet's stage medians, the
+    torchvision twin's, the per-round kdet / torchvision ratios (median, min-max) and the input pipeline's image rate
+    over the step's; the load next to each model."""
+    def ratio(r):
+        return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+    lines = ["| model, input (load) | kdet ms: forward / targets / loss / gradient + apply / train step | "
+             "torchvision ms: forward + loss / gradient + apply / train step | kdet / torchvision per round: "
+             "forward + targets + loss; gradient + apply; train step | pipeline images/s over the step's |",
+             "|---|---|---|---|---|"]
+    for name, model in record["models"].items():
+        ms, med = model["stages_ms"], {k: v["median_ms"] for k, v in model["contenders"].items()}
+        kdet = " / ".join(milliseconds(ms[k]) for k in ("forward_ms", "targets_ms", "loss_ms",
+                                                         "gradient_and_apply_ms", "train_step_ms"))
+        versus = model.get("kdet_over_torchvision_per_round") or {}
+        twin = " / ".join(milliseconds(v) for v in (med["torchvision_forward_loss"],
+                                                    ms["torchvision_gradient_and_apply_ms"],
+                                                    med["torchvision_train_step"])) if versus else "no twin"
+        ratios = "; ".join(ratio(versus[k]) for k in ("forward_targets_loss", "gradient_and_apply", "train_step"))
+        lines.append(f"| {name}, {model['input']} (load {model['load_average_start'][0]} -> "
+                     f"{model['load_average_end'][0]}) | {kdet} | {twin} | {ratios or '-'} | "
+                     f"{model['pipeline_over_step']:.1f}x ({model['pipeline_images_per_s']:.1f} / "
+                     f"{model['step_images_per_s']:.2f}) |")
+    return lines
+
+
 def replace_block(text, block):
     """text with its START..END block replaced; a clear error if the markers are missing or out of order."""
     start, end = text.find(START), text.find(END)
@@ -173,9 +201,11 @@ def main(argv=None):
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when they differ")
     parser.add_argument("--profile", help="print the per-stage table of this profile_stages.py JSON and stop")
+    parser.add_argument("--train-profile", help="print the table of this profile_train_step.py JSON and stop")
     args = parser.parse_args(argv)
-    if args.profile:
-        print("\n".join(profile_table(json.loads(Path(args.profile).read_text()))))
+    if args.profile or args.train_profile:
+        table = profile_table if args.profile else train_profile_table
+        print("\n".join(table(json.loads(Path(args.profile or args.train_profile).read_text()))))
         return
     record = json.loads(Path(args.results).read_text())
     readme = Path(args.readme)

@@ -177,3 +177,20 @@ def test_make_tables_renders_a_training_step_pair_with_its_batch_and_its_random_
     assert "same seeded weights on both sides unless the pair says otherwise" in flat
     assert ("random initialisation on each side; 24 boxes in the batch; 41,362,531 trainable parameters; "
             "torchvision 41,362,531; first step's loss (kdet, torchvision): [2.09, 2.28]") in flat
+
+
+def test_train_profile_table_states_stages_twin_ratios_and_pipeline_rate():
+    timing = {"kdet_train_step": 4000.0, "torchvision_forward_loss": 2000.0, "torchvision_train_step": 6000.0}
+    model = {"input": "BCCD batch 2 at 512x512", "load_average_start": [1.2, 1, 1], "load_average_end": [1.4, 1, 1],
+             "contenders": {k: {"median_ms": v} for k, v in timing.items()},
+             "stages_ms": {"forward_ms": 1234.5, "targets_ms": 45.67, "loss_ms": 5.678, "gradient_and_apply_ms": 2700.0,
+                           "train_step_ms": 4000.0, "torchvision_gradient_and_apply_ms": 4000.0},
+             "kdet_over_torchvision_per_round": {"forward_targets_loss": {"median": 0.652, "min": 0.6, "max": 0.7},
+                                                 "gradient_and_apply": {"median": 0.678, "min": 0.6, "max": 0.8},
+                                                 "train_step": {"median": 0.667, "min": 0.61, "max": 0.72}},
+             "pipeline_images_per_s": 80.0, "step_images_per_s": 0.5, "pipeline_over_step": 160.0}
+    lines = make_tables.train_profile_table({"models": {"faster_rcnn": model}})
+    assert len(lines) == 3 and lines[1] == "|---|---|---|---|---|"
+    assert lines[2] == ("| faster_rcnn, BCCD batch 2 at 512x512 (load 1.2 -> 1.4) | 1234 / 45.7 / 5.68 / 2700 / 4000 | "
+                        "2000 / 4000 / 6000 | 0.66 (0.60-0.70); 0.68 (0.60-0.80); 0.67 (0.61-0.72) | "
+                        "160.0x (80.0 / 0.50) |")
