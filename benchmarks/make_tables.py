@@ -53,7 +53,8 @@ NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say i
 
 def milliseconds(value):
     """3 significant figures at most, no more than 2 decimals: 2342 / 426 / 42.6 / 4.26."""
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    size = abs(value)  # a stage derived by subtraction can come out negative on a loaded machine
+    return f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.2f}"
 
 
 def yes_no(value):

@@ -12,8 +12,9 @@ are timed round-robin (benchmarks/speed_common.round_robin) with torchvision's s
   kdet_train_step            Keras' compiled train step (`train_on_batch`): the above + gradient + optimizer apply
   torchvision_forward_loss   model(images, targets) in train mode (its target assignment is inside)
   torchvision_train_step     the same + backward + optimizer step
-Derived per model: loss = forward_targets_loss - forward - targets; gradient_and_apply = train_step -
-forward_targets_loss (medians), torchvision's gradient_and_apply = its train_step - forward_loss; and per round, the
+Derived per model, each the median over rounds of its per-round value (stages of one round run within seconds of
+each other, under the same load): loss = forward_targets_loss - forward - targets; gradient_and_apply = train_step -
+forward_targets_loss; torchvision's gradient_and_apply = its train_step - forward_loss; and per round, the
 kdet / torchvision ratio of forward + targets + loss, of gradient + apply and of the train step (median, min-max).
 Both sides: random initialisation, SGD(1e-3, momentum 0.9), the same batch (boxes with label -1 dropped for
 torchvision, labels + 1 where its twin has a background class), the same threads. Faster R-CNN and RetinaNet:
@@ -188,17 +189,19 @@ def profile(name, spec, args):
     start = time.perf_counter()
     timing = round_robin(contenders, rounds=args.rounds, warmup=args.warmup,
                          reference="torchvision_train_step" if "torchvision_train_step" in contenders else None)
-    med = {key: value["median_ms"] for key, value in timing["contenders"].items()}
-    derived = {"forward_ms": med["kdet_forward"], "targets_ms": med["kdet_targets"],
-               "loss_ms": round(med["kdet_forward_targets_loss"] - med["kdet_forward"] - med["kdet_targets"], 1),
-               "gradient_and_apply_ms": round(med["kdet_train_step"] - med["kdet_forward_targets_loss"], 1),
-               "train_step_ms": med["kdet_train_step"]}
-    step_rate = batch * 1000.0 / med["kdet_train_step"]
+    t = {key: np.asarray(value["times_ms"]) for key, value in timing["contenders"].items()}
+
+    def median(values):
+        return round(float(np.median(values)), 1)
+    derived = {"forward_ms": median(t["kdet_forward"]), "targets_ms": median(t["kdet_targets"]),
+               "loss_ms": median(t["kdet_forward_targets_loss"] - t["kdet_forward"] - t["kdet_targets"]),
+               "gradient_and_apply_ms": median(t["kdet_train_step"] - t["kdet_forward_targets_loss"]),
+               "train_step_ms": median(t["kdet_train_step"])}
+    step_rate = batch * 1000.0 / derived["train_step_ms"]
     versus = {}
     if timing["reference"]:
-        t = {key: np.asarray(value["times_ms"]) for key, value in timing["contenders"].items()}
-        derived["torchvision_gradient_and_apply_ms"] = round(
-            med["torchvision_train_step"] - med["torchvision_forward_loss"], 1)
+        derived["torchvision_gradient_and_apply_ms"] = median(t["torchvision_train_step"] -
+                                                              t["torchvision_forward_loss"])
         versus = {"forward_targets_loss": spread(t["kdet_forward_targets_loss"] / t["torchvision_forward_loss"]),
                   "gradient_and_apply": spread((t["kdet_train_step"] - t["kdet_forward_targets_loss"]) /
                                                (t["torchvision_train_step"] - t["torchvision_forward_loss"])),
