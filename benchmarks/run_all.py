@@ -122,6 +122,8 @@ def train_pair(name):
     losses go into the notes) and one warm-up step in run_pair: 2 untimed steps, as the other pairs' 2 warm-up calls."""
     import profile_train_step as steps
     _, size, batch, _, twin = steps.kdet_models()[name]
+    if batch != TRAIN_BATCH:
+        raise ValueError(f"profile_train_step builds {name} at batch {batch}; the JSON states {TRAIN_BATCH}")
     model, (x, y), _ = steps.prepare(name)
     kdet_step = steps.kdet_train_step(model, x, y)
     _, torch_step, torch_model = steps.torchvision_step(twin, size, x, y)
