@@ -27,6 +27,7 @@ LABELS = {
     "kdet_builtins": "kdet builtins-only twin (TFLite path, run by TF)",
     "keras_hub": "KerasHub",
     "kdet_keras_train_step": "kdet Keras `train_on_batch`",
+    "kdet_keras_bf16": "kdet Keras bfloat16 (BN folded)",
 }
 NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say it
     "detections_agree": "same detections as torchvision: {}",
@@ -42,6 +43,7 @@ NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say i
     "kdet_builtins_max_error": "twin largest difference {:.1e}",
     "export_saved_model_seconds": "SavedModel export {} s",
     "export_tflite_seconds": "TFLite export {} s",
+    "bf16_agreement": "bfloat16 detections (or mask pixels) reproducing fp32's: {:.4f}",
     "weights": "{}",
     "batch_boxes": "{} boxes in the batch",
     "kdet_trainable_parameters": "{:,} trainable parameters",
