@@ -3,6 +3,7 @@
     python3 benchmarks/make_tables.py            # rewrite the block of README.md from benchmarks/results/speed.json
     python3 benchmarks/make_tables.py --check    # exit 1 if README.md's block differs from the JSON's rendering
     python3 benchmarks/make_tables.py --profile runs/bench/profile.json   # print the per-stage table (Markdown)
+    python3 benchmarks/make_tables.py --train-profile benchmarks/results/profile_train_step.json   # training step
 
 The block sits between START and END (HTML comments, invisible on GitHub); everything else in README.md is left
 as it is. tests/test_bench_harness.py checks that the committed README and JSON agree.
@@ -25,6 +26,8 @@ LABELS = {
     "kdet": "kdet (`tf.function`)",
     "kdet_builtins": "kdet builtins-only twin (TFLite path, run by TF)",
     "keras_hub": "KerasHub",
+    "kdet_keras_train_step": "kdet Keras `train_on_batch`",
+    "kdet_keras_bf16": "kdet Keras bfloat16 (BN folded)",
 }
 NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say it
     "detections_agree": "same detections as torchvision: {}",
@@ -40,12 +43,20 @@ NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say i
     "kdet_builtins_max_error": "twin largest difference {:.1e}",
     "export_saved_model_seconds": "SavedModel export {} s",
     "export_tflite_seconds": "TFLite export {} s",
+    "bf16_agreement": "bfloat16 detections (or mask pixels) reproducing fp32's: {:.4f}",
+    "weights": "{}",
+    "batch_boxes": "{} boxes in the batch",
+    "kdet_trainable_parameters": "{:,} trainable parameters",
+    "torchvision_trainable_parameters": "torchvision {:,}",
+    "optimizer": "{} on both sides",
+    "first_losses": "first step's loss (kdet, torchvision): {}",
 }
 
 
 def milliseconds(value):
     """3 significant figures at most, no more than 2 decimals: 2342 / 426 / 42.6 / 4.26."""
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    size = abs(value)  # a stage derived by subtraction can come out negative on a loaded machine
+    return f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.2f}"
 
 
 def yes_no(value):
@@ -65,11 +76,13 @@ def header(record):
     calls = "call" if settings["warmup"] == 1 else "calls"
     merged = "".join(f", then `{command}` (re-ran those pairs into the same file)" for command in
                      record.get("merged", []))
+    batch = f"batch {settings['batch']}" + (f" (training steps: batch {settings['train_batch']})"
+                                             if "train_batch" in settings else "")
     wall = f"{record.get('wall_seconds', '?')} s wall" + (" in all" if merged else "")
     wall += f", code at {record['commit']}" if record.get("commit") else ""
     return (f"`PYTHONPATH=. /work/torchvenv/bin/python {record['command']}`{merged} ({wall})"
             f" on {machine['date'][:10]}: {cpu['model']}, {cpu['usable_cpus']} cores ({flags}), "
-            f"{machine['threads']} threads for each library, batch 1, {settings['rounds']} round-robin rounds after "
+            f"{machine['threads']} threads for each library, {batch}, {settings['rounds']} round-robin rounds after "
             f"{settings['warmup']} warm-up {calls} of each contender; {libraries}. Load average (1 min) "
             f"{load_start[0]} at the start and {load_end[0]} at the end: the machine was shared, read the ratios, "
             f"not the milliseconds. The ratio is contender / torchvision within each round, then its median "
@@ -114,7 +127,9 @@ def render(record):
              "/ torchvision per round: median (min-max) |", "|---|---|---|---|---|"]
     for pair in record["pairs"].values():
         lines += pair_rows(pair)
-    lines += ["", "Checks made before timing (same seeded weights on both sides):", ""]
+    random = any("weights" in pair.get("notes", {}) for pair in record["pairs"].values())
+    lines += ["", "Checks made before timing (same seeded weights on both sides" +
+              (" unless the pair says otherwise" if random else "") + "):", ""]
     lines += [textwrap.fill(pair_notes(pair), 118, subsequent_indent="  ", break_on_hyphens=False,
                             break_long_words=False) for pair in record["pairs"].values() if "error" not in pair]
     return "\n".join(lines + [END])
@@ -140,6 +155,33 @@ def profile_table(record):
     return lines
 
 
+def train_profile_table(record):
+    """The table of benchmarks/profile_train_step.py's JSON (Markdown lines): per model, kdet's stage medians, the
+    torchvision twin's, the per-round kdet / torchvision ratios (median, min-max) and the input pipeline's image rate
+    over the step's; the load next to each model."""
+    def ratio(r):
+        return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+    lines = ["| model, input (load) | kdet ms: forward / targets / loss / gradient + apply / train step | "
+             "torchvision ms: forward + loss / gradient + apply / train step | kdet / torchvision per round: "
+             "forward + targets + loss; gradient + apply; train step | pipeline images/s over the step's |",
+             "|---|---|---|---|---|"]
+    for name, model in record["models"].items():
+        ms, med = model["stages_ms"], {k: v["median_ms"] for k, v in model["contenders"].items()}
+        kdet = " / ".join(milliseconds(ms[k]) for k in ("forward_ms", "targets_ms", "loss_ms",
+                                                         "gradient_and_apply_ms", "train_step_ms"))
+        versus = model.get("kdet_over_torchvision_per_round") or {}
+        twin = " / ".join(milliseconds(v) for v in (med["torchvision_forward_loss"],
+                                                    ms["torchvision_gradient_and_apply_ms"],
+                                                    med["torchvision_train_step"])) if versus else "no twin"
+        ratios = "; ".join(ratio(versus[k]) for k in ("forward_targets_loss", "gradient_and_apply", "train_step"))
+        lines.append(f"| {name}, {model['input']} (load {model['load_average_start'][0]} -> "
+                     f"{model['load_average_end'][0]}) | {kdet} | {twin} | {ratios or '-'} | "
+                     f"{model['pipeline_over_step']:.1f}x ({model['pipeline_images_per_s']:.1f} / "
+                     f"{model['step_images_per_s']:.2f}) |")
+    return lines
+
+
 def replace_block(text, block):
     """text with its START..END block replaced; a clear error if the markers are missing or out of order."""
     start, end = text.find(START), text.find(END)
@@ -162,9 +204,11 @@ def main(argv=None):
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when they differ")
     parser.add_argument("--profile", help="print the per-stage table of this profile_stages.py JSON and stop")
+    parser.add_argument("--train-profile", help="print the table of this profile_train_step.py JSON and stop")
     args = parser.parse_args(argv)
-    if args.profile:
-        print("\n".join(profile_table(json.loads(Path(args.profile).read_text()))))
+    if args.profile or args.train_profile:
+        table = profile_table if args.profile else train_profile_table
+        print("\n".join(table(json.loads(Path(args.profile or args.train_profile).read_text()))))
         return
     record = json.loads(Path(args.results).read_text())
     readme = Path(args.readme)

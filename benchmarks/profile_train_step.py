@@ -12,10 +12,13 @@ are timed round-robin (benchmarks/speed_common.round_robin) with torchvision's s
   kdet_train_step            Keras' compiled train step (`train_on_batch`): the above + gradient + optimizer apply
   torchvision_forward_loss   model(images, targets) in train mode (its target assignment is inside)
   torchvision_train_step     the same + backward + optimizer step
-Derived per model: loss = forward_targets_loss - forward - targets; gradient_and_apply = train_step -
-forward_targets_loss (medians). Both sides: random initialisation, SGD(1e-3, momentum 0.9), the same batch (boxes
-with label -1 dropped for torchvision, labels + 1 for its background class), the same threads. Faster R-CNN and
-RetinaNet: torchvision's transform set to min_size = max_size = the image size (no resize); SSD300 resizes to 300.
+Derived per model, each the median over rounds of its per-round value (stages of one round run within seconds of
+each other, under the same load): loss = forward_targets_loss - forward - targets; gradient_and_apply = train_step -
+forward_targets_loss; torchvision's gradient_and_apply = its train_step - forward_loss; and per round, the
+kdet / torchvision ratio of forward + targets + loss, of gradient + apply and of the train step (median, min-max).
+Both sides: random initialisation, SGD(1e-3, momentum 0.9), the same batch (boxes with label -1 dropped for
+torchvision, labels + 1 where its twin has a background class), the same threads. Faster R-CNN and RetinaNet:
+torchvision's transform set to min_size = max_size = the image size (no resize); SSD300 resizes to 300.
 
 Input pipeline: the recipe's training dataset for the model alone, `--pipeline-batches` batches after 2 warm-up,
 images/s, against the step's images/s (batch / kdet_train_step median); goal >= 2x. Written as JSON (default
@@ -46,7 +49,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-from speed_common import load_average, machine, round_robin  # noqa: E402
+from speed_common import load_average, machine, round_robin, spread  # noqa: E402
 
 from kdet.build import load_split  # noqa: E402
 from kdet.config import load_config  # noqa: E402
@@ -55,9 +58,11 @@ from kdet.training import recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 3  # BCCD: RBC, WBC, platelets
+SGD = {"lr": 1e-3, "momentum": 0.9}  # both sides' optimizer
+DATA = (REPO / "../shared/data/bccd/BCCD").resolve()
 
 
-def _kdet_models():
+def kdet_models():
     """{name: (config for the data, image size, batch, model builder(config), torchvision twin or None)}: the twins
     at torchvision's widths, YOLOv2 and CenterNet R18 as their BCCD configs build them (multi-scale off)."""
     from kdet.build import build_model
@@ -73,24 +78,31 @@ def _kdet_models():
     }
 
 
+def background_class(name):
+    """1 when torchvision's twin has a background class 0 (softmax heads: Faster R-CNN, SSD), else 0 (RetinaNet's
+    sigmoid focal loss has none, like kdet's: the same head widths on both sides)."""
+    return 0 if name.startswith("retinanet") else 1
+
+
 def torchvision_model(name, size):
-    """torchvision's twin in train mode, random init, 1 + NUM_CLASSES outputs (class 0 = background)."""
-    kwargs = {"weights": None, "weights_backbone": None, "num_classes": NUM_CLASSES + 1}
+    """torchvision's twin in train mode, random init, NUM_CLASSES (+ background) outputs."""
+    kwargs = {"weights": None, "weights_backbone": None, "num_classes": NUM_CLASSES + background_class(name)}
     if name != "ssd300_vgg16":
         kwargs.update(min_size=size, max_size=size)
     return getattr(tv_detection, name)(**kwargs).train()
 
 
 def torchvision_step(name, size, x, y):
-    """-> (forward + loss, full train step) as zero-argument callables on the batch (x, y) of the recipe."""
+    """-> (forward + loss, full train step, the torchvision model) on the batch (x, y) of the recipe; the steps are
+    zero-argument callables, the train step returns the loss as a float."""
     model = torchvision_model(name, size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), **SGD)
     images = [torch.from_numpy(image.transpose(2, 0, 1) / 255.0).float() for image in np.asarray(x)]
     targets = []
     for boxes, labels in zip(np.asarray(y["boxes"]), np.asarray(y["labels"])):
         keep = labels >= 0
         targets.append({"boxes": torch.from_numpy(boxes[keep][:, [1, 0, 3, 2]]).float(),  # yxyx -> xyxy
-                        "labels": torch.from_numpy(labels[keep] + 1).long()})
+                        "labels": torch.from_numpy(labels[keep] + background_class(name)).long()})
 
     def forward_loss():
         return sum(model(images, targets).values())
@@ -100,12 +112,22 @@ def torchvision_step(name, size, x, y):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return forward_loss, train_step
+        return float(loss)
+    return forward_loss, train_step, model
+
+
+def kdet_train_step(model, x, y):
+    """Compile the kdet model with the benchmark's SGD; -> Keras' compiled train step on (x, y) as a zero-argument
+    callable returning the loss as a float (`train_on_batch`: forward, targets, loss, gradient, optimizer apply)."""
+    model.compile(optimizer=keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"]))
+    x = tf.constant(x)
+    y = {"boxes": tf.constant(y["boxes"]), "labels": tf.constant(y["labels"])}
+    return lambda: float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 def kdet_stages(model, x, y):
     """{stage: zero-argument callable} of the kdet model on the batch (x, y); the model is compiled here."""
-    model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
+    train_step = kdet_train_step(model, x, y)
 
     @tf.function
     def forward(images):
@@ -125,7 +147,7 @@ def kdet_stages(model, x, y):
     return {"kdet_forward": lambda: forward(x),
             "kdet_targets": lambda: targets(x, boxes, labels),
             "kdet_forward_targets_loss": lambda: forward_targets_loss(x, boxes, labels).numpy(),
-            "kdet_train_step": lambda: model.train_on_batch(x, {"boxes": boxes, "labels": labels})}
+            "kdet_train_step": train_step}
 
 
 def pipeline_rate(dataset, batches):
@@ -140,49 +162,69 @@ def pipeline_rate(dataset, batches):
     return images / (time.perf_counter() - start)
 
 
-def profile(name, spec, args):
-    config_name, size, batch, make_model, twin = spec
-    overrides = [f"data.path={args.data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}"]
+def prepare(name, data=DATA):
+    """-> (the built kdet model, (x, y): its first training batch as numpy, the recipe's training dataset) for a
+    model of kdet_models(), on the BCCD training split at `data`."""
+    config_name, size, batch, make_model, _ = kdet_models()[name]
+    overrides = [f"data.path={data}", f"model.image_size=[{size}, {size}]", f"train.batch_size={batch}"]
     if name == "yolov2":
         overrides.append("model.args.multiscale_sizes=[]")  # one input signature: the step at 416
     config = load_config(str(REPO / "configs" / config_name), overrides)
-    data = load_split(config, "train")
     model = make_model(config)
     model(tf.zeros([1, size, size, 3]))
-    dataset, _ = recipe.training_dataset(model, config, data)
+    dataset, _ = recipe.training_dataset(model, config, load_split(config, "train"))
     x, y = next(iter(dataset))
-    x, y = x.numpy(), {"boxes": y["boxes"].numpy(), "labels": y["labels"].numpy()}
+    return model, (x.numpy(), {"boxes": y["boxes"].numpy(), "labels": y["labels"].numpy()}), dataset
+
+
+def profile(name, spec, args):
+    _, size, batch, _, twin = spec
+    model, (x, y), dataset = prepare(name, args.data)
     load_start = load_average()
     rate = pipeline_rate(dataset, args.pipeline_batches)
     contenders = kdet_stages(model, x, y)
     if twin and torch is not None:
-        forward_loss, train_step = torchvision_step(twin, size, x, y)
+        forward_loss, train_step, _ = torchvision_step(twin, size, x, y)
         contenders.update(torchvision_forward_loss=forward_loss, torchvision_train_step=train_step)
     start = time.perf_counter()
     timing = round_robin(contenders, rounds=args.rounds, warmup=args.warmup,
                          reference="torchvision_train_step" if "torchvision_train_step" in contenders else None)
-    med = {key: value["median_ms"] for key, value in timing["contenders"].items()}
-    derived = {"forward_ms": med["kdet_forward"], "targets_ms": med["kdet_targets"],
-               "loss_ms": round(med["kdet_forward_targets_loss"] - med["kdet_forward"] - med["kdet_targets"], 1),
-               "gradient_and_apply_ms": round(med["kdet_train_step"] - med["kdet_forward_targets_loss"], 1),
-               "train_step_ms": med["kdet_train_step"]}
-    step_rate = batch * 1000.0 / med["kdet_train_step"]
+    t = {key: np.asarray(value["times_ms"]) for key, value in timing["contenders"].items()}
+
+    def median(values):
+        return round(float(np.median(values)), 1)
+    derived = {"forward_ms": median(t["kdet_forward"]), "targets_ms": median(t["kdet_targets"]),
+               "loss_ms": median(t["kdet_forward_targets_loss"] - t["kdet_forward"] - t["kdet_targets"]),
+               "gradient_and_apply_ms": median(t["kdet_train_step"] - t["kdet_forward_targets_loss"]),
+               "train_step_ms": median(t["kdet_train_step"])}
+    step_rate = batch * 1000.0 / derived["train_step_ms"]
+    versus = {}
+    if timing["reference"]:
+        derived["torchvision_gradient_and_apply_ms"] = median(t["torchvision_train_step"] -
+                                                              t["torchvision_forward_loss"])
+        versus = {"forward_targets_loss": spread(t["kdet_forward_targets_loss"] / t["torchvision_forward_loss"]),
+                  "gradient_and_apply": spread((t["kdet_train_step"] - t["kdet_forward_targets_loss"]) /
+                                               (t["torchvision_train_step"] - t["torchvision_forward_loss"])),
+                  "train_step": spread(t["kdet_train_step"] / t["torchvision_train_step"])}
+        versus = {stage: {key: round(value, 3) for key, value in ratio.items()} for stage, ratio in versus.items()}
     return {"input": f"BCCD batch {batch} at {size}x{size} (recipe pipeline, augmented)", "twin": twin,
             "model": f"{type(model).__name__}, {model.count_params()} parameters",
-            "stages_ms": derived, "pipeline_images_per_s": round(rate, 2), "step_images_per_s": round(step_rate, 2),
+            "stages_ms": derived, "kdet_over_torchvision_per_round": versus,
+            "pipeline_images_per_s": round(rate, 2), "step_images_per_s": round(step_rate, 2),
             "pipeline_over_step": round(rate / step_rate, 2), "timing_seconds": round(time.perf_counter() - start, 1),
             "load_average_start": load_start, "load_average_end": load_average(), **timing}
 
 
 def main(argv=None):
-    models = _kdet_models()
+    models = kdet_models()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(models))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pipeline-batches", type=int, default=20)
-    parser.add_argument("--data", default=str((REPO / "../shared/data/bccd/BCCD").resolve()))
-    parser.add_argument("--output", default="runs/bench/profile_train_step.json")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--output", default="runs/bench/profile_train_step.json",
+                        help="JSON path (the committed run: benchmarks/results/profile_train_step.json)")
     args = parser.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(THREADS)
@@ -193,7 +235,8 @@ def main(argv=None):
     for name in args.only or list(models):
         print(f"[profile_train_step] {name}", flush=True)
         record["models"][name] = result = profile(name, models[name], args)
-        print(json.dumps({"model": name, "stages_ms": result["stages_ms"], "ratios": result["ratios"],
+        print(json.dumps({"model": name, "stages_ms": result["stages_ms"],
+                          "kdet_over_torchvision": result["kdet_over_torchvision_per_round"],
                           "pipeline_over_step": result["pipeline_over_step"]}), flush=True)
         record["machine"]["load_average_end"] = load_average()
         output.write_text(json.dumps(record, indent=1) + "\n")  # after every model: a crash keeps the rest

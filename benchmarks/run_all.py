@@ -9,7 +9,10 @@
 Pairs (same seeded weights on both sides, batch 1, one image): Faster R-CNN R50-FPN 640x480, RetinaNet R50-FPN 512
 (also `model.predict` next to `predict_on_batch`, for its per-call spread), SSD300 VGG-16, FCN ResNet-50 512, each
 with kdet's SavedModel and TFLite fp32 (builtins only); batched NMS of 1k / 10k boxes and RoIAlign of 2000 RoIs
-(kdet's default op and its builtins-only twin). Each pair is built, checked (detection counts / agreement in its
+(kdet's default op and its builtins-only twin); and one training step, batch 2 at 512x512, of Faster R-CNN and
+RetinaNet R50-FPN (kdet's compiled Keras `train_on_batch` vs torchvision's forward + loss + backward + SGD step, on
+one real BCCD batch of the training recipe, random initialisation on each side; a step takes seconds, so these two
+pairs add about as much time as all the others). Each pair is built, checked (detection counts / agreement in its
 notes), warmed up (tracing and allocation, never timed), then timed by benchmarks/speed_common.round_robin: every
 round calls each contender once, in turn, and the ratio to torchvision is taken per round. TensorFlow and torch get
 the same threads (intra-op --threads, TF inter-op 1; torch's OpenMP waits passively, as TF's pool does, because a
@@ -39,7 +42,10 @@ TITLES = {
     "nms_1k": "batched NMS, 1000 boxes, 10 classes (`torchvision.ops.batched_nms`)",
     "nms_10k": "batched NMS, 10000 boxes, 10 classes (`torchvision.ops.batched_nms`)",
     "roi_align_2000": "RoIAlign, 2000 RoIs, 7x7, 256 channels (`torchvision.ops.roi_align`)",
+    "train_faster_rcnn": "training step, Faster R-CNN ResNet-50-FPN (`fasterrcnn_resnet50_fpn`)",
+    "train_retinanet": "training step, RetinaNet ResNet-50-FPN (`retinanet_resnet50_fpn`)",
 }
+TRAIN_BATCH = 2  # the training-step pairs' batch (benchmarks/profile_train_step.py builds them)
 
 
 def nms_pair(count, iou_threshold=0.5, num_classes=10, image=800.0):
@@ -109,21 +115,49 @@ def roi_align_pair(num_rois, output=7, channels=256, feature_size=64, stride=16,
                       "roi_align, NCHW"}}
 
 
+def train_pair(name):
+    """kdet's compiled Keras train step (`train_on_batch`: forward, target assignment, loss, gradient, SGD apply) vs
+    torchvision's (forward + loss in train mode, backward, SGD step) on the same real BCCD batch of the training
+    recipe's tf.data, both built by benchmarks/profile_train_step.py. One step each here (kdet traces; the first
+    losses go into the notes) and one warm-up step in run_pair: 2 untimed steps, as the other pairs' 2 warm-up calls."""
+    import profile_train_step as steps
+    _, size, batch, _, twin = steps.kdet_models()[name]
+    if batch != TRAIN_BATCH:
+        raise ValueError(f"profile_train_step builds {name} at batch {batch}; the JSON states {TRAIN_BATCH}")
+    model, (x, y), _ = steps.prepare(name)
+    kdet_step = steps.kdet_train_step(model, x, y)
+    _, torch_step, torch_model = steps.torchvision_step(twin, size, x, y)
+    losses = kdet_step(), torch_step()
+    notes = {"weights": "random initialisation on each side (a step's cost does not depend on the weights)",
+             "batch_boxes": int((y["labels"] >= 0).sum()),
+             "kdet_trainable_parameters": int(sum(v.numpy().size for v in model.trainable_variables)),
+             "torchvision_trainable_parameters": int(sum(p.numel() for p in torch_model.parameters()
+                                                         if p.requires_grad)),
+             "optimizer": f"SGD(learning rate {steps.SGD['lr']}, momentum {steps.SGD['momentum']})",
+             "first_losses": [round(loss, 4) for loss in losses]}
+    return {"input": f"batch {batch}, {size}x{size}", "notes": notes, "warmup": 1,  # + the step above: 2 untimed
+            "contenders": {"kdet_keras_train_step": kdet_step, "torchvision": torch_step},
+            "calls": {"kdet_keras_train_step": "model.train_on_batch(images, {boxes, labels}) after model.compile("
+                      "SGD): Keras' compiled train step", "torchvision": "model(images, targets) in train mode, sum of "
+                      "its losses, optimizer.zero_grad(), loss.backward(), optimizer.step()"}}
+
+
 def builders(args):
-    """{pair name: zero-argument function building the pair} (imports here: torch is already loaded first)."""
-    import bench_faster_rcnn_speed
-    import bench_retinanet_speed
-    import bench_seg_twin_speed
-    import bench_ssd_speed
+    """{pair name: zero-argument function building the pair}; modules are imported when a pair is built (torch is
+    loaded first by then), so listing the pairs imports nothing."""
+    from importlib import import_module
     export = not args.skip_export
     return {
-        "faster_rcnn": lambda: bench_faster_rcnn_speed.speed_pair(export=export),
-        "retinanet": lambda: bench_retinanet_speed.speed_pair(512, export=export),
-        "ssd300": lambda: bench_ssd_speed.speed_pair(export=export),
-        "fcn_resnet50": lambda: bench_seg_twin_speed.speed_pair(512, export=export, threads=args.threads),
+        "faster_rcnn": lambda: import_module("bench_faster_rcnn_speed").speed_pair(export=export),
+        "retinanet": lambda: import_module("bench_retinanet_speed").speed_pair(512, export=export),
+        "ssd300": lambda: import_module("bench_ssd_speed").speed_pair(export=export),
+        "fcn_resnet50": lambda: import_module("bench_seg_twin_speed").speed_pair(512, export=export,
+                                                                                 threads=args.threads),
         "nms_1k": lambda: nms_pair(1000),
         "nms_10k": lambda: nms_pair(10000),
         "roi_align_2000": lambda: roi_align_pair(2000),
+        "train_faster_rcnn": lambda: train_pair("faster_rcnn"),
+        "train_retinanet": lambda: train_pair("retinanet"),
     }
 
 
@@ -135,8 +169,8 @@ def run_pair(name, build, rounds, warmup):
     try:
         pair = build()
         built = time.perf_counter()
-        timing = round_robin(pair["contenders"], rounds=rounds, warmup=warmup, reference="torchvision",
-                             repeat=pair.get("repeat", 1))
+        timing = round_robin(pair["contenders"], rounds=rounds, warmup=min(warmup, pair.get("warmup", warmup)),
+                             reference="torchvision", repeat=pair.get("repeat", 1))
     except Exception:  # one broken pair must not lose the others' figures: the error goes into the JSON
         return {"title": TITLES[name], "error": traceback.format_exc(limit=-6)}
     return {"title": TITLES[name], "input": pair["input"], "calls": pair["calls"], "notes": pair["notes"],
@@ -194,7 +228,8 @@ def main(argv=None):
     names = args.only or list(TITLES)
     record = {"command": " ".join(["benchmarks/run_all.py"] + (argv if argv is not None else sys.argv[1:])),
               "commit": source_commit(), "machine": machine(args.threads),
-              "settings": {"rounds": args.rounds, "warmup": args.warmup, "export": not args.skip_export, "batch": 1},
+              "settings": {"rounds": args.rounds, "warmup": args.warmup, "export": not args.skip_export, "batch": 1,
+                           "train_batch": TRAIN_BATCH},
               "pairs": {}}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

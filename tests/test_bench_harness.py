@@ -115,6 +115,17 @@ def make_tables_titles():
     return run_all.TITLES
 
 
+def test_run_all_builds_every_titled_pair_the_training_steps_included_without_importing_torch():
+    import run_all
+    args = run_all.parse_args(["--only", "train_faster_rcnn", "train_retinanet", "--quick"])
+    assert args.only == ["train_faster_rcnn", "train_retinanet"] and args.rounds == 3
+    assert str(args.output).startswith("runs/bench")  # a partial run never replaces the README's source
+    table = run_all.builders(args)
+    assert list(table) == list(run_all.TITLES)
+    assert {"train_faster_rcnn", "train_retinanet"} <= set(table)
+    assert "torch" not in sys.modules and "tensorflow" not in sys.modules  # building the table imports neither
+
+
 def test_make_tables_renders_ratios_and_replaces_only_the_block():
     record = {"command": "benchmarks/run_all.py", "wall_seconds": 12,
               "machine": {"cpu": {"model": "X", "usable_cpus": 2, "flags": ["avx2"]}, "threads": 2,
@@ -137,3 +148,49 @@ def test_make_tables_renders_ratios_and_replaces_only_the_block():
     assert make_tables.replace_block(text, block) == "intro\n" + block + "\noutro\n"
     with pytest.raises(SystemExit, match="README.md"):
         make_tables.replace_block("no markers here", block)
+
+
+def test_make_tables_renders_a_training_step_pair_with_its_batch_and_its_random_weights_said():
+    record = {"command": "benchmarks/run_all.py", "wall_seconds": 600,
+              "machine": {"cpu": {"model": "X", "usable_cpus": 2, "flags": ["avx2"]}, "threads": 2,
+                          "versions": {"tensorflow": "2.21.0", "torch": "2.14.1", "keras_hub": "0.32.0"},
+                          "date": "2026-12-04T14:00:00+00:00", "load_average_start": [1.5, 1, 1],
+                          "load_average_end": [1.25, 1, 1]},
+              "settings": {"rounds": 7, "warmup": 2, "export": True, "batch": 1, "train_batch": 2},
+              "pairs": {"train_x": {"title": "training step, X", "input": "batch 2, 512x512",
+                                    "reference": "torchvision",
+                                    "notes": {"weights": "random initialisation on each side", "batch_boxes": 24,
+                                              "kdet_trainable_parameters": 41362531,
+                                              "torchvision_trainable_parameters": 41362531,
+                                              "first_losses": [2.09, 2.28]},
+                                    "contenders": {"kdet_keras_train_step": {"median_ms": 4321.0, "min_ms": 4000.0,
+                                                                             "max_ms": 5000.0},
+                                                   "torchvision": {"median_ms": 6000.0, "min_ms": 5900.0,
+                                                                   "max_ms": 6500.0}},
+                                    "ratios": {"kdet_keras_train_step": {"median": 0.72, "min": 0.7, "max": 0.8}}}}}
+    block = make_tables.render(record)
+    rows = [line for line in block.splitlines() if line.startswith("| ")]
+    assert rows[1] == "| training step, X | batch 2, 512x512 | torchvision | 6000 (5900-6500) | 1 (reference) |"
+    assert rows[2] == "|  |  | kdet Keras `train_on_batch` | 4321 (4000-5000) | **0.72** (0.70-0.80) |"
+    flat = " ".join(block.split())
+    assert "batch 1 (training steps: batch 2)" in flat
+    assert "same seeded weights on both sides unless the pair says otherwise" in flat
+    assert ("random initialisation on each side; 24 boxes in the batch; 41,362,531 trainable parameters; "
+            "torchvision 41,362,531; first step's loss (kdet, torchvision): [2.09, 2.28]") in flat
+
+
+def test_train_profile_table_states_stages_twin_ratios_and_pipeline_rate():
+    timing = {"kdet_train_step": 4000.0, "torchvision_forward_loss": 2000.0, "torchvision_train_step": 6000.0}
+    model = {"input": "BCCD batch 2 at 512x512", "load_average_start": [1.2, 1, 1], "load_average_end": [1.4, 1, 1],
+             "contenders": {k: {"median_ms": v} for k, v in timing.items()},
+             "stages_ms": {"forward_ms": 1234.5, "targets_ms": 45.67, "loss_ms": 5.678, "gradient_and_apply_ms": 2700.0,
+                           "train_step_ms": 4000.0, "torchvision_gradient_and_apply_ms": 4000.0},
+             "kdet_over_torchvision_per_round": {"forward_targets_loss": {"median": 0.652, "min": 0.6, "max": 0.7},
+                                                 "gradient_and_apply": {"median": 0.678, "min": 0.6, "max": 0.8},
+                                                 "train_step": {"median": 0.667, "min": 0.61, "max": 0.72}},
+             "pipeline_images_per_s": 80.0, "step_images_per_s": 0.5, "pipeline_over_step": 160.0}
+    lines = make_tables.train_profile_table({"models": {"faster_rcnn": model}})
+    assert len(lines) == 3 and lines[1] == "|---|---|---|---|---|"
+    assert lines[2] == ("| faster_rcnn, BCCD batch 2 at 512x512 (load 1.2 -> 1.4) | 1234 / 45.7 / 5.68 / 2700 / 4000 | "
+                        "2000 / 4000 / 6000 | 0.65 (0.60-0.70); 0.68 (0.60-0.80); 0.67 (0.61-0.72) | "
+                        "160.0x (80.0 / 0.50) |")
