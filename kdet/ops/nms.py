@@ -4,8 +4,10 @@
 their rank); with `builtins_only()` (TFLite) they and `combined_nms` run `tf.raw_ops.NonMaxSuppressionV5` with
 `pad_to_max_output_size=True` and its `valid_outputs` count: it is a TFLite builtin, and after conversion TFLite
 always returns the padded indices, so a count taken from the indices' shape would be wrong
-(notes/export-feasibility.md, snippet 2). The default path of `combined_nms` is TF's CombinedNonMaxSuppression; both
-of its paths see only the rows (anchors) where some class passes the score threshold.
+(notes/export-feasibility.md, snippet 2). The default path of `combined_nms` is TF's CombinedNonMaxSuppression on
+only the rows (anchors) and classes where some score passes the threshold; the builtins path keeps every row and class
+(static shapes: a batch_size=1 TFLite export keeps no shape arithmetic, and the int8 Mask R-CNN export kept its
+detections only with the full set).
 
 Semantics (shared with torchvision.ops.nms): boxes are visited by descending score, equal scores by ascending
 index; a box is suppressed by a kept box when their IoU is strictly greater than `iou_threshold`. Boxes must be
@@ -139,17 +141,18 @@ def _batched_nms_builtins(boxes, scores, classes, iou_threshold):
     return tf.gather(kept, tf.argsort(tf.gather(scores, kept), direction="DESCENDING", stable=True))
 
 
-def _candidates(boxes, scores, score_threshold, compact_classes):
+def _candidates(boxes, scores, score_threshold):
     """The rows (boxes) and classes that some score above score_threshold: NMS only ever sees those, and the kernels
     scan every class x row (SSD300: 8732 x 90 scores, 171 rows and 6 classes pass its threshold).
 
     Args: boxes [B, N, 4] or [B, N, C, 4]; scores [B, N, C].
     Returns: (boxes [B, K, 4] or [B, K, C', 4], scores [B, K, C'], classes [C'] int32: the original class of each
         column, ascending). K = min(N, max(1, the most passing rows of an image)): an image's passing rows come first
-        in ascending order (top_k keeps equal keys in index order), then rows that pass no class; C' >= 1 (all C
-        unless compact_classes). Each class's NMS sees the same boxes in the same order as before: same results.
-    The builtins path keeps every class: with a class count known only when run, Mask R-CNN's int8 TFLite export
-    lost its one detection (tests/test_mask_rcnn_export.py), where the static count passes.
+        in ascending order (top_k keeps equal keys in index order), then rows that pass no class; C' >= 1. Each
+        class's NMS sees the same boxes in the same order as before: same results.
+    Only the TF path uses it: on the builtins path a class count known only when run lost Mask R-CNN's int8 TFLite
+    detections (tests/test_mask_rcnn_export.py), and the compacted rows put shape arithmetic into a batch_size=1
+    export (tests/test_export_tflite.py), so TFLite's NMS sees all rows and classes.
     """
     row_passes = tf.reduce_max(scores, axis=-1) > score_threshold  # [B, N]
     most = tf.reduce_max(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1))
@@ -157,8 +160,6 @@ def _candidates(boxes, scores, score_threshold, compact_classes):
     _, rows = tf.math.top_k(tf.cast(row_passes, tf.float32), k=k)  # [B, K]
     scores = tf.gather(scores, rows, batch_dims=1)
     boxes = tf.gather(boxes, rows, batch_dims=1)
-    if not compact_classes:
-        return boxes, scores, tf.range(scores.shape[-1])
     classes = tf.cast(tf.reshape(tf.where(tf.reduce_any(scores > score_threshold, axis=[0, 1])), [-1]), tf.int32)
     classes = tf.concat([classes, tf.zeros([1 - tf.minimum(tf.size(classes), 1)], tf.int32)], 0)  # >= 1 column
     scores = tf.gather(scores, classes, axis=2)
@@ -291,12 +292,13 @@ def combined_nms(boxes, scores, max_detections, iou_threshold=0.5, score_thresho
         raise ValueError(f"scores must be [B, N, C] with a static C, got shape {scores.shape}")
     max_detections = int(max_detections)
     max_per_class = max_detections if max_detections_per_class is None else int(max_detections_per_class)
-    builtins = builtins_only_enabled()
-    boxes, scores, columns = _candidates(boxes, scores, float(score_threshold), compact_classes=not builtins)
-    run = _combined_nms_builtins if builtins else _combined_nms_tf
-    out_boxes, out_scores, out_classes, count = run(
-        boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
-    if not builtins:
+    if builtins_only_enabled():
+        out_boxes, out_scores, out_classes, count = _combined_nms_builtins(
+            boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
+    else:
+        boxes, scores, columns = _candidates(boxes, scores, float(score_threshold))
+        out_boxes, out_scores, out_classes, count = _combined_nms_tf(
+            boxes, scores, max_detections, max_per_class, float(iou_threshold), float(score_threshold))
         out_classes = tf.gather(columns, out_classes)
     keep = tf.range(max_detections)[None, :] < count[:, None]
     return {
