@@ -3,8 +3,8 @@
 `nms` and `batched_nms` run on TF's CombinedNonMaxSuppression kernel (each class one batch row, scores replaced by
 their rank); with `builtins_only()` (TFLite) they and `combined_nms` run `tf.raw_ops.NonMaxSuppressionV5` with
 `pad_to_max_output_size=True` and its `valid_outputs` count: it is a TFLite builtin, and after conversion TFLite
-always returns the padded indices, so a count taken from the indices' shape would be wrong
-(notes/export-feasibility.md, snippet 2). The default path of `combined_nms` is TF's CombinedNonMaxSuppression on
+always returns the padded indices, so a count taken from the indices' shape would be wrong (tests/test_export_tflite.py
+checks exported counts). The default path of `combined_nms` is TF's CombinedNonMaxSuppression on
 only the rows (anchors) and classes where some score passes the threshold; the builtins path keeps every row and class
 (static shapes: a batch_size=1 TFLite export keeps no shape arithmetic, and the int8 Mask R-CNN export kept its
 detections only with the full set).
