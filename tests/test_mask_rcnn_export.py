@@ -155,9 +155,18 @@ def test_int8_tflite_finds_the_keras_detections_and_masks(trained, tmp_path):
     calibration = np.stack([r.image for r in make_shapes(16, SIZE, seed=0, min_objects=1, max_objects=4).records])
     # 12 test images, not the fixture's 3: on this briefly trained model one or two detections per image sit near the
     # class boundary, and over 3 images a single int8 flip was the whole verdict (one CI run: 0 of 1 matched).
+    # The fixture's threshold (the widest score gap of its 3 images) left 1-46 detections here depending on the run
+    # (training is not bitwise repeatable), so this test keeps about the best 5 per image: a fraction over ~60.
     images = np.stack([r.image for r in make_shapes(12, SIZE, seed=7, min_objects=2, max_objects=4).records])
-    reports = check_export_parity(model, images, tmp_path, formats=("tflite_int8",),
-                                  representative_images=calibration)
+    threshold = model.box_settings["box_score_threshold"]
+    model.box_settings["box_score_threshold"] = 0.0
+    scores = model.detect(images.astype(np.float32))["scores"].numpy()
+    model.box_settings["box_score_threshold"] = float(np.median(scores[:, 4]))
+    try:
+        reports = check_export_parity(model, images, tmp_path, formats=("tflite_int8",),
+                                      representative_images=calibration)
+    finally:
+        model.box_settings["box_score_threshold"] = threshold
     report = reports["tflite_int8"]
     print("Mask R-CNN int8 vs Keras:", report)
     ops = int8_ops(tmp_path / "model_int8.tflite")
