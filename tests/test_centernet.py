@@ -198,6 +198,10 @@ def test_fp16_tflite_parity(tmp_path):
     for conv, std, bias in spread:
         conv.kernel.assign(rng.normal(0, std, conv.kernel.shape).astype(np.float32))
         conv.bias.assign(bias)
+    # Weights that float16 holds exactly: the export then stores what Keras computes with, and the comparison is the
+    # runtimes' arithmetic alone (with float32 weights the rounding moved 2 of 25 detections past the tolerances in
+    # one CI run).
+    m.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype == np.float32 else w for w in m.get_weights()])
     out = m(images)
     scores = centernet_decode(out["heatmap"], out["size"], out["offset"], (64, 96), 4, 1000, 0.0)["scores"].numpy()
     ranked = np.sort(scores[scores > 0])[::-1]
