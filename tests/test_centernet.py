@@ -69,7 +69,7 @@ def test_heads_init_and_output_shapes():
                                                            "offset": (2, 16, 16, 2)}
     np.testing.assert_allclose(m.head.heatmap[-1].bias.numpy(), -2.19)
     # heatmap probabilities start near 0.1 (sigmoid of -2.19 +- 1: 0.04-0.23); the random trunk moves the median
-    # logit (-2.76 in one CI run, where Keras' seeded initialisers had drawn other weights in a shared worker)
+    # logit (-2.76 in one CI run with the same seed; why that worker drew other weights was not isolated)
     assert abs(np.median(out["heatmap"].numpy()) + 2.19) < 1.0
     assert np.abs(out["size"].numpy()).max() < 0.05                 # size / offset start near 0 (std 0.001 convs)
     assert np.abs(m.head.size[-1].bias.numpy()).max() == 0

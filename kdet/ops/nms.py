@@ -211,8 +211,8 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
     lowest = float("-inf")
-    # [B, N] or [B, N, C]. unstack / expand_dims, not boxes[..., k] / x[:, :, None]: after the row compaction B and N
-    # are both dynamic, and such slices then stay StridedSlices with ellipsis / new-axis masks (no TFLite builtin).
+    # [B, N] or [B, N, C]. unstack / expand_dims, not boxes[..., k] / x[:, :, None]: with more than one dynamic
+    # dimension such slices stay StridedSlices with ellipsis / new-axis masks, which have no TFLite builtin.
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     has_area = (y2 > y1) & (x2 > x1)
     if shared:
