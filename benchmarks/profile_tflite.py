@@ -6,8 +6,8 @@ to the same stage run by TensorFlow, and which of its ops XNNPACK does not take.
     delegation(flatbuffer)                                   # {"ops": {...}, "not_delegated": {...}, "partitions": n}
 
 A stage is converted the way kdet.export.tflite converts a model: traced inside `builtins_only()` (so it takes the
-same twins as the exported model), written through keras.export.ExportArchive (which freezes the Keras variables),
-converted by kdet.export.tflite's own converter (TFLITE_BUILTINS only), run by the ai-edge-litert Interpreter with
+same twins as the exported model) and `split_deep_contractions()`, written through keras.export.ExportArchive (which
+freezes the Keras variables), converted by kdet.export.tflite's own converter (TFLITE_BUILTINS only), run by the ai-edge-litert Interpreter with
 kdet.inference.runners.NUM_THREADS threads and its default delegate (XNNPACK) through a signature runner, as the
 TFLite runner of `kdet benchmark` and run_all.py does. The model is the folded inference copy (what the export
 converts); the TensorFlow contenders run the same folded model.
@@ -41,13 +41,13 @@ def stage_flatbuffer(fn, inputs, track):
     """The builtins-only TFLite flatbuffer of fn(*inputs) (inputs' static shapes), converted as kdet exports.
     track: the Keras model (or layer) whose variables fn uses."""
     import keras
-    from kdet.export.tflite import _convert, _converter
+    from kdet.export.tflite import _convert, _converter, split_deep_contractions
     from kdet.ops.mode import builtins_only
 
     flat, specs = flat_signature(inputs)
     directory = tempfile.mkdtemp(prefix="kdet-stage-tflite-")
     try:
-        with builtins_only():
+        with builtins_only(), split_deep_contractions():
             archive = keras.export.ExportArchive()
             archive.track(track)
             archive.add_endpoint("serving_default", flat_function(fn, inputs), input_signature=specs)

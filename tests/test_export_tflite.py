@@ -7,6 +7,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export import export_tflite, load_runner
+from kdet.export.tflite import contraction_parts, split_deep_contractions
 from kdet.inference.runners import tflite_metadata
 from tests.testing import (TinyGridDetector, TinyRoiDetector, compare_detections, keras_outputs, make_tiny_detector,
                            quantised_report, random_images)
@@ -192,3 +193,42 @@ def test_bad_quantisation_arguments(tmp_path):
         export_tflite(model, tmp_path / "a.tflite", quantize="int8", representative_images=np.zeros((2, 80, 64, 3)))
     with pytest.raises(ConfigError, match="quantize must be one of"):
         export_tflite(model, tmp_path / "a.tflite", quantize="int4")
+
+
+def test_contraction_parts_are_the_fewest_equal_slices_within_the_depth():
+    assert contraction_parts(12544, 12544) == 4  # Faster R-CNN fc6: 3 slices would not divide 12544
+    assert contraction_parts(9 * 2048, 2048) == 4  # FCN's classifier conv
+    assert contraction_parts(9 * 1024, 1024) == 2
+    assert contraction_parts(9 * 512, 512) == 1  # ResNet layer4: at the limit, never split
+    assert contraction_parts(5000, 5000, max_depth=4608) == 2
+
+
+def test_deep_contractions_are_split_in_the_tflite_graph_and_give_the_same_outputs(tmp_path):
+    import keras
+    from kdet.export.tflite import _convert, _converter
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((5, 5, 640))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)  # depth 5760: 2 slices
+    x = keras.layers.Conv2D(4, 1)(x)  # depth 8: untouched
+    y = keras.layers.Dense(6)(keras.layers.Dense(5000)(keras.layers.Flatten()(x)))  # depth 100 and 5000 (2)
+    model = keras.Model(inputs, y)
+    images = np.random.default_rng(0).normal(0, 1, (2, 5, 5, 640)).astype(np.float32)
+    original = keras.layers.Conv2D.call, keras.layers.Dense.call
+    with split_deep_contractions():
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", lambda t: {"y": model(t)},
+                             input_signature=[tf.TensorSpec((2, 5, 5, 640), tf.float32, name="x")])
+        archive.write_out(str(tmp_path / "sm"), verbose=False)
+    assert (keras.layers.Conv2D.call, keras.layers.Dense.call) == original  # restored on exit
+    interpreter = tf.lite.Interpreter(model_content=_convert(_converter(str(tmp_path / "sm"), None)))
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]  # noqa: SLF001
+    assert ops.count("CONV_2D") == 3 and ops.count("FULLY_CONNECTED") == 3, ops
+    runner = interpreter.get_signature_runner("serving_default")
+    want = model(images).numpy()
+    got = runner(x=images)["y"]
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    with split_deep_contractions(enabled=False):
+        assert keras.layers.Dense.call is original[1]

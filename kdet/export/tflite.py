@@ -13,7 +13,14 @@ after calibration every tensor of that scope (and any `keep_float` scope, and an
 `tflite_float_scopes`) loses its calibration range and is denylisted from quantisation (TF's mlir_quantize
 `denylisted_nodes`), so the int8 network ends in a DEQUANTIZE and decode, NMS included, runs in float32. Tensors
 whose calibrated range is a sentinel (not finite, or beyond +-1e30) stay float32 as well.
+
+Deep contractions are split for XNNPACK (float exports): LiteRT's XNNPACK fp32 GEMM runs a Dense or convolution whose
+contraction depth (kh * kw * input channels) is far above ~4.6k at 0.65-0.8x the speed of the same layer split into
+input-channel slices summed with ADD (benchmarks/bench_tflite_contractions.py: Faster R-CNN's fc6, depth 12544; FCN's
+classifier conv, depth 18432), while TensorFlow's oneDNN runs them at full speed. `split_deep_contractions()` makes
+every such Conv2D / Dense compute that sum while the TFLite graph is traced (same weights, float rounding only).
 """
+import contextlib
 import re
 import shutil
 import tempfile
@@ -35,6 +42,7 @@ QUANTIZE_MODES = (None, "fp16", "int8")
 # QUANTIZE inserted before it: Faster R-CNN's proposal top-k, the decode's score top-k): every TOPK_V2 stays float32.
 FLOAT_OPS = ("TOPK_V2",)
 UNBOUNDED_RANGE = 1e30  # a calibrated |min| or |max| above it is a sentinel, not an activation range
+MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
 
 
 def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True,
@@ -69,7 +77,8 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="kdet-tflite-")
     try:
-        _write_builtins_saved_model(model, staging, batch_size)
+        with split_deep_contractions(enabled=quantize != "int8"):  # int8: each partial sum would be requantised
+            _write_builtins_saved_model(model, staging, batch_size)
         converter = _converter(staging, quantize)
         if quantize == "int8":
             scopes = (DECODE_SCOPE,) + tuple(getattr(model, "tflite_float_scopes", ())) + tuple(keep_float)
@@ -117,6 +126,65 @@ def _write_builtins_saved_model(model, directory, batch_size=None):
         archive.add_endpoint("serving_default", serve,
                              input_signature=[tf.TensorSpec((batch_size, height, width, 3), tf.uint8, name="images")])
         archive.write_out(directory, verbose=False)
+
+
+def contraction_parts(depth, channels, max_depth=MAX_CONTRACTION_DEPTH):
+    """The fewest equal input-channel slices (a divisor of `channels`) whose depth is at most max_depth (1: none)."""
+    parts = max(1, -(-depth // max_depth))
+    while channels % parts:
+        parts += 1
+    return parts
+
+
+def _split_conv_call(self, inputs):
+    """keras.layers.Conv2D.call as a sum of convolutions over input-channel slices. inputs [B, H, W, Cin]."""
+    kh, kw, channels, _ = self.kernel.shape
+    parts = contraction_parts(kh * kw * channels, channels)
+    if parts == 1 or self.groups != 1 or self.data_format != "channels_last" or self.compute_dtype != "float32":
+        return _ORIGINAL_CALLS[keras.layers.Conv2D](self, inputs)
+    outputs = None
+    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=2)):
+        y = self.convolution_op(x, kernel)
+        outputs = y if outputs is None else outputs + y
+    if self.use_bias:
+        outputs = outputs + self.bias
+    return self.activation(outputs) if self.activation is not None else outputs
+
+
+def _split_dense_call(self, inputs, training=None):
+    """keras.layers.Dense.call as a sum of matmuls over input slices. inputs [..., Cin]."""
+    depth = self.kernel.shape[0]
+    parts = contraction_parts(depth, depth)
+    if (parts == 1 or self.quantization_mode is not None or self.lora_enabled
+            or self.compute_dtype != "float32"):
+        return _ORIGINAL_CALLS[keras.layers.Dense](self, inputs, training=training)
+    outputs = None
+    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=0)):
+        y = keras.ops.matmul(x, kernel)
+        outputs = y if outputs is None else outputs + y
+    if self.use_bias:
+        outputs = outputs + self.bias
+    return self.activation(outputs) if self.activation is not None else outputs
+
+
+_ORIGINAL_CALLS = {keras.layers.Conv2D: keras.layers.Conv2D.call, keras.layers.Dense: keras.layers.Dense.call}
+_SPLIT_CALLS = {keras.layers.Conv2D: _split_conv_call, keras.layers.Dense: _split_dense_call}
+
+
+@contextlib.contextmanager
+def split_deep_contractions(enabled=True):
+    """While active (a TFLite trace), keras Conv2D / Dense layers deeper than MAX_CONTRACTION_DEPTH compute as a sum
+    over input-channel slices (see the module docstring); subclasses keep their own call."""
+    if not enabled:
+        yield
+        return
+    for cls, call in _SPLIT_CALLS.items():
+        cls.call = call
+    try:
+        yield
+    finally:
+        for cls, call in _ORIGINAL_CALLS.items():
+            cls.call = call
 
 
 def _converter(saved_model_dir, quantize):

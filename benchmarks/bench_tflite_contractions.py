@@ -1,0 +1,97 @@
+"""Why kdet's TFLite export splits deep contractions: one Dense / Conv2D layer of a kdet model, unsplit and split into
+input-channel slices (kdet.export.tflite.split_deep_contractions), run by LiteRT (XNNPACK, 2 threads) next to
+TensorFlow, round-robin.
+
+    python3 benchmarks/bench_tflite_contractions.py [--rounds 7] [--output runs/bench/tflite_contractions.json]
+
+Layers (shapes of the benchmark inputs of benchmarks/run_all.py): Faster R-CNN R50-FPN's fc6 on 1000 RoIs (depth
+7*7*256 = 12544), FCN ResNet-50's classifier conv 3x3 2048 -> 512 at 64x64 (depth 18432), SSD300's 3x3 1024-channel
+head conv at 19x19 (depth 9216), and a ResNet-50 layer4 3x3 512 conv at 16x16 (depth 4608, never split). Writes JSON
+with the machine record; prints TFLite / TF per layer with min-max.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+sys.path.insert(0, str(BENCHMARKS.parent))
+
+
+def layers():
+    """{name: (keras layer, input shape)}, seeded weights."""
+    import keras
+    keras.utils.set_random_seed(0)
+    return {
+        "faster_rcnn_fc6": (keras.layers.Dense(1024, activation="relu"), (1, 1000, 12544)),
+        "fcn_classifier_conv": (keras.layers.Conv2D(512, 3, padding="same", activation="relu"), (1, 64, 64, 2048)),
+        "ssd300_head_conv_19x19": (keras.layers.Conv2D(6 * 91, 3, padding="same"), (1, 19, 19, 1024)),
+        "resnet50_layer4_conv": (keras.layers.Conv2D(512, 3, padding="same"), (1, 16, 16, 512)),
+    }
+
+
+def flatbuffer(layer, shape, split):
+    """The layer converted as kdet exports (builtins only, ExportArchive), with or without the split."""
+    import keras
+    import tensorflow as tf
+    from kdet.export.tflite import _convert, _converter, split_deep_contractions
+    directory = tempfile.mkdtemp(prefix="kdet-contraction-")
+    with split_deep_contractions(enabled=split):
+        archive = keras.export.ExportArchive()
+        archive.track(layer)
+        archive.add_endpoint("serving_default", lambda x: {"y0": layer(x)},
+                             input_signature=[tf.TensorSpec(shape, tf.float32, name="x0")])
+        archive.write_out(directory, verbose=False)
+    return _convert(_converter(directory, None))
+
+
+def run(rounds, warmup, output):
+    import tensorflow as tf
+    from profile_tflite import delegation, interpreter_stage
+    from speed_common import load_average, machine, round_robin
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    record = {"command": "benchmarks/bench_tflite_contractions.py", "machine": machine(2), "layers": {}}
+    for name, (layer, shape) in layers().items():
+        x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+        layer.build(shape)
+        function = tf.function(layer)
+        tensor = tf.constant(x)
+        reference = function(tensor).numpy()
+        contenders, details = {"tf": lambda: function(tensor).numpy()}, {}
+        for split in (False, True):
+            key = "tflite_split" if split else "tflite"
+            buffer = flatbuffer(layer, shape, split)
+            contenders[key], (y,) = interpreter_stage(buffer, (x,))
+            details[key] = {"max_abs_difference_to_tf": float(np.abs(y - reference).max()),
+                            "xnnpack": delegation(buffer)}
+        load = load_average()
+        timing = round_robin(contenders, rounds=rounds, warmup=warmup, reference="tf")
+        record["layers"][name] = {"input": list(shape), "load_average": load, **details, **timing}
+        ratios = timing["ratios"]
+        print(f"[contractions] {name:24s} tf {timing['contenders']['tf']['median_ms']:8.1f} ms  "
+              + "  ".join(f"{k}/tf {ratios[k]['median']:.2f} ({ratios[k]['min']:.2f}-{ratios[k]['max']:.2f})"
+                          for k in ("tflite", "tflite_split"))
+              + f"  max |diff| split {details['tflite_split']['max_abs_difference_to_tf']:.1e}  load {load}",
+              flush=True)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"[contractions] wrote {output}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output", default="runs/bench/tflite_contractions.json")
+    args = parser.parse_args(argv)
+    run(args.rounds, args.warmup, args.output)
+
+
+if __name__ == "__main__":
+    main()
