@@ -114,7 +114,7 @@ class _MultiBoxDetector(Detector):
 
     def anchors_for(self, image_size):
         """The default boxes of an input of `image_size` (H, W) (ints or scalar tensors): [N, 4] float32 yxyx px."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define anchors_for(image_size): its default boxes")
 
     def call(self, images, training=False):
         outputs = self.head(self.features(self.normalize(images), training=training), training=training)
