@@ -1,0 +1,91 @@
+"""Where the builtins-only RoIAlign twin spends its time in LiteRT: Faster R-CNN's box RoIAlign stage (the real FPN
+levels and 1000 proposals of benchmarks/profile_stages.py's Faster R-CNN pair, 640x480) three ways, round-robin:
+
+    tflite               the twin as kdet's TFLite export runs it (kdet.ops.roi_align under builtins_only)
+    tflite_gathers_only  the same graph with the bilinear weighted sum replaced by taking each bin's first gathered
+                         cell (positions, weights and the GATHER of every cell are still computed)
+    tf                   TensorFlow's default path (CropAndResize + average pooling) on the same inputs
+
+    PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_roi_align_tflite.py [--rounds 7] [--output FILE]
+
+tflite_gathers_only / tflite is the share of the gathers (which copy each bin's cells, 1 KB each at 256 channels,
+on one thread in TFLite's GATHER kernel); TF's CropAndResize reads the cells in place on 2 threads.
+"""
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def gathers_only():
+    """kdet.ops.roi_align's weighted sum over gathered cells replaced by the first cell (timing only)."""
+    import tensorflow as tf
+    module = importlib.import_module("kdet.ops.roi_align")
+    original = module._pool_gathered_cells
+
+    def first_cell(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
+                   compact):
+        shape = tf.shape(features)
+        height, width, channels = shape[1], shape[2], features.shape[-1]
+        rows, wy = module._axis_bins(start_y, bin_h, grid_h, out_h, size, height, compact)
+        cols, wx = module._axis_bins(start_x, bin_w, grid_w, out_w, size, width, compact)
+        cells = rows.shape[-1] * cols.shape[-1]
+        index = ((box_indices * height)[:, None, None, None, None] + rows[:, :, None, :, None]) * width \
+            + cols[:, None, :, None, :]
+        values = tf.gather(tf.reshape(features, [-1, channels]), tf.reshape(index, [-1, cells]))
+        pooled = values[:, 0] + tf.reduce_sum(wy) * 0.0 + tf.reduce_sum(wx) * 0.0  # keep the weights computed
+        return tf.reshape(pooled, [-1, out_h, out_w, channels])
+    module._pool_gathered_cells = first_cell
+    try:
+        yield
+    finally:
+        module._pool_gathered_cells = original
+
+
+def run(rounds, warmup, output):
+    import torch  # noqa: F401  (before TensorFlow: importing torchvision after it segfaults)
+    import torchvision  # noqa: F401
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    sys.path.insert(0, str(BENCHMARKS))
+    import profile_stages
+    from profile_tflite import interpreter_stage, stage_flatbuffer
+    from speed_common import load_average, machine, round_robin
+
+    pair, stages, _ = profile_stages.faster_rcnn_stages(fold=True)
+    call, model = stages["roi_align"], pair["kdet"]["model"]
+    contenders = {"tflite": interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model), call.inputs)[0]}
+    with gathers_only():
+        contenders["tflite_gathers_only"] = interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model),
+                                                              call.inputs)[0]
+    contenders["tf"] = call
+    load = load_average()
+    timing = round_robin(contenders, rounds=rounds, warmup=warmup, reference="tflite")
+    record = {"command": "benchmarks/profile_roi_align_tflite.py", "machine": machine(2),
+              "rois": int(call.inputs[0].shape[1]), "load_average_start": load, "load_average_end": load_average(),
+              **timing}
+    medians = {k: v["median_ms"] for k, v in timing["contenders"].items()}
+    print(f"[roi_align] tflite {medians['tflite']:.1f} ms, gathers only {medians['tflite_gathers_only']:.1f} ms "
+          f"({timing['ratios']['tflite_gathers_only']['median']:.2f} of it), TF {medians['tf']:.1f} ms; load {load}")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output", default="runs/bench/profile_roi_align_tflite.json")
+    args = parser.parse_args(argv)
+    run(args.rounds, args.warmup, args.output)
+
+
+if __name__ == "__main__":
+    main()
