@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +37,10 @@ def layers():
 
 def flatbuffer(layer, shape, split):
     """The layer converted as kdet exports (builtins only, ExportArchive), with or without the split."""
-    import keras
     import tensorflow as tf
-    from kdet.export.tflite import _convert, _converter, split_deep_contractions
-    directory = tempfile.mkdtemp(prefix="kdet-contraction-")
-    with split_deep_contractions(enabled=split):
-        archive = keras.export.ExportArchive()
-        archive.track(layer)
-        archive.add_endpoint("serving_default", lambda x: {"y0": layer(x)},
-                             input_signature=[tf.TensorSpec(shape, tf.float32, name="x0")])
-        archive.write_out(directory, verbose=False)
-    return _convert(_converter(directory, None))
+    from kdet.export.tflite import function_flatbuffer
+    return function_flatbuffer(lambda x: {"y0": layer(x)}, [tf.TensorSpec(shape, tf.float32, name="x0")], layer,
+                               split_contractions=split)
 
 
 def run(rounds, warmup, output):

@@ -12,8 +12,6 @@ kdet.inference.runners.NUM_THREADS threads and its default delegate (XNNPACK) th
 TFLite runner of `kdet benchmark` and run_all.py does. The model is the folded inference copy (what the export
 converts); the TensorFlow contenders run the same folded model.
 """
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,21 +38,9 @@ def flat_function(fn, inputs):
 def stage_flatbuffer(fn, inputs, track):
     """The builtins-only TFLite flatbuffer of fn(*inputs) (inputs' static shapes), converted as kdet exports.
     track: the Keras model (or layer) whose variables fn uses."""
-    import keras
-    from kdet.export.tflite import _convert, _converter, split_deep_contractions
-    from kdet.ops.mode import builtins_only
-
-    flat, specs = flat_signature(inputs)
-    directory = tempfile.mkdtemp(prefix="kdet-stage-tflite-")
-    try:
-        with builtins_only(), split_deep_contractions():
-            archive = keras.export.ExportArchive()
-            archive.track(track)
-            archive.add_endpoint("serving_default", flat_function(fn, inputs), input_signature=specs)
-            archive.write_out(directory, verbose=False)
-        return _convert(_converter(directory, None))
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    from kdet.export.tflite import function_flatbuffer
+    _, specs = flat_signature(inputs)
+    return function_flatbuffer(flat_function(fn, inputs), specs, track)
 
 
 def interpreter(flatbuffer, threads=None, delegate=True):

@@ -7,7 +7,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export import export_tflite, load_runner
-from kdet.export.tflite import contraction_parts, split_deep_contractions
+from kdet.export.tflite import contraction_parts, function_flatbuffer, split_deep_contractions
 from kdet.inference.runners import tflite_metadata
 from tests.testing import (TinyGridDetector, TinyRoiDetector, compare_detections, keras_outputs, make_tiny_detector,
                            quantised_report, random_images)
@@ -203,9 +203,8 @@ def test_contraction_parts_are_the_fewest_equal_slices_within_the_depth():
     assert contraction_parts(5000, 5000, max_depth=4608) == 2
 
 
-def test_deep_contractions_are_split_in_the_tflite_graph_and_give_the_same_outputs(tmp_path):
+def test_deep_contractions_are_split_in_the_tflite_graph_and_give_the_same_outputs():
     import keras
-    from kdet.export.tflite import _convert, _converter
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((5, 5, 640))
@@ -215,14 +214,10 @@ def test_deep_contractions_are_split_in_the_tflite_graph_and_give_the_same_outpu
     model = keras.Model(inputs, y)
     images = np.random.default_rng(0).normal(0, 1, (2, 5, 5, 640)).astype(np.float32)
     original = keras.layers.Conv2D.call, keras.layers.Dense.call
-    with split_deep_contractions():
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serving_default", lambda t: {"y": model(t)},
-                             input_signature=[tf.TensorSpec((2, 5, 5, 640), tf.float32, name="x")])
-        archive.write_out(str(tmp_path / "sm"), verbose=False)
+    flatbuffer = function_flatbuffer(lambda t: {"y": model(t)},
+                                     [tf.TensorSpec((2, 5, 5, 640), tf.float32, name="x")], model)
     assert (keras.layers.Conv2D.call, keras.layers.Dense.call) == original  # restored on exit
-    interpreter = tf.lite.Interpreter(model_content=_convert(_converter(str(tmp_path / "sm"), None)))
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
     interpreter.allocate_tensors()
     ops = [op["op_name"] for op in interpreter._get_ops_details()]  # noqa: SLF001
     assert ops.count("CONV_2D") == 3 and ops.count("FULLY_CONNECTED") == 3, ops

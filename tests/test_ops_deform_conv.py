@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from kdet.layers import DeformConv2D
-from kdet.ops import builtins_only, deform_conv2d
+from kdet.ops import deform_conv2d
 
 FIXTURE = Path(__file__).parent / "fixtures" / "deform_conv_torchvision.npz"
 
@@ -271,23 +271,18 @@ def test_fit_step_has_gradients_for_input_kernel_and_offsets(tmp_path):
     assert restored.get_layer("dcn").get_config() == layer.get_config()
 
 
-def test_layer_converts_to_tflite_builtins_and_agrees(tmp_path):
+def test_layer_converts_to_tflite_builtins_and_agrees():
     """As kdet.export does: a Keras ExportArchive traced under builtins_only(), then TFLITE_BUILTINS only."""
     from ai_edge_litert.interpreter import Interpreter
+    from kdet.export.tflite import function_flatbuffer
     rng = np.random.default_rng(9)
     inputs = keras.Input((12, 11, 6), batch_size=1)
     model = keras.Model(inputs, DeformConv2D(4, 3, strides=2, offset_groups=2, name="dcn")(inputs))
     layer = model.get_layer("dcn")
     layer.offset_kernel.assign(rng.normal(0, 0.5, layer.offset_kernel.shape))
-    with builtins_only():
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serving_default", lambda x: {"y": model(x)},
-                             input_signature=[tf.TensorSpec((1, 12, 11, 6), tf.float32, name="x")])
-        archive.write_out(str(tmp_path / "saved"), verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"), signature_keys=["serving_default"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fails loudly on any non-builtin op
-    interpreter = Interpreter(model_content=converter.convert(), num_threads=1)
+    flatbuffer = function_flatbuffer(lambda x: {"y": model(x)}, [tf.TensorSpec((1, 12, 11, 6), tf.float32, name="x")],
+                                     model)  # TFLITE_BUILTINS only: fails loudly on any non-builtin op
+    interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "GATHER" in ops and "CUSTOM" not in ops and "FLEX" not in " ".join(ops)
     x = rng.normal(0, 2, (1, 12, 11, 6)).astype(np.float32)

@@ -187,6 +187,26 @@ def split_deep_contractions(enabled=True):
             cls.call = call
 
 
+def function_flatbuffer(fn, input_signature, track, split_contractions=True):
+    """The float TFLite flatbuffer of any function of Keras objects, converted as `export_tflite` converts a model:
+    traced under `builtins_only()` (and `split_deep_contractions()`), written through keras.export.ExportArchive
+    (which freezes the variables of `track`, the model or layer fn uses), TFLITE_BUILTINS only.
+
+    fn: returns a dict of tensors (the signature `serving_default`'s outputs); input_signature: TensorSpecs with
+    names (its inputs). For stage profiles, benchmarks and tests of single layers.
+    """
+    directory = tempfile.mkdtemp(prefix="kdet-tflite-function-")
+    try:
+        with builtins_only(), split_deep_contractions(enabled=split_contractions):
+            archive = keras.export.ExportArchive()
+            archive.track(track)
+            archive.add_endpoint("serving_default", fn, input_signature=input_signature)
+            archive.write_out(directory, verbose=False)
+        return _convert(_converter(directory, None))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _converter(saved_model_dir, quantize):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
