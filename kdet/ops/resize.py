@@ -4,10 +4,11 @@
     upsample_nearest_2x(x)      the same for size = 2 * (h, w): CONCATENATION + DEPTH_TO_SPACE
     subsample_2x(x)             x[:, ::2, ::2] (a 1x1 stride-2 max-pool): PAD + SPACE_TO_DEPTH + SLICE
 
-XNNPACK takes neither RESIZE_NEAREST_NEIGHBOR nor a 1x1 MAX_POOL_2D with stride 2 nor a STRIDED_SLICE with stride 2
-(benchmarks/profile_tflite.py delegation()): each of them cut the FPN's TFLite graph into separate partitions with
-copies between them. The twins give the same values exactly (they only move elements) and run in one partition;
-`upsample_nearest` chooses the twin while `builtins_only()` is active and the shapes are static, the 2x ratio exact.
+XNNPACK takes neither RESIZE_NEAREST_NEIGHBOR nor a 1x1 MAX_POOL_2D with stride 2 (its delegate's CheckPoolingParams
+refuses a stride larger than the filter) nor a STRIDED_SLICE with stride 2 (benchmarks/profile_tflite.py delegation()):
+each of them cut the FPN's TFLite graph into separate partitions with copies between them. The twins give the same
+values exactly (they only move elements) and run in one partition; `upsample_nearest` chooses the twin while
+`builtins_only()` is active and the shapes are static, the 2x ratio exact.
 """
 import tensorflow as tf
 
