@@ -13,6 +13,8 @@ import math
 import keras
 import tensorflow as tf
 
+from kdet.ops.layout import flatten_locations
+
 HEAD_INIT = keras.initializers.RandomNormal(stddev=0.01)
 
 
@@ -41,9 +43,7 @@ class RetinaSubnet(keras.layers.Layer):
         for x in features:
             for layer in self.convs:
                 x = layer(x)
-            x = self.output_conv(x)
-            batch = tf.shape(x)[0]
-            outputs.append(tf.reshape(x, [batch, -1, self.num_outputs]))
+            outputs.append(flatten_locations(self.output_conv(x), self.num_outputs))
         return tf.concat(outputs, axis=1)
 
     def get_config(self):

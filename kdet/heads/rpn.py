@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from kdet.losses.box import box_loss
 from kdet.ops import encode_boxes, sample_balanced
+from kdet.ops.layout import flatten_locations
 from kdet.ops.anchor_targets import match_anchors
 
 RPN_INIT = keras.initializers.RandomNormal(stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
@@ -56,9 +57,8 @@ class RPNHead(keras.layers.Layer):
             x = feature
             for conv in self.convs:
                 x = conv(x)
-            batch = tf.shape(x)[0]
-            objectness.append(tf.reshape(self.cls_logits(x), [batch, -1]))
-            deltas.append(tf.reshape(self.bbox_pred(x), [batch, -1, 4]))
+            objectness.append(flatten_locations(self.cls_logits(x)))
+            deltas.append(flatten_locations(self.bbox_pred(x), 4))
         return tf.concat(objectness, axis=1), tf.concat(deltas, axis=1)
 
     def get_config(self):

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from kdet.backbones.mobilenet_ssdlite import BN_MOMENTUM
+from kdet.ops.layout import flatten_locations
 
 # XNNPACK (TFLite's CPU delegate) runs a CONCATENATION of at most 5 inputs; one of SSD's 6 levels ran in TFLite's
 # reference kernel and cut the graph (benchmarks/profile_stages.py --tflite). Same values, grouped.
@@ -61,7 +62,7 @@ class SSDPredictor(keras.layers.Layer):
         for x, layers in zip(features, self.levels):
             for layer in layers:
                 x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(x)
-            outputs.append(tf.reshape(x, [tf.shape(x)[0], -1, self.num_outputs]))
+            outputs.append(flatten_locations(x, self.num_outputs))
         return grouped_concat(outputs, axis=1)
 
     def get_config(self):

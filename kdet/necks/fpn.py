@@ -12,6 +12,9 @@ half-pixel centres and picks a different row for odd sizes, which would break a 
 import keras
 import tensorflow as tf
 
+from kdet.ops.mode import builtins_only_enabled
+from kdet.ops.resize import subsample_2x, upsample_nearest
+
 EXTRA_BLOCKS = (None, "p6p7", "maxpool")
 # torchvision: nn.init.kaiming_uniform_(w, a=1) = uniform(+-sqrt(3 / fan_in)) = Keras' LeCun uniform.
 FPN_INIT = keras.initializers.LecunUniform()
@@ -20,12 +23,12 @@ FPN_INIT = keras.initializers.LecunUniform()
 def upsample_nearest_like(x, reference):
     """x [B, h, w, C] -> [B, H, W, C] with H, W of `reference`, torch "nearest" indexing (floor(i * h / H)).
 
-    ResizeNearestNeighbor with half_pixel_centers=False is exactly that rule, and a TFLite builtin.
+    kdet.ops.upsample_nearest (a twin XNNPACK delegates for an exact 2x ratio under builtins_only()).
     """
     size = tf.shape(reference)[1:3]
     if reference.shape[1] is not None and reference.shape[2] is not None:
-        size = [reference.shape[1], reference.shape[2]]
-    return tf.raw_ops.ResizeNearestNeighbor(images=x, size=size, align_corners=False, half_pixel_centers=False)
+        size = (reference.shape[1], reference.shape[2])
+    return upsample_nearest(x, size)
 
 
 class FPN(keras.layers.Layer):
@@ -86,8 +89,15 @@ class FPN(keras.layers.Layer):
             p7 = self.p7[1](self.p7[0](tf.nn.relu(p6)))
             outputs += [p6, p7]
         elif self.extra_block == "maxpool":
-            outputs.append(self.pool(outputs[-1]))
+            outputs.append(self._subsample(outputs[-1]))
         return {f"P{level}": out for level, out in zip(self.output_levels, outputs)}
+
+    def _subsample(self, x):
+        """The "maxpool" level, x[:, ::2, ::2]: XNNPACK does not take a 1x1 stride-2 MAX_POOL_2D, so under
+        builtins_only() with a static size it is kdet.ops.subsample_2x (same values, delegated ops)."""
+        if builtins_only_enabled() and None not in x.shape[1:]:
+            return subsample_2x(x)
+        return self.pool(x)
 
     def get_config(self):
         return dict(super().get_config(), input_levels=list(self.input_levels), channels=self.channels,
