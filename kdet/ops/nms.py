@@ -178,70 +178,87 @@ def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold
 
 
 def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
-    """`_nms_padded`'s zero-area rule for R rows at once: the zero-area boxes scoring above the threshold (kept
-    outside the kernel) merged by score into each row's NMS output, kept boxes first on equal scores.
+    """`_nms_padded`'s zero-area rule for B images x C classes at once: the zero-area boxes scoring above the
+    threshold (kept outside the kernel) merged by score into each (image, class) NMS output, kept boxes first on
+    equal scores. Skipped (a cond) when there are none.
 
-    scores, has_area: [R, N]; indices: [R, P] int32 NMS output (padded), valid: [R] -> (indices [R, P], count [R]).
+    scores: [B, N, C]; has_area: [B, N] or [B, N, C]; indices: [B * C, P] int32 NMS output (padded), valid: [B * C]
+    -> (indices [B * C, P], count [B * C]).
     """
     size = indices.shape[-1]
-    zero_area = ~has_area & (scores > score_threshold)
+    if has_area.shape.rank == 2:
+        has_area = tf.expand_dims(has_area, 2)  # not [:, :, None]: see _combined_nms_builtins
+    zero_area = ~has_area & (scores > score_threshold)  # [B, N, C]
 
-    def merge():
+    def merge():  # the [B * C, N] layout only here: the transposes cost ~1 ms each in LiteRT at SSD300's size
+        num_boxes = tf.shape(scores)[1]
         lowest = float("-inf")
-        kept = tf.where(tf.range(size)[None, :] < valid[:, None], tf.gather(scores, indices, batch_dims=1), lowest)
-        k = min(size, scores.shape[-1]) if scores.shape[-1] is not None else tf.minimum(size, tf.shape(scores)[1])
-        extra_scores, extra_indices = tf.math.top_k(tf.where(zero_area, scores, lowest), k=k)
+        rows = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
+        extra = tf.reshape(tf.transpose(zero_area, [0, 2, 1]), [-1, num_boxes])
+        kept = tf.where(tf.range(size)[None, :] < valid[:, None], tf.gather(rows, indices, batch_dims=1), lowest)
+        k = min(size, scores.shape[1]) if scores.shape[1] is not None else tf.minimum(size, num_boxes)
+        extra_scores, extra_indices = tf.math.top_k(tf.where(extra, rows, lowest), k=k)
         _, order = tf.math.top_k(tf.concat([kept, extra_scores], 1), k=size)  # stable: kept boxes first on ties
-        count = tf.minimum(valid + tf.reduce_sum(tf.cast(zero_area, valid.dtype), axis=1), size)
+        count = tf.minimum(valid + tf.reduce_sum(tf.cast(extra, valid.dtype), axis=1), size)
         return tf.gather(tf.concat([indices, extra_indices], 1), order, batch_dims=1), count
 
     return tf.cond(tf.reduce_any(zero_area), merge, lambda: (indices, valid))
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
-    """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score.
+    """One NMS V5 per (image, class) that has a score above the threshold, in a single loop, then the top
+    max_detections of all classes by score.
 
     Only the kernel runs in the loop: the zero-area rule of `_nms_padded` is applied to all (image, class) pairs at
     once, before the loop (mask) and after it (merge). A TFLite WHILE body runs op by op in the interpreter for
     every pair, so the per-pair masking, concat and top-k over all N boxes cost more than the kernel itself
-    (benchmarks/profile_stages.py --tflite: SSD300's 90 classes).
+    (benchmarks/profile_stages.py --tflite: SSD300's 90 classes). Outside the loop the [B, N, C] scores are read in
+    place (no [B, C, N] transpose): LiteRT's elementwise ops and transposes over SSD300's 8732 x 90 scores cost
+    about a millisecond each.
     """
     batch = tf.shape(scores)[0]
-    num_boxes = tf.shape(scores)[1]
     num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
-    lowest = float("-inf")
     # [B, N] or [B, N, C]. unstack / expand_dims, not boxes[..., k] / x[:, :, None]: with more than one dynamic
     # dimension such slices stay StridedSlices with ellipsis / new-axis masks, which have no TFLite builtin.
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     has_area = (y2 > y1) & (x2 > x1)
-    if shared:
-        has_area = tf.broadcast_to(tf.expand_dims(has_area, 2), tf.shape(scores))  # not [:, :, None]: see above
-    # [B * C, N] scores and area flags, [B * C, N, 4] boxes (shared boxes are indexed per image, not copied C times).
-    class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
-    class_area = tf.reshape(tf.transpose(has_area, [0, 2, 1]), [-1, num_boxes])
-    nms_scores = tf.where(class_area, class_scores, lowest)
-    pair_image = tf.repeat(tf.range(batch), num_classes)
-    if not shared:
-        class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
+    nms_scores = tf.where(tf.expand_dims(has_area, 2) if shared else has_area, scores, float("-inf"))  # [B, N, C]
+    # Only the pairs with a score above the threshold run the kernel (SSD300 / RetinaNet: a few of 90 classes;
+    # the kernel and its loop step cost ~0.2-0.4 ms per pair in LiteRT). The loop walks a static-length list with
+    # those pairs first and stops after them: every shape stays as it was (a batch_size=1 export keeps no shape
+    # arithmetic), only the trip count depends on the scores. The test reads the scores the kernel gets, so no
+    # pair the kernel would give a box is skipped; the skipped ones keep valid 0, as the kernel would return.
+    pairs = batch * num_classes
+    runs = tf.reshape(tf.reduce_max(nms_scores, axis=1) > score_threshold, [-1])  # [B * C], image-major
+    _, run_order = tf.math.top_k(tf.cast(runs, tf.float32), k=pairs)  # stable: the running pairs, ascending
+    num_runs = tf.reduce_sum(tf.cast(runs, tf.int32))
 
-    def one_class(pair):
-        box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
+    def one_class(i, pair_indices, pair_valid):
+        pair = run_order[i]
+        image, column = pair // num_classes, pair % num_classes
+        image_boxes = tf.gather(boxes, image)  # [N, 4] or [N, C, 4]
+        box_set = image_boxes if shared else tf.gather(image_boxes, column, axis=1)
         indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=box_set, scores=nms_scores[pair], max_output_size=max_per_class, iou_threshold=iou_threshold,
-            score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
-        return indices, valid
+            boxes=box_set, scores=tf.gather(tf.gather(nms_scores, image), column, axis=1),
+            max_output_size=max_per_class, iou_threshold=iou_threshold, score_threshold=score_threshold,
+            soft_nms_sigma=0.0, pad_to_max_output_size=True)
+        slot = tf.reshape(pair, [1, 1])
+        return (i + 1, tf.tensor_scatter_nd_update(pair_indices, slot, tf.reshape(indices, [1, max_per_class])),
+                tf.tensor_scatter_nd_update(pair_valid, slot, tf.reshape(valid, [1])))
 
-    pair_indices, pair_valid = tf.map_fn(
-        one_class, tf.range(batch * num_classes),
-        fn_output_signature=(tf.TensorSpec([max_per_class], tf.int32), tf.TensorSpec([], tf.int32)))
-    pair_indices, pair_valid = _merge_zero_area(class_scores, class_area, pair_indices, pair_valid, score_threshold)
+    _, pair_indices, pair_valid = tf.while_loop(
+        lambda i, *_: i < num_runs, one_class,
+        (tf.constant(0), tf.zeros(tf.stack([pairs, max_per_class]), tf.int32), tf.zeros(tf.reshape(pairs, [1]),
+                                                                                         tf.int32)))
+    pair_indices, pair_valid = _merge_zero_area(scores, has_area, pair_indices, pair_valid, score_threshold)
     pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
-    slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
-    slot_scores = tf.where(slot_valid, slot_scores, float("-inf"))
+    # Each slot's score read from [B, N * C] at box * C + class (a gather from the transposed scores copied them).
+    flat_slots = pair_indices * num_classes + tf.range(num_classes)[None, :, None]
+    slot_scores = tf.gather(tf.reshape(scores, [batch, -1]), tf.reshape(flat_slots, [batch, -1]), batch_dims=1)
     candidates = num_classes * max_per_class
-    flat_scores = tf.reshape(slot_scores, [batch, candidates])
+    flat_scores = tf.where(tf.reshape(slot_valid, [batch, candidates]), slot_scores, float("-inf"))
     flat_indices = tf.reshape(pair_indices, [batch, candidates])
     if candidates < max_detections:  # top_k needs k <= candidates
         flat_scores = tf.pad(flat_scores, [[0, 0], [0, max_detections - candidates]], constant_values=float("-inf"))
