@@ -186,11 +186,14 @@ def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
     -> (indices [B * C, P], count [B * C]).
     """
     size = indices.shape[-1]
-    if has_area.shape.rank == 2:
+    if has_area.shape.rank == 2:  # boxes shared by the classes: any zero-area box whose best score passes
+        needed = tf.reduce_any(~has_area & (tf.reduce_max(scores, axis=2) > score_threshold))
         has_area = tf.expand_dims(has_area, 2)  # not [:, :, None]: see _combined_nms_builtins
-    zero_area = ~has_area & (scores > score_threshold)  # [B, N, C]
+    else:
+        needed = tf.reduce_any(~has_area & (scores > score_threshold))
 
     def merge():  # the [B * C, N] layout only here: the transposes cost ~1 ms each in LiteRT at SSD300's size
+        zero_area = ~has_area & (scores > score_threshold)  # [B, N, C]
         num_boxes = tf.shape(scores)[1]
         lowest = float("-inf")
         rows = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
@@ -202,7 +205,7 @@ def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
         count = tf.minimum(valid + tf.reduce_sum(tf.cast(extra, valid.dtype), axis=1), size)
         return tf.gather(tf.concat([indices, extra_indices], 1), order, batch_dims=1), count
 
-    return tf.cond(tf.reduce_any(zero_area), merge, lambda: (indices, valid))
+    return tf.cond(needed, merge, lambda: (indices, valid))
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
@@ -223,14 +226,13 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     # dimension such slices stay StridedSlices with ellipsis / new-axis masks, which have no TFLite builtin.
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     has_area = (y2 > y1) & (x2 > x1)
-    nms_scores = tf.where(tf.expand_dims(has_area, 2) if shared else has_area, scores, float("-inf"))  # [B, N, C]
     # Only the pairs with a score above the threshold run the kernel (SSD300 / RetinaNet: a few of 90 classes;
     # the kernel and its loop step cost ~0.2-0.4 ms per pair in LiteRT). The loop walks a static-length list with
     # those pairs first and stops after them: every shape stays as it was (a batch_size=1 export keeps no shape
     # arithmetic), only the trip count depends on the scores. The test reads the scores the kernel gets, so no
     # pair the kernel would give a box is skipped; the skipped ones keep valid 0, as the kernel would return.
     pairs = batch * num_classes
-    runs = tf.reshape(tf.reduce_max(nms_scores, axis=1) > score_threshold, [-1])  # [B * C], image-major
+    runs = tf.reshape(tf.reduce_max(scores, axis=1) > score_threshold, [-1])  # [B * C], image-major
     _, run_order = tf.math.top_k(tf.cast(runs, tf.float32), k=pairs)  # stable: the running pairs, ascending
     num_runs = tf.reduce_sum(tf.cast(runs, tf.int32))
 
@@ -239,8 +241,10 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
         image, column = pair // num_classes, pair % num_classes
         image_boxes = tf.gather(boxes, image)  # [N, 4] or [N, C, 4]
         box_set = image_boxes if shared else tf.gather(image_boxes, column, axis=1)
+        area = tf.gather(has_area, image) if shared else tf.gather(tf.gather(has_area, image), column, axis=1)
+        pair_scores = tf.where(area, tf.gather(tf.gather(scores, image), column, axis=1), float("-inf"))  # [N]
         indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=box_set, scores=tf.gather(tf.gather(nms_scores, image), column, axis=1),
+            boxes=box_set, scores=pair_scores,
             max_output_size=max_per_class, iou_threshold=iou_threshold, score_threshold=score_threshold,
             soft_nms_sigma=0.0, pad_to_max_output_size=True)
         slot = tf.reshape(pair, [1, 1])
