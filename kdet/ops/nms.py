@@ -13,9 +13,13 @@ Semantics (shared with torchvision.ops.nms): boxes are visited by descending sco
 index; a box is suppressed by a kept box when their IoU is strictly greater than `iou_threshold`. Boxes must be
 well-formed (y1 <= y2, x1 <= x2); degenerate boxes have IoU 0 with everything and are never suppressed.
 """
+import functools
+
 import tensorflow as tf
 
 from kdet.ops.mode import builtins_only_enabled
+
+COMPACT_ROWS = 1024  # see _combined_nms_builtins
 
 
 def _nms_padded(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")):
@@ -208,6 +212,37 @@ def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
     return tf.cond(needed, merge, lambda: (indices, valid))
 
 
+def _pair_nms(boxes, scores, has_area, run_order, num_runs, max_per_class, iou_threshold, score_threshold):
+    """NMS V5 of the first num_runs (image, class) pairs of run_order, in one loop.
+
+    boxes [B, N, 4] or [B, N, C, 4], scores [B, N, C], has_area [B, N] or [B, N, C]; run_order [B * C] pair
+    indices (image * C + class) -> (indices [B * C, P] int32 into N, valid [B * C]); pairs not run: valid 0.
+    """
+    num_classes = scores.shape[-1]
+    shared = boxes.shape.rank == 3
+    pairs = tf.size(run_order)
+
+    def one_class(i, pair_indices, pair_valid):
+        pair = run_order[i]
+        image, column = pair // num_classes, pair % num_classes
+        image_boxes = tf.gather(boxes, image)  # [N, 4] or [N, C, 4]
+        box_set = image_boxes if shared else tf.gather(image_boxes, column, axis=1)
+        area = tf.gather(has_area, image) if shared else tf.gather(tf.gather(has_area, image), column, axis=1)
+        pair_scores = tf.where(area, tf.gather(tf.gather(scores, image), column, axis=1), float("-inf"))  # [N]
+        indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=box_set, scores=pair_scores, max_output_size=max_per_class, iou_threshold=iou_threshold,
+            score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
+        slot = tf.reshape(pair, [1, 1])
+        return (i + 1, tf.tensor_scatter_nd_update(pair_indices, slot, tf.reshape(indices, [1, max_per_class])),
+                tf.tensor_scatter_nd_update(pair_valid, slot, tf.reshape(valid, [1])))
+
+    _, pair_indices, pair_valid = tf.while_loop(
+        lambda i, *_: i < num_runs, one_class,
+        (tf.constant(0), tf.zeros(tf.stack([pairs, max_per_class]), tf.int32), tf.zeros(tf.reshape(pairs, [1]),
+                                                                                         tf.int32)))
+    return pair_indices, pair_valid
+
+
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
     """One NMS V5 per (image, class) that has a score above the threshold, in a single loop, then the top
     max_detections of all classes by score.
@@ -234,27 +269,27 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
     pairs = batch * num_classes
     runs = tf.reshape(tf.reduce_max(scores, axis=1) > score_threshold, [-1])  # [B * C], image-major
     _, run_order = tf.math.top_k(tf.cast(runs, tf.float32), k=pairs)  # stable: the running pairs, ascending
-    num_runs = tf.reduce_sum(tf.cast(runs, tf.int32))
+    loop = functools.partial(_pair_nms, run_order=run_order, num_runs=tf.reduce_sum(tf.cast(runs, tf.int32)),
+                             max_per_class=max_per_class, iou_threshold=iou_threshold,
+                             score_threshold=score_threshold)
+    # A TFLite WHILE copies every tensor it reads once per iteration, here all [B, N, C] scores (SSD300: 3 MB, most
+    # of the loop's time). When every image has at most COMPACT_ROWS rows (boxes) with a passing score, the loop
+    # gets those rows only: a fixed number (top_k of the pass flags: passing rows first, ascending, so each NMS sees
+    # the same candidates in the same order), mapped back after. Otherwise (a cond) the loop gets every row.
+    num_boxes = scores.shape[1]
+    if num_boxes is None or num_boxes <= 2 * COMPACT_ROWS:
+        pair_indices, pair_valid = loop(boxes, scores, has_area)
+    else:
+        row_passes = tf.reduce_max(scores, axis=2) > score_threshold  # [B, N]
 
-    def one_class(i, pair_indices, pair_valid):
-        pair = run_order[i]
-        image, column = pair // num_classes, pair % num_classes
-        image_boxes = tf.gather(boxes, image)  # [N, 4] or [N, C, 4]
-        box_set = image_boxes if shared else tf.gather(image_boxes, column, axis=1)
-        area = tf.gather(has_area, image) if shared else tf.gather(tf.gather(has_area, image), column, axis=1)
-        pair_scores = tf.where(area, tf.gather(tf.gather(scores, image), column, axis=1), float("-inf"))  # [N]
-        indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=box_set, scores=pair_scores,
-            max_output_size=max_per_class, iou_threshold=iou_threshold, score_threshold=score_threshold,
-            soft_nms_sigma=0.0, pad_to_max_output_size=True)
-        slot = tf.reshape(pair, [1, 1])
-        return (i + 1, tf.tensor_scatter_nd_update(pair_indices, slot, tf.reshape(indices, [1, max_per_class])),
-                tf.tensor_scatter_nd_update(pair_valid, slot, tf.reshape(valid, [1])))
+        def compact():
+            _, rows = tf.math.top_k(tf.cast(row_passes, tf.float32), k=COMPACT_ROWS)  # [B, R]
+            indices, valid = loop(*(tf.gather(x, rows, batch_dims=1) for x in (boxes, scores, has_area)))
+            pair_rows = tf.gather(rows, tf.range(pairs) // num_classes)  # [B * C, R]
+            return tf.gather(pair_rows, indices, batch_dims=1), valid
 
-    _, pair_indices, pair_valid = tf.while_loop(
-        lambda i, *_: i < num_runs, one_class,
-        (tf.constant(0), tf.zeros(tf.stack([pairs, max_per_class]), tf.int32), tf.zeros(tf.reshape(pairs, [1]),
-                                                                                         tf.int32)))
+        fits = tf.reduce_all(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1) <= COMPACT_ROWS)
+        pair_indices, pair_valid = tf.cond(fits, compact, lambda: loop(boxes, scores, has_area))
     pair_indices, pair_valid = _merge_zero_area(scores, has_area, pair_indices, pair_valid, score_threshold)
     pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
