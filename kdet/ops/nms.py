@@ -213,7 +213,8 @@ def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
 
 
 def _pair_nms(boxes, scores, has_area, run_order, num_runs, max_per_class, iou_threshold, score_threshold):
-    """NMS V5 of the first num_runs (image, class) pairs of run_order, in one loop.
+    """NMS V5 of the first num_runs (image, class) pairs of run_order, in one loop, and the zero-area merge (on the
+    rows it is given: a TFLite IF copies what it reads, so the compacted rows, not all, when compacted).
 
     boxes [B, N, 4] or [B, N, C, 4], scores [B, N, C], has_area [B, N] or [B, N, C]; run_order [B * C] pair
     indices (image * C + class) -> (indices [B * C, P] int32 into N, valid [B * C]); pairs not run: valid 0.
@@ -240,7 +241,7 @@ def _pair_nms(boxes, scores, has_area, run_order, num_runs, max_per_class, iou_t
         lambda i, *_: i < num_runs, one_class,
         (tf.constant(0), tf.zeros(tf.stack([pairs, max_per_class]), tf.int32), tf.zeros(tf.reshape(pairs, [1]),
                                                                                          tf.int32)))
-    return pair_indices, pair_valid
+    return _merge_zero_area(scores, has_area, pair_indices, pair_valid, score_threshold)
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
@@ -290,7 +291,6 @@ def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_thr
 
         fits = tf.reduce_all(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1) <= COMPACT_ROWS)
         pair_indices, pair_valid = tf.cond(fits, compact, lambda: loop(boxes, scores, has_area))
-    pair_indices, pair_valid = _merge_zero_area(scores, has_area, pair_indices, pair_valid, score_threshold)
     pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
     # Each slot's score read from [B, N * C] at box * C + class (a gather from the transposed scores copied them).
