@@ -124,15 +124,6 @@ def fast_rcnn_loss(class_logits, box_regression, roi_labels, roi_box_targets):
     return classification_loss, regression_loss
 
 
-def _take_columns(x, columns):
-    """x[:, :, columns] ([B, R, K + 1] or [B, R, K + 1, 4]): a slice when the columns are contiguous (TFLite's
-    GATHER on axis 2 copies element by element)."""
-    first = columns[0]
-    if columns == list(range(first, first + len(columns))):
-        return x[:, :, first:first + len(columns)]
-    return tf.gather(x, columns, axis=2)
-
-
 def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_size, max_detections,
                            box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05, nms_threshold=0.5,
                            min_size=1e-2, topk_candidates=1000, class_columns=None):
@@ -158,14 +149,14 @@ def postprocess_detections(class_logits, box_regression, rois, roi_valid, image_
     """
     columns = list(range(1, class_logits.shape[-1])) if class_columns is None else [int(c) for c in class_columns]
     num_classes = len(columns)
-    probabilities = _take_columns(tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1), columns)
+    probabilities = tf.gather(tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1), columns, axis=-1)
     probabilities = tf.where(roi_valid[..., None], probabilities, 0.0)
     batch = tf.shape(probabilities)[0]
     flat = tf.reshape(probabilities, [batch, -1])
     k = topk_candidates if rois.shape[1] is None else min(topk_candidates, rois.shape[1] * num_classes)
     top_scores, top = tf.math.top_k(flat, k=k)  # [B, k], by descending score, ties by lower index
     roi_index, class_index = top // num_classes, top % num_classes
-    class_deltas = _take_columns(tf.cast(box_regression, tf.float32), columns)  # [B, R, K, 4]
+    class_deltas = tf.gather(tf.cast(box_regression, tf.float32), columns, axis=2)  # [B, R, K, 4]
     deltas = tf.gather(tf.reshape(class_deltas, [batch, -1, 4]), top, batch_dims=1)
     boxes = clip_boxes(decode_boxes(deltas, tf.gather(rois, roi_index, batch_dims=1), box_weights), *image_size)
     heights, widths = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
