@@ -1,4 +1,6 @@
 """kdet.ops nms / batched_nms / combined_nms against a greedy numpy reference; both combined_nms paths."""
+import importlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -163,9 +165,14 @@ def test_combined_nms_both_paths_equal_reference(seed, per_class_boxes, max_per_
 
 
 @pytest.mark.parametrize("per_class_boxes", [False, True])
-def test_combined_nms_sparse_scores(per_class_boxes):
+@pytest.mark.parametrize("compact_rows", [None, 50, 20])
+def test_combined_nms_sparse_scores(per_class_boxes, compact_rows, monkeypatch):
     """Few (box, class) scores above the threshold, in different rows and classes per image (SSD's case): NMS runs
-    on those rows and classes only, with the same detections."""
+    on those rows and classes only, with the same detections. compact_rows: the builtins path's row cap lowered
+    below the 300 rows, so its NMS loop gets only the passing rows (50: every image's fit) or all (20: the first
+    image's ~37 do not); a few passing boxes have zero area (merged after the loop, by full-set row)."""
+    if compact_rows is not None:  # the module (kdet.ops.nms is the function kdet.ops exports)
+        monkeypatch.setattr(importlib.import_module("kdet.ops.nms"), "COMPACT_ROWS", compact_rows)
     rng = np.random.default_rng(31)
     batch, count, classes = 3, 300, 20
     shape = (batch, count, classes, 4) if per_class_boxes else (batch, count, 4)
@@ -174,6 +181,9 @@ def test_combined_nms_sparse_scores(per_class_boxes):
     for b, hits in enumerate((40, 3, 0)):  # the last image has no candidate at all
         rows, columns = rng.integers(0, count, hits), rng.choice([2, 5, 11, 17], hits)
         scores[b, rows, columns] = rng.uniform(0.2, 1, hits)
+        boxes[b, rows[:hits // 8], ..., 2] = boxes[b, rows[:hits // 8], ..., 0]  # zero height
+    passing_rows = (scores.max(axis=2) > 0.1).sum(axis=1)
+    assert 20 < passing_rows[0] <= 50 and (boxes[..., 2] == boxes[..., 0]).any()
     tf_path, twin = run_both_paths(boxes, scores, 15, 0.5, 0.1, 4)
     for result in (tf_path, twin):
         check_against_reference(result, boxes, scores, 15, 0.5, 0.1, 4)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from kdet.models import MODELS
-from kdet.models.retinanet import RetinaNet, retinanet_anchor_sizes
+from kdet.models.retinanet import RetinaNet, retinanet_anchor_sizes, top_scores_above
+from kdet.ops import builtins_only
 from tests.harness import check_keras_native
 from tests.test_ops_nms import nms_reference
 from tests.testing import check_export_parity, random_images, threshold_with_margin
@@ -124,8 +125,10 @@ def decode_reference(model, logits, deltas, image_size):
         np.array([labels[i] for i in keep])
 
 
-def test_decode_matches_numpy_reference():
-    # decode follows the size it is given, not the constructor's: built at 96 x 128, decoded at 160 x 96
+@pytest.mark.parametrize("builtins", [False, True])
+def test_decode_matches_numpy_reference(builtins):
+    # decode follows the size it is given, not the constructor's: built at 96 x 128, decoded at 160 x 96; builtins:
+    # the TFLite twin (batched candidate filtering)
     keras.utils.set_random_seed(1)
     m = tiny(num_classes=4, image_size=(96, 128), max_detections=15, topk_candidates=50)  # decode needs no weights
     rng = np.random.default_rng(2)
@@ -134,7 +137,8 @@ def test_decode_matches_numpy_reference():
     outputs = {"cls_logits": rng.normal(-4.5, 1.2, (2, n, 4)).astype(np.float32),
                "box_regression": rng.normal(0, 0.3, (2, n, 4)).astype(np.float32)}
     outputs["box_regression"][0, :5, 2:] = 20.0  # huge deltas: clamped before exp, then clipped to the image
-    result = {k: v.numpy() for k, v in m.decode(outputs, size).items()}
+    with builtins_only(builtins):
+        result = {k: v.numpy() for k, v in m.decode(outputs, size).items()}
     for b in range(2):
         boxes, scores, labels = decode_reference(m, outputs["cls_logits"][b], outputs["box_regression"][b], size)
         count = int(result["num_detections"][b])
@@ -144,6 +148,28 @@ def test_decode_matches_numpy_reference():
         np.testing.assert_allclose(result["boxes"][b, :count][order], boxes, atol=1e-3)
         np.testing.assert_array_equal(result["classes"][b, :count][order], labels)
         assert not result["boxes"][b, count:].any()
+
+
+@pytest.mark.parametrize("mean", [-4.0, 0.0])  # few anchors pass / most do (the default path's dense branch)
+def test_top_scores_above_both_paths_equal_reference(mean):
+    rng = np.random.default_rng(4)
+    logits = rng.normal(mean, 1.2, (3, 200, 5)).astype(np.float32)
+    logits[1, 10:20] = logits[1, 30:40]  # equal scores: ties by ascending flat index
+    logits[2] = -9.0  # an image with no candidate
+    sigmoid = tf.sigmoid(logits).numpy().reshape(3, -1)
+    for k in (7, 1000):
+        for builtins in (False, True):
+            with builtins_only(builtins):
+                scores, indices = (v.numpy() for v in top_scores_above(tf.constant(logits), k, 0.05))
+            assert scores.shape == indices.shape == (3, k)
+            for b in range(3):
+                order = np.argsort(-sigmoid[b], kind="stable")[:k]
+                order = order[sigmoid[b, order] > 0.05]
+                passing = int((sigmoid[b] > 0.05).sum())
+                assert (passing == 0) if b == 2 else (mean == 0.0) == (passing > 300)
+                np.testing.assert_array_equal(indices[b, :len(order)], order, err_msg=f"{builtins} {k} {b}")
+                np.testing.assert_allclose(scores[b, :len(order)], sigmoid[b, order], rtol=1e-6)
+                assert (scores[b, len(order):] <= 0.05).all()
 
 
 def test_input_size_not_divisible_by_128():

@@ -143,7 +143,12 @@ class _MultiBoxDetector(Detector):
         height, width = image_size
         boxes = clip_boxes(decode_boxes(outputs["box_regression"], self.anchors_for(image_size)[None], BOX_WEIGHTS),
                            height, width)
-        scores = tf.gather(tf.nn.softmax(outputs["cls_logits"], axis=-1), list(self.label_ids), axis=-1)  # [B, N, C]
+        probabilities = tf.nn.softmax(outputs["cls_logits"], axis=-1)
+        first = self.label_ids[0]
+        if self.label_ids == tuple(range(first, first + self.num_classes)):  # a slice: TFLite's GATHER on the last
+            scores = probabilities[:, :, first:first + self.num_classes]  # axis copies element by element
+        else:
+            scores = tf.gather(probabilities, list(self.label_ids), axis=-1)  # [B, N, C]
         num_boxes = outputs["cls_logits"].shape[1]
         k = min(self.topk_candidates, num_boxes) if num_boxes is not None else \
             tf.minimum(self.topk_candidates, tf.shape(outputs["cls_logits"])[1])

@@ -5,17 +5,22 @@ their rank); with `builtins_only()` (TFLite) they and `combined_nms` run `tf.raw
 `pad_to_max_output_size=True` and its `valid_outputs` count: it is a TFLite builtin, and after conversion TFLite
 always returns the padded indices, so a count taken from the indices' shape would be wrong (tests/test_export_tflite.py
 checks exported counts). The default path of `combined_nms` is TF's CombinedNonMaxSuppression on
-only the rows (anchors) and classes where some score passes the threshold; the builtins path keeps every row and class
-(static shapes: a batch_size=1 TFLite export keeps no shape arithmetic, and the int8 Mask R-CNN export kept its
-detections only with the full set).
+only the rows (anchors) and classes where some score passes the threshold; the builtins path keeps every shape static
+(a batch_size=1 TFLite export keeps no shape arithmetic, and the int8 Mask R-CNN export kept its detections only with
+a static class count): its loop runs the kernel only for the (image, class) pairs with a passing score (a trip count,
+not a shape) and, when they fit in COMPACT_ROWS, on a fixed number of rows holding every passing one.
 
 Semantics (shared with torchvision.ops.nms): boxes are visited by descending score, equal scores by ascending
 index; a box is suppressed by a kept box when their IoU is strictly greater than `iou_threshold`. Boxes must be
 well-formed (y1 <= y2, x1 <= x2); degenerate boxes have IoU 0 with everything and are never suppressed.
 """
+import functools
+
 import tensorflow as tf
 
 from kdet.ops.mode import builtins_only_enabled
+
+COMPACT_ROWS = 1024  # see _combined_nms_builtins
 
 
 def _nms_padded(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf")):
@@ -178,70 +183,122 @@ def _combined_nms_tf(boxes, scores, max_detections, max_per_class, iou_threshold
 
 
 def _merge_zero_area(scores, has_area, indices, valid, score_threshold):
-    """`_nms_padded`'s zero-area rule for R rows at once: the zero-area boxes scoring above the threshold (kept
-    outside the kernel) merged by score into each row's NMS output, kept boxes first on equal scores.
+    """`_nms_padded`'s zero-area rule for B images x C classes at once: the zero-area boxes scoring above the
+    threshold (kept outside the kernel) merged by score into each (image, class) NMS output, kept boxes first on
+    equal scores. Skipped (a cond) when there are none.
 
-    scores, has_area: [R, N]; indices: [R, P] int32 NMS output (padded), valid: [R] -> (indices [R, P], count [R]).
+    scores: [B, N, C]; has_area: [B, N] or [B, N, C]; indices: [B * C, P] int32 NMS output (padded), valid: [B * C]
+    -> (indices [B * C, P], count [B * C]).
     """
     size = indices.shape[-1]
-    zero_area = ~has_area & (scores > score_threshold)
+    if has_area.shape.rank == 2:  # boxes shared by the classes: any zero-area box whose best score passes
+        needed = tf.reduce_any(~has_area & (tf.reduce_max(scores, axis=2) > score_threshold))
+        has_area = tf.expand_dims(has_area, 2)  # not [:, :, None]: see _combined_nms_builtins
+    else:
+        needed = tf.reduce_any(~has_area & (scores > score_threshold))
 
-    def merge():
+    def merge():  # the [B * C, N] layout only here (transposes of all scores are slow in LiteRT)
+        zero_area = ~has_area & (scores > score_threshold)  # [B, N, C]
+        num_boxes = tf.shape(scores)[1]
         lowest = float("-inf")
-        kept = tf.where(tf.range(size)[None, :] < valid[:, None], tf.gather(scores, indices, batch_dims=1), lowest)
-        k = min(size, scores.shape[-1]) if scores.shape[-1] is not None else tf.minimum(size, tf.shape(scores)[1])
-        extra_scores, extra_indices = tf.math.top_k(tf.where(zero_area, scores, lowest), k=k)
+        rows = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
+        extra = tf.reshape(tf.transpose(zero_area, [0, 2, 1]), [-1, num_boxes])
+        kept = tf.where(tf.range(size)[None, :] < valid[:, None], tf.gather(rows, indices, batch_dims=1), lowest)
+        k = min(size, scores.shape[1]) if scores.shape[1] is not None else tf.minimum(size, num_boxes)
+        extra_scores, extra_indices = tf.math.top_k(tf.where(extra, rows, lowest), k=k)
         _, order = tf.math.top_k(tf.concat([kept, extra_scores], 1), k=size)  # stable: kept boxes first on ties
-        count = tf.minimum(valid + tf.reduce_sum(tf.cast(zero_area, valid.dtype), axis=1), size)
+        count = tf.minimum(valid + tf.reduce_sum(tf.cast(extra, valid.dtype), axis=1), size)
         return tf.gather(tf.concat([indices, extra_indices], 1), order, batch_dims=1), count
 
-    return tf.cond(tf.reduce_any(zero_area), merge, lambda: (indices, valid))
+    return tf.cond(needed, merge, lambda: (indices, valid))
+
+
+def _pair_nms(boxes, scores, has_area, run_order, num_runs, max_per_class, iou_threshold, score_threshold):
+    """NMS V5 of the first num_runs (image, class) pairs of run_order, in one loop, and the zero-area merge (on the
+    rows it is given: a TFLite IF copies what it reads, so the compacted rows, not all, when compacted).
+
+    boxes [B, N, 4] or [B, N, C, 4], scores [B, N, C], has_area [B, N] or [B, N, C]; run_order [B * C] pair
+    indices (image * C + class) -> (indices [B * C, P] int32 into N, valid [B * C]); pairs not run: valid 0.
+    """
+    num_classes = scores.shape[-1]
+    shared = boxes.shape.rank == 3
+    pairs = tf.size(run_order)
+
+    def one_class(i, pair_indices, pair_valid):
+        pair = run_order[i]
+        image, column = pair // num_classes, pair % num_classes
+        image_boxes = tf.gather(boxes, image)  # [N, 4] or [N, C, 4]
+        box_set = image_boxes if shared else tf.gather(image_boxes, column, axis=1)
+        area = tf.gather(has_area, image) if shared else tf.gather(tf.gather(has_area, image), column, axis=1)
+        pair_scores = tf.where(area, tf.gather(tf.gather(scores, image), column, axis=1), float("-inf"))  # [N]
+        indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=box_set, scores=pair_scores, max_output_size=max_per_class, iou_threshold=iou_threshold,
+            score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
+        slot = tf.reshape(pair, [1, 1])
+        return (i + 1, tf.tensor_scatter_nd_update(pair_indices, slot, tf.reshape(indices, [1, max_per_class])),
+                tf.tensor_scatter_nd_update(pair_valid, slot, tf.reshape(valid, [1])))
+
+    _, pair_indices, pair_valid = tf.while_loop(
+        lambda i, *_: i < num_runs, one_class,
+        (tf.constant(0), tf.zeros(tf.stack([pairs, max_per_class]), tf.int32), tf.zeros(tf.reshape(pairs, [1]),
+                                                                                         tf.int32)))
+    return _merge_zero_area(scores, has_area, pair_indices, pair_valid, score_threshold)
 
 
 def _combined_nms_builtins(boxes, scores, max_detections, max_per_class, iou_threshold, score_threshold):
-    """One NMS V5 per (image, class) in a single loop, then the top max_detections of all classes by score.
+    """One NMS V5 per (image, class) that has a score above the threshold, in a single loop, then the top
+    max_detections of all classes by score.
 
     Only the kernel runs in the loop: the zero-area rule of `_nms_padded` is applied to all (image, class) pairs at
     once, before the loop (mask) and after it (merge). A TFLite WHILE body runs op by op in the interpreter for
     every pair, so the per-pair masking, concat and top-k over all N boxes cost more than the kernel itself
-    (benchmarks/profile_stages.py --tflite: SSD300's 90 classes).
+    (benchmarks/profile_stages.py --tflite: SSD300's 90 classes). Outside the loop the [B, N, C] scores are read in
+    place: without the [B, C, N] transposes and the area-masked copy of SSD300's 8732 x 90 scores its captured NMS
+    call went from 12.2 to 3.0 ms in LiteRT.
     """
     batch = tf.shape(scores)[0]
-    num_boxes = tf.shape(scores)[1]
     num_classes = scores.shape[-1]
     shared = boxes.shape.rank == 3
-    lowest = float("-inf")
     # [B, N] or [B, N, C]. unstack / expand_dims, not boxes[..., k] / x[:, :, None]: with more than one dynamic
     # dimension such slices stay StridedSlices with ellipsis / new-axis masks, which have no TFLite builtin.
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
     has_area = (y2 > y1) & (x2 > x1)
-    if shared:
-        has_area = tf.broadcast_to(tf.expand_dims(has_area, 2), tf.shape(scores))  # not [:, :, None]: see above
-    # [B * C, N] scores and area flags, [B * C, N, 4] boxes (shared boxes are indexed per image, not copied C times).
-    class_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
-    class_area = tf.reshape(tf.transpose(has_area, [0, 2, 1]), [-1, num_boxes])
-    nms_scores = tf.where(class_area, class_scores, lowest)
-    pair_image = tf.repeat(tf.range(batch), num_classes)
-    if not shared:
-        class_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
+    # Only the pairs with a score above the threshold run the kernel (SSD300: 6 of 90 classes; its 90 loop steps
+    # took 17.5 ms in LiteRT). The loop walks a static-length list with those pairs first and stops after them:
+    # every shape stays as it was (a batch_size=1 export keeps no shape arithmetic), only the trip count depends on
+    # the scores. A skipped pair has no score above the threshold, so the kernel would return valid 0 for it too (a
+    # pair whose passing boxes all lack area runs and gets valid 0 from the kernel).
+    pairs = batch * num_classes
+    runs = tf.reshape(tf.reduce_max(scores, axis=1) > score_threshold, [-1])  # [B * C], image-major
+    _, run_order = tf.math.top_k(tf.cast(runs, tf.float32), k=pairs)  # stable: the running pairs, ascending
+    loop = functools.partial(_pair_nms, run_order=run_order, num_runs=tf.reduce_sum(tf.cast(runs, tf.int32)),
+                             max_per_class=max_per_class, iou_threshold=iou_threshold,
+                             score_threshold=score_threshold)
+    # A TFLite WHILE copies every tensor it reads once per iteration, here all [B, N, C] scores (SSD300: 3 MB, most
+    # of the loop's time). When every image has at most COMPACT_ROWS rows (boxes) with a passing score, the loop
+    # gets those rows only: a fixed number (top_k of the pass flags: passing rows first, ascending, so each NMS sees
+    # the same candidates in the same order), mapped back after. Otherwise (a cond) the loop gets every row.
+    num_boxes = scores.shape[1]
+    if num_boxes is None or num_boxes <= 2 * COMPACT_ROWS:
+        pair_indices, pair_valid = loop(boxes, scores, has_area)
+    else:
+        row_passes = tf.reduce_max(scores, axis=2) > score_threshold  # [B, N]
 
-    def one_class(pair):
-        box_set = tf.gather(boxes, pair_image[pair]) if shared else class_boxes[pair]
-        indices, _, valid = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=box_set, scores=nms_scores[pair], max_output_size=max_per_class, iou_threshold=iou_threshold,
-            score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
-        return indices, valid
+        def compact():
+            _, rows = tf.math.top_k(tf.cast(row_passes, tf.float32), k=COMPACT_ROWS)  # [B, R]
+            indices, valid = loop(*(tf.gather(x, rows, batch_dims=1) for x in (boxes, scores, has_area)))
+            pair_rows = tf.gather(rows, tf.range(pairs) // num_classes)  # [B * C, R]
+            return tf.gather(pair_rows, indices, batch_dims=1), valid
 
-    pair_indices, pair_valid = tf.map_fn(
-        one_class, tf.range(batch * num_classes),
-        fn_output_signature=(tf.TensorSpec([max_per_class], tf.int32), tf.TensorSpec([], tf.int32)))
-    pair_indices, pair_valid = _merge_zero_area(class_scores, class_area, pair_indices, pair_valid, score_threshold)
+        fits = tf.reduce_all(tf.reduce_sum(tf.cast(row_passes, tf.int32), axis=1) <= COMPACT_ROWS)
+        pair_indices, pair_valid = tf.cond(fits, compact, lambda: loop(boxes, scores, has_area))
     pair_indices = tf.reshape(pair_indices, [batch, num_classes, max_per_class])
     slot_valid = tf.range(max_per_class)[None, None, :] < tf.reshape(pair_valid, [batch, num_classes, 1])
-    slot_scores = tf.gather(tf.transpose(scores, [0, 2, 1]), pair_indices, batch_dims=2)  # [B, C, P]
-    slot_scores = tf.where(slot_valid, slot_scores, float("-inf"))
+    # Each slot's score read from [B, N * C] at box * C + class (a gather from the transposed scores copied them).
+    flat_slots = pair_indices * num_classes + tf.range(num_classes)[None, :, None]
+    slot_scores = tf.gather(tf.reshape(scores, [batch, -1]), tf.reshape(flat_slots, [batch, -1]), batch_dims=1)
     candidates = num_classes * max_per_class
-    flat_scores = tf.reshape(slot_scores, [batch, candidates])
+    flat_scores = tf.where(tf.reshape(slot_valid, [batch, candidates]), slot_scores, float("-inf"))
     flat_indices = tf.reshape(pair_indices, [batch, candidates])
     if candidates < max_detections:  # top_k needs k <= candidates
         flat_scores = tf.pad(flat_scores, [[0, 0], [0, max_detections - candidates]], constant_values=float("-inf"))
