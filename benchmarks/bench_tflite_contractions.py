@@ -1,5 +1,5 @@
 """Why kdet's TFLite export splits deep contractions: one Dense / Conv2D layer of a kdet model, unsplit and split into
-input-channel slices (kdet.export.tflite.split_deep_contractions), run by LiteRT (XNNPACK, 2 threads) next to
+input-channel slices (kdet.export.layer_forms), run by LiteRT (XNNPACK, 2 threads) next to
 TensorFlow, round-robin.
 
     python3 benchmarks/bench_tflite_contractions.py [--rounds 7] [--output runs/bench/tflite_contractions.json]
@@ -40,7 +40,7 @@ def flatbuffer(layer, shape, split):
     import tensorflow as tf
     from kdet.export.tflite import function_flatbuffer
     return function_flatbuffer(lambda x: {"y0": layer(x)}, [tf.TensorSpec(shape, tf.float32, name="x0")], layer,
-                               split_contractions=split)
+                               layer_forms=split)
 
 
 def run(rounds, warmup, output):

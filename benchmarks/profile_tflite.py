@@ -6,7 +6,7 @@ to the same stage run by TensorFlow, and which of its ops XNNPACK does not take.
     delegation(flatbuffer)                                   # {"ops": {...}, "not_delegated": {...}, "partitions": n}
 
 A stage is converted the way kdet.export.tflite converts a model: traced inside `builtins_only()` (so it takes the
-same twins as the exported model) and `split_deep_contractions()`, written through keras.export.ExportArchive (which
+same twins as the exported model) and `xnnpack_layer_forms()`, written through keras.export.ExportArchive (which
 freezes the Keras variables), converted by kdet.export.tflite's own converter (TFLITE_BUILTINS only), run by the ai-edge-litert Interpreter with
 kdet.inference.runners.NUM_THREADS threads and its default delegate (XNNPACK) through a signature runner, as the
 TFLite runner of `kdet benchmark` and run_all.py does. The model is the folded inference copy (what the export

@@ -7,7 +7,8 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from kdet.errors import ConfigError, KdetError
 from kdet.export import export_tflite, load_runner
-from kdet.export.tflite import contraction_parts, function_flatbuffer, split_deep_contractions
+from kdet.export.layer_forms import contraction_parts
+from kdet.export.tflite import function_flatbuffer
 from kdet.inference.runners import tflite_metadata
 from tests.testing import (TinyGridDetector, TinyRoiDetector, compare_detections, keras_outputs, make_tiny_detector,
                            quantised_report, random_images)
@@ -203,27 +204,34 @@ def test_contraction_parts_are_the_fewest_equal_slices_within_the_depth():
     assert contraction_parts(5000, 5000, max_depth=4608) == 2
 
 
-def test_deep_contractions_are_split_in_the_tflite_graph_and_give_the_same_outputs():
+def _op_names(flatbuffer, batch):
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (batch, 5, 5, 640))
+    interpreter.allocate_tensors()
+    return interpreter, [op["op_name"] for op in interpreter._get_ops_details()]  # noqa: SLF001
+
+
+def test_tflite_layer_forms_split_deep_contractions_and_keep_dilation_in_one_conv():
+    """export.layer_forms: a depth-5760 conv and a depth-5000 Dense as 2 slices each, a dilated conv as one CONV_2D
+    in a dynamic-batch graph (Keras' own form leaves SPACE_TO_BATCH_ND there); same outputs as Keras."""
     import keras
 
     keras.utils.set_random_seed(3)
     inputs = keras.Input((5, 5, 640))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)  # depth 5760: 2 slices
+    x = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2)(x)  # depth 72, dilated
     x = keras.layers.Conv2D(4, 1)(x)  # depth 8: untouched
     y = keras.layers.Dense(6)(keras.layers.Dense(5000)(keras.layers.Flatten()(x)))  # depth 100 and 5000 (2)
     model = keras.Model(inputs, y)
     images = np.random.default_rng(0).normal(0, 1, (2, 5, 5, 640)).astype(np.float32)
+    signature = [tf.TensorSpec((None, 5, 5, 640), tf.float32, name="x")]
     original = keras.layers.Conv2D.call, keras.layers.Dense.call
-    flatbuffer = function_flatbuffer(lambda t: {"y": model(t)},
-                                     [tf.TensorSpec((2, 5, 5, 640), tf.float32, name="x")], model)
+    flatbuffer = function_flatbuffer(lambda t: {"y": model(t)}, signature, model)
     assert (keras.layers.Conv2D.call, keras.layers.Dense.call) == original  # restored on exit
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    ops = [op["op_name"] for op in interpreter._get_ops_details()]  # noqa: SLF001
-    assert ops.count("CONV_2D") == 3 and ops.count("FULLY_CONNECTED") == 3, ops
-    runner = interpreter.get_signature_runner("serving_default")
+    interpreter, ops = _op_names(flatbuffer, 2)
+    assert ops.count("CONV_2D") == 4 and ops.count("FULLY_CONNECTED") == 3 and "SPACE_TO_BATCH_ND" not in ops, ops
+    _, keras_forms = _op_names(function_flatbuffer(lambda t: {"y": model(t)}, signature, model, layer_forms=False), 2)
+    assert keras_forms.count("FULLY_CONNECTED") == 2 and "SPACE_TO_BATCH_ND" in keras_forms, keras_forms
     want = model(images).numpy()
-    got = runner(x=images)["y"]
+    got = interpreter.get_signature_runner("serving_default")(x=images)["y"]
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
-    with split_deep_contractions(enabled=False):
-        assert keras.layers.Dense.call is original[1]

@@ -14,11 +14,8 @@ after calibration every tensor of that scope (and any `keep_float` scope, and an
 `denylisted_nodes`), so the int8 network ends in a DEQUANTIZE and decode, NMS included, runs in float32. Tensors
 whose calibrated range is a sentinel (not finite, or beyond +-1e30) stay float32 as well.
 
-Deep contractions are split for XNNPACK (float exports): LiteRT's XNNPACK fp32 GEMM runs a Dense or convolution whose
-contraction depth (kh * kw * input channels) is far above ~4.6k at 0.65-0.8x the speed of the same layer split into
-input-channel slices summed with ADD (benchmarks/bench_tflite_contractions.py: Faster R-CNN's fc6, depth 12544; FCN's
-classifier conv, depth 18432), while TensorFlow's oneDNN runs them at full speed. `split_deep_contractions()` makes
-every such Conv2D / Dense compute that sum while the TFLite graph is traced (same weights, float rounding only).
+The trace also runs under `kdet.export.layer_forms.xnnpack_layer_forms()`: deep Conv2D / Dense layers as sums over
+input-channel slices (float only) and dilated convolutions as one dilated CONV_2D, forms LiteRT's XNNPACK runs fast.
 """
 import contextlib
 import re
@@ -31,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.errors import ConfigError, KdetError
+from kdet.export.layer_forms import xnnpack_layer_forms
 from kdet.export.saved_model import checked_class_names, ensure_built
 from kdet.models.inference_copy import inference_model
 from kdet.inference.runners import CLASS_NAMES_KEY, class_names_to_json
@@ -42,7 +40,6 @@ QUANTIZE_MODES = (None, "fp16", "int8")
 # QUANTIZE inserted before it: Faster R-CNN's proposal top-k, the decode's score top-k): every TOPK_V2 stays float32.
 FLOAT_OPS = ("TOPK_V2",)
 UNBOUNDED_RANGE = 1e30  # a calibrated |min| or |max| above it is a sentinel, not an activation range
-MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
 
 
 def export_tflite(model, path, quantize=None, representative_images=None, keep_float=(), fold_bn=True,
@@ -77,7 +74,7 @@ def export_tflite(model, path, quantize=None, representative_images=None, keep_f
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="kdet-tflite-")
     try:
-        with split_deep_contractions(enabled=quantize != "int8"):  # int8: each partial sum would be requantised
+        with xnnpack_layer_forms(split=quantize != "int8"):  # int8: each partial sum would be requantised
             _write_builtins_saved_model(model, staging, batch_size)
         converter = _converter(staging, quantize)
         if quantize == "int8":
@@ -128,76 +125,17 @@ def _write_builtins_saved_model(model, directory, batch_size=None):
         archive.write_out(directory, verbose=False)
 
 
-def contraction_parts(depth, channels, max_depth=MAX_CONTRACTION_DEPTH):
-    """The fewest equal input-channel slices (a divisor of `channels`) whose depth is at most max_depth (1: none)."""
-    parts = max(1, -(-depth // max_depth))
-    while channels % parts:
-        parts += 1
-    return parts
-
-
-def _split_conv_call(self, inputs):
-    """keras.layers.Conv2D.call as a sum of convolutions over input-channel slices. inputs [B, H, W, Cin]."""
-    kh, kw, channels, _ = self.kernel.shape
-    parts = contraction_parts(kh * kw * channels, channels)
-    if parts == 1 or self.groups != 1 or self.data_format != "channels_last" or self.compute_dtype != "float32":
-        return _ORIGINAL_CALLS[keras.layers.Conv2D](self, inputs)
-    outputs = None
-    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=2)):
-        y = self.convolution_op(x, kernel)
-        outputs = y if outputs is None else outputs + y
-    if self.use_bias:
-        outputs = outputs + self.bias
-    return self.activation(outputs) if self.activation is not None else outputs
-
-
-def _split_dense_call(self, inputs, training=None):
-    """keras.layers.Dense.call as a sum of matmuls over input slices. inputs [..., Cin]."""
-    depth = self.kernel.shape[0]
-    parts = contraction_parts(depth, depth)
-    if (parts == 1 or self.quantization_mode is not None or self.lora_enabled
-            or self.compute_dtype != "float32"):
-        return _ORIGINAL_CALLS[keras.layers.Dense](self, inputs, training=training)
-    outputs = None
-    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=0)):
-        y = keras.ops.matmul(x, kernel)
-        outputs = y if outputs is None else outputs + y
-    if self.use_bias:
-        outputs = outputs + self.bias
-    return self.activation(outputs) if self.activation is not None else outputs
-
-
-_ORIGINAL_CALLS = {keras.layers.Conv2D: keras.layers.Conv2D.call, keras.layers.Dense: keras.layers.Dense.call}
-_SPLIT_CALLS = {keras.layers.Conv2D: _split_conv_call, keras.layers.Dense: _split_dense_call}
-
-
-@contextlib.contextmanager
-def split_deep_contractions(enabled=True):
-    """While active (a TFLite trace), keras Conv2D / Dense layers deeper than MAX_CONTRACTION_DEPTH compute as a sum
-    over input-channel slices (see the module docstring); subclasses keep their own call."""
-    if not enabled:
-        yield
-        return
-    for cls, call in _SPLIT_CALLS.items():
-        cls.call = call
-    try:
-        yield
-    finally:
-        for cls, call in _ORIGINAL_CALLS.items():
-            cls.call = call
-
-
-def function_flatbuffer(fn, input_signature, track, split_contractions=True):
+def function_flatbuffer(fn, input_signature, track, layer_forms=True):
     """The float TFLite flatbuffer of any function of Keras objects, converted as `export_tflite` converts a model:
-    traced under `builtins_only()` (and `split_deep_contractions()`), written through keras.export.ExportArchive
-    (which freezes the variables of `track`, the model or layer fn uses), TFLITE_BUILTINS only.
+    traced under `builtins_only()` (and, if layer_forms, `xnnpack_layer_forms()`), written through
+    keras.export.ExportArchive (which freezes the variables of `track`, the model or layer fn uses), TFLITE_BUILTINS only.
 
     fn: returns a dict of tensors (the signature `serving_default`'s outputs); input_signature: TensorSpecs with
     names (its inputs). For stage profiles, benchmarks and tests of single layers.
     """
     directory = tempfile.mkdtemp(prefix="kdet-tflite-function-")
     try:
-        with builtins_only(), split_deep_contractions(enabled=split_contractions):
+        with builtins_only(), xnnpack_layer_forms() if layer_forms else contextlib.nullcontext():
             archive = keras.export.ExportArchive()
             archive.track(track)
             archive.add_endpoint("serving_default", fn, input_signature=input_signature)

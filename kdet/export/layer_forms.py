@@ -1,0 +1,86 @@
+"""The forms Keras Conv2D / Dense layers take while a TFLite graph is traced, so that LiteRT's XNNPACK runs them fast.
+
+    with xnnpack_layer_forms(split=True):    # kdet.export.tflite enters it around the builtins-only trace
+        ...trace...
+
+Both forms compute the same function with the same weights (float rounding only); the TF / Keras path never sees them.
+
+- Deep contractions split (float exports only, `split=True`): XNNPACK's fp32 GEMM (LiteRT 2.3) runs a Dense or
+  convolution whose contraction depth (kh * kw * input channels) is far above ~4.6k at 0.65-0.8x the speed of the
+  same layer cut into input-channel slices summed with ADD, while TensorFlow's oneDNN runs it at full speed
+  (benchmarks/bench_tflite_contractions.py: Faster R-CNN's fc6, depth 12544: TFLite/TF 1.24 -> 1.03; FCN's classifier
+  conv, depth 18432: 1.23 -> 0.82). int8 keeps the layers whole: each partial sum would be requantised.
+- Dilated convolutions as one CONV_2D with its dilation: TF's Keras Conv2D with dilation_rate > 1 emits
+  SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which the converter folds into a dilated CONV_2D only when every
+  shape is static; with kdet's default dynamic batch the pair stayed, outside XNNPACK, splitting its graph at every
+  dilated layer (FCN ResNet-50's layer3 / layer4, SSD300's conv6). `tf.nn.conv2d(..., dilations=d)` converts to the
+  dilated CONV_2D directly.
+Subclasses of Conv2D / Dense that define their own `call` keep it.
+"""
+import contextlib
+
+import keras
+import tensorflow as tf
+
+MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
+_ORIGINAL_CALLS = {keras.layers.Conv2D: keras.layers.Conv2D.call, keras.layers.Dense: keras.layers.Dense.call}
+_SETTINGS = {"split": True}
+
+
+def contraction_parts(depth, channels, max_depth=MAX_CONTRACTION_DEPTH):
+    """The fewest equal input-channel slices (a divisor of `channels`) whose depth is at most max_depth (1: none)."""
+    parts = max(1, -(-depth // max_depth))
+    while channels % parts:
+        parts += 1
+    return parts
+
+
+def _finish(layer, outputs):
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    return layer.activation(outputs) if layer.activation is not None else outputs
+
+
+def _conv_call(self, inputs):
+    """keras.layers.Conv2D.call in its XNNPACK form. inputs [B, H, W, Cin] -> [B, H', W', filters]."""
+    kh, kw, channels, _ = self.kernel.shape
+    parts = contraction_parts(kh * kw * channels, channels) if _SETTINGS["split"] else 1
+    dilated = tuple(self.dilation_rate) != (1, 1)
+    if (parts == 1 and not dilated) or self.groups != 1 or self.data_format != "channels_last" \
+            or self.compute_dtype != "float32":
+        return _ORIGINAL_CALLS[keras.layers.Conv2D](self, inputs)
+    outputs = None
+    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=2)):
+        if dilated:
+            y = tf.nn.conv2d(x, kernel, self.strides, self.padding.upper(), dilations=self.dilation_rate)
+        else:
+            y = self.convolution_op(x, kernel)
+        outputs = y if outputs is None else outputs + y
+    return _finish(self, outputs)
+
+
+def _dense_call(self, inputs, training=None):
+    """keras.layers.Dense.call in its XNNPACK form (a sum of matmuls over input slices). inputs [..., Cin]."""
+    depth = self.kernel.shape[0]
+    parts = contraction_parts(depth, depth) if _SETTINGS["split"] else 1
+    if parts == 1 or self.quantization_mode is not None or self.lora_enabled or self.compute_dtype != "float32":
+        return _ORIGINAL_CALLS[keras.layers.Dense](self, inputs, training=training)
+    outputs = None
+    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=0)):
+        y = keras.ops.matmul(x, kernel)
+        outputs = y if outputs is None else outputs + y
+    return _finish(self, outputs)
+
+
+@contextlib.contextmanager
+def xnnpack_layer_forms(split=True):
+    """While active (a TFLite trace), Conv2D / Dense layers take the forms above; split=False: no slices (int8)."""
+    previous = dict(_SETTINGS)
+    _SETTINGS["split"] = bool(split)
+    keras.layers.Conv2D.call, keras.layers.Dense.call = _conv_call, _dense_call
+    try:
+        yield
+    finally:
+        _SETTINGS.update(previous)
+        for cls, call in _ORIGINAL_CALLS.items():
+            cls.call = call
