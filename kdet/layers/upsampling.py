@@ -17,6 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdet.ops.mode import builtins_only_enabled
+from kdet.ops.resize import upsample_nearest_2x
+
 
 def _pair(value):
     if isinstance(value, (list, tuple)):
@@ -85,6 +88,8 @@ class NearestUnpooling2D(_Upsampling):
 
     def upsample(self, x):
         fy, fx = self.size
+        if (fy, fx) == (2, 2) and builtins_only_enabled():
+            return upsample_nearest_2x(x)  # XNNPACK takes it; it refuses RESIZE_NEAREST_NEIGHBOR (kdet.ops.resize)
         height, width = (x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2))
         # ResizeNearestNeighbor without corner alignment or half-pixel centres reads x[floor(i * h / H)], which is
         # x[i // ky] for H = h * ky: one RESIZE_NEAREST_NEIGHBOR builtin. (A broadcast over two new block axes was a
