@@ -13,6 +13,9 @@ detections are the stages' inputs. Stages, as MaskRCNN.decode runs them:
     mask_predictor   the 2x2 stride-2 transposed conv + ReLU and the detected class's logit map
     paste            zeroing rows past num_detections, paste_masks into the image, threshold, zero rows up to 100
     mask_branch      all of the above in one function (compare with the stages' sum)
+    int8             (only with --only int8) the whole model exported fp32 and int8 with batch_size=1, each timed
+                     with and without XNNPACK, and per op type how many ops take int8 / float inputs and how many
+                     XNNPACK does not take (where the int8 model's time goes)
 
 Like MaskRCNN.decode, every stage runs on the first max(num_detections) rows of its [1, 100, ...] inputs, a count
 only known at run time (TFLite then sizes those tensors at run time, and XNNPACK does not take them); --static cuts
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +37,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BENCHMARKS = Path(__file__).resolve().parent
-STAGES = ("mask_roi_align", "mask_head", "mask_predictor", "paste", "mask_branch")
+STAGES = ("mask_roi_align", "mask_head", "mask_predictor", "paste", "mask_branch", "int8")
 
 
 def twin_model():
@@ -126,6 +130,54 @@ def mask_stages(static=False):
     return model, k, detected
 
 
+def op_dtypes(flatbuffer):
+    """Per op type of the main subgraph: {op: {"int8": n, "float": n, "other": n, "not_in_xnnpack_int8": n,
+    "not_in_xnnpack_float": n}} by the dtype of the op's first input (QUANTIZE counted as float, DEQUANTIZE as
+    int8), with profile_tflite.delegation's notion of what XNNPACK takes."""
+    from profile_tflite import delegation, interpreter
+    it = interpreter(flatbuffer)
+    it.allocate_tensors()
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+    missing = delegation(flatbuffer)["not_delegated"]
+    table = {}
+    for node in it._get_ops_details():  # noqa: SLF001  (as profile_tflite.delegation)
+        if node["op_name"] == "DELEGATE":
+            continue
+        first = next((int(t) for t in node["inputs"] if int(t) >= 0), None)
+        kind = dtypes.get(first, "none")
+        kind = "int8" if kind in ("int8", "uint8") else "float" if kind.startswith("float") else "other"
+        row = table.setdefault(node["op_name"], {"int8": 0, "float": 0, "other": 0})
+        row[kind] += 1
+    for name, row in table.items():
+        row["not_in_xnnpack"] = missing.get(name, 0)
+    return dict(sorted(table.items()))
+
+
+def int8_record(rounds, warmup, directory):
+    """The whole twin exported fp32 and int8 (calibrated on the bench image), timed round-robin each with and
+    without XNNPACK, and per op type how many ops run on int8 / float inputs and how many XNNPACK does not take."""
+    from profile_tflite import interpreter_stage
+    from speed_common import round_robin
+    from kdet.export.tflite import export_tflite
+    model, pixels = twin_model()
+    records, contenders = {}, {}
+    for name, quantize in (("fp32", None), ("int8", "int8")):
+        start = time.perf_counter()
+        path = export_tflite(model, Path(directory) / f"mask_rcnn_{name}.tflite", quantize=quantize,
+                             representative_images=pixels if quantize else None, batch_size=1)
+        flatbuffer = Path(path).read_bytes()
+        records[name] = {"convert_seconds": round(time.perf_counter() - start, 1), "ops": op_dtypes(flatbuffer)}
+        for delegate in (True, False):
+            contenders[f"{name}{'' if delegate else '_no_xnnpack'}"] = interpreter_stage(
+                flatbuffer, [pixels], delegate=delegate)[0]
+        print(f"[mask int8] {name}: " + ", ".join(f"{op} {row}" for op, row in records[name]["ops"].items()
+                                                    if row["not_in_xnnpack"]), flush=True)
+    timing = round_robin(contenders, rounds=rounds, warmup=warmup, reference="fp32")
+    print("[mask int8] " + "  ".join(f"{key} {value['median_ms']:.0f} ms ({value['min_ms']:.0f}-{value['max_ms']:.0f})"
+                                     for key, value in timing["contenders"].items()), flush=True)
+    return {**records, **timing}
+
+
 def run(names, rounds, warmup, threads, output, static=False):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -133,9 +185,10 @@ def run(names, rounds, warmup, threads, output, static=False):
     from profile_tflite import stage_record
     from speed_common import load_average, machine
     start, load_start = time.perf_counter(), load_average()
-    model, stages, detected = mask_stages(static)
+    stage_names = [name for name in names if name != "int8"]
+    model, stages, detected = mask_stages(static) if stage_names else (None, {}, None)
     records = {}
-    for name in names:
+    for name in stage_names:
         records[name] = result = stage_record(name, stages[name], model, rounds, warmup)
         medians = {key: value["median_ms"] for key, value in result["contenders"].items()}
         ratio = result["ratios"]["tflite"]
@@ -143,6 +196,9 @@ def run(names, rounds, warmup, threads, output, static=False):
               f"tflite/tf {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
               + (f"  tf_builtins {medians['tf_builtins']:.2f} ms" if "tf_builtins" in medians else "")
               + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}  load {load_average()}", flush=True)
+    if "int8" in names:
+        with tempfile.TemporaryDirectory() as directory:
+            records["int8"] = int8_record(rounds, warmup, directory)
     report = {"machine": machine(threads), "input": {"image": [480, 640], "detections": detected,
                                                       "static_rows": static},
               "rounds": rounds, "warmup": warmup, "stages": records, "seconds": round(time.perf_counter() - start, 1),
@@ -158,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default=",".join(STAGES), help="comma-separated stages of " + ", ".join(STAGES))
+    parser.add_argument("--only", default=",".join(STAGES[:-1]), help="comma-separated stages of " + ", ".join(STAGES))
     parser.add_argument("--static", action="store_true", help="cut the rows with a Python int (static shapes)")
     parser.add_argument("--output", default="runs/bench/profile_mask_rcnn_tflite.json")
     args = parser.parse_args(argv)
