@@ -156,7 +156,7 @@ def op_dtypes(flatbuffer):
 def int8_record(rounds, warmup, directory):
     """The whole twin exported fp32 and int8 (calibrated on the bench image), timed round-robin each with and
     without XNNPACK, and per op type how many ops run on int8 / float inputs and how many XNNPACK does not take."""
-    from profile_tflite import interpreter_stage
+    from profile_tflite import interpreter
     from speed_common import round_robin
     from kdet.export.tflite import export_tflite
     model, pixels = twin_model()
@@ -168,8 +168,8 @@ def int8_record(rounds, warmup, directory):
         flatbuffer = Path(path).read_bytes()
         records[name] = {"convert_seconds": round(time.perf_counter() - start, 1), "ops": op_dtypes(flatbuffer)}
         for delegate in (True, False):
-            contenders[f"{name}{'' if delegate else '_no_xnnpack'}"] = interpreter_stage(
-                flatbuffer, [pixels], delegate=delegate)[0]
+            runner = interpreter(flatbuffer, delegate=delegate).get_signature_runner("serving_default")
+            contenders[f"{name}{'' if delegate else '_no_xnnpack'}"] = lambda r=runner: r(images=pixels)
         print(f"[mask int8] {name}: " + ", ".join(f"{op} {row}" for op, row in records[name]["ops"].items()
                                                     if row["not_in_xnnpack"]), flush=True)
     timing = round_robin(contenders, rounds=rounds, warmup=warmup, reference="fp32")
