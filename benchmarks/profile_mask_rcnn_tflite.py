@@ -13,12 +13,14 @@ detections are the stages' inputs. Stages, as MaskRCNN.decode runs them:
     mask_predictor   the 2x2 stride-2 transposed conv + ReLU and the detected class's logit map
     paste            zeroing rows past num_detections, paste_masks into the image, threshold, zero rows up to 100
     mask_branch      all of the above in one function (compare with the stages' sum)
-    int8             (only with --only int8) the whole model exported fp32 and int8 with batch_size=1, each timed
-                     with and without XNNPACK, and per op type how many ops take int8 / float inputs and how many
-                     XNNPACK does not take (where the int8 model's time goes)
+    int8             the whole model exported fp32 and int8 with batch_size=1, each timed with and without
+                     XNNPACK, and per op type how many ops take int8 / float inputs and how many XNNPACK does not
+                     take (where the int8 model's time goes). Only with --only int8, in a process without torch
+                     (int8 calibration segfaults next to it): --save-twin DIR with the venv's python first, then
+                     PYTHONPATH=. python3 benchmarks/profile_mask_rcnn_tflite.py --only int8 --twin DIR
 
 Like MaskRCNN.decode, every stage runs on the first max(num_detections) rows of its [1, 100, ...] inputs, a count
-only known at run time (TFLite then sizes those tensors at run time, and XNNPACK does not take them); --static cuts
+only known at run time (TFLite then sizes those tensors at run time); --static cuts
 the rows with a Python int instead (static shapes: what the same stages would cost without the data-dependent
 count). Each stage goes through benchmarks/profile_tflite.stage_record: converted as kdet exports, timed round-robin
 against tf.function of the same code ("tf"; "tf_builtins" too when the builtins-only twins change the graph), with
@@ -40,8 +42,16 @@ BENCHMARKS = Path(__file__).resolve().parent
 STAGES = ("mask_roi_align", "mask_head", "mask_predictor", "paste", "mask_branch", "int8")
 
 
-def twin_model():
-    """bench_mask_rcnn_speed.py's kdet model (seeded twin weights, 480x640) and image [1, 480, 640, 3] uint8."""
+def twin_model(saved=None):
+    """bench_mask_rcnn_speed.py's kdet model (seeded twin weights, 480x640) and image [1, 480, 640, 3] uint8; from
+    `saved` (a --save-twin directory, no torch needed) when given."""
+    if saved is not None:
+        from kdet.models.mask_rcnn import MaskRCNN
+        pixels = np.load(Path(saved) / "image.npy")
+        model = MaskRCNN(int(np.load(Path(saved) / "num_classes.npy")), image_size=pixels.shape[1:3])
+        model(np.zeros(pixels.shape, np.float32))
+        model.load_weights(Path(saved) / "twin.weights.h5")
+        return model, pixels
     from torchvision.models.detection import maskrcnn_resnet50_fpn
     import bench_mask_rcnn_speed as bench
     from kdet.convert.torchvision import load_state_dict
@@ -153,13 +163,13 @@ def op_dtypes(flatbuffer):
     return dict(sorted(table.items()))
 
 
-def int8_record(rounds, warmup, directory):
+def int8_record(rounds, warmup, directory, twin=None):
     """The whole twin exported fp32 and int8 (calibrated on the bench image), timed round-robin each with and
     without XNNPACK, and per op type how many ops run on int8 / float inputs and how many XNNPACK does not take."""
     from profile_tflite import interpreter
     from speed_common import round_robin
     from kdet.export.tflite import export_tflite
-    model, pixels = twin_model()
+    model, pixels = twin_model(twin)
     records, contenders = {}, {}
     for name, quantize in (("fp32", None), ("int8", "int8")):
         start = time.perf_counter()
@@ -178,7 +188,7 @@ def int8_record(rounds, warmup, directory):
     return {**records, **timing}
 
 
-def run(names, rounds, warmup, threads, output, static=False):
+def run(names, rounds, warmup, threads, output, static=False, twin=None):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -198,7 +208,7 @@ def run(names, rounds, warmup, threads, output, static=False):
               + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}  load {load_average()}", flush=True)
     if "int8" in names:
         with tempfile.TemporaryDirectory() as directory:
-            records["int8"] = int8_record(rounds, warmup, directory)
+            records["int8"] = int8_record(rounds, warmup, directory, twin)
     report = {"machine": machine(threads), "input": {"image": [480, 640], "detections": detected,
                                                       "static_rows": static},
               "rounds": rounds, "warmup": warmup, "stages": records, "seconds": round(time.perf_counter() - start, 1),
@@ -217,15 +227,26 @@ def main(argv=None):
     parser.add_argument("--only", default=",".join(STAGES[:-1]), help="comma-separated stages of " + ", ".join(STAGES))
     parser.add_argument("--static", action="store_true", help="cut the rows with a Python int (static shapes)")
     parser.add_argument("--output", default="runs/bench/profile_mask_rcnn_tflite.json")
+    parser.add_argument("--save-twin", help="write the twin's weights and image to this directory and stop")
+    parser.add_argument("--twin", help="a --save-twin directory: no torch in this process (int8 calibration "
+                                       "segfaults next to torch)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in names if name not in STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {STAGES}")
-    import torch  # noqa: F401  (both before TensorFlow initialises: importing torchvision after it segfaults)
-    import torchvision  # noqa: F401
     sys.path.insert(0, str(BENCHMARKS))
-    run(names, args.rounds, args.warmup, args.threads, args.output, args.static)
+    if args.twin is None or args.save_twin:
+        import torch  # noqa: F401  (both before TensorFlow initialises: importing torchvision after it segfaults)
+        import torchvision  # noqa: F401
+    if args.save_twin:
+        model, pixels = twin_model()
+        Path(args.save_twin).mkdir(parents=True, exist_ok=True)
+        model.save_weights(Path(args.save_twin) / "twin.weights.h5")
+        np.save(Path(args.save_twin) / "image.npy", pixels)
+        np.save(Path(args.save_twin) / "num_classes.npy", model.num_classes)
+        return
+    run(names, args.rounds, args.warmup, args.threads, args.output, args.static, args.twin)
 
 
 if __name__ == "__main__":
