@@ -174,7 +174,7 @@ def int8_record(rounds, warmup, directory, twin=None):
     for name, quantize in (("fp32", None), ("int8", "int8")):
         start = time.perf_counter()
         path = export_tflite(model, Path(directory) / f"mask_rcnn_{name}.tflite", quantize=quantize,
-                             representative_images=pixels if quantize else None, batch_size=1)
+                             representative_images=pixels if quantize else None)
         flatbuffer = Path(path).read_bytes()
         records[name] = {"convert_seconds": round(time.perf_counter() - start, 1), "ops": op_dtypes(flatbuffer)}
         for delegate in (True, False):
