@@ -136,6 +136,7 @@ class MaskRCNN(FasterRCNN):
         The mask branch and the paste run on the first max(num_detections) rows of the batch only (at least one),
         the rest are zero padding: on torchvision's maskrcnn_resnet50_fpn at 640x480 with 30 of 100 rows detected,
         the mask branch (head and paste) on all 100 rows took 40 % of the inference (bench_mask_rcnn_speed.py).
+        The predictor computes each detection's own class map only (MaskRCNNPredictor.class_logits).
         """
         detections = super().decode(outputs, image_size)
         rows = detections["boxes"].shape[1]
