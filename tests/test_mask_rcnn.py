@@ -12,7 +12,7 @@ from kdet.build import build_model
 from kdet.config import load_config
 from kdet.data.shapes import make_shapes
 from kdet.eval.detection import evaluate_detections, masks_to_original
-from kdet.heads.mask_head import mask_loss
+from kdet.heads.mask_head import MaskRCNNPredictor, mask_loss
 from kdet.models import MODELS
 from kdet.models.mask_rcnn import MaskRCNN
 from kdet.ops import convert_format
@@ -65,6 +65,30 @@ def test_mask_loss_uses_only_the_ground_truth_class_map():
     changed[0, 1, ..., 3] += 1.0
     assert abs(float(mask_loss(changed, labels, targets)) - loss) > 1e-3
     assert float(mask_loss(logits, np.zeros_like(labels), targets)) == 0.0  # no foreground: 0, not NaN
+
+
+def test_class_logits_equal_the_predictors_map_of_each_rois_column():
+    """Inference's predictor path (transposed conv as 1x1 conv + pixel shuffle, one weight column per RoI) against
+    numpy's 2x2 stride-2 transposed conv, ReLU and 1x1 conv on every column, then the RoI's column."""
+    rng = np.random.default_rng(1)
+    predictor = MaskRCNNPredictor(5, channels=6)
+    predictor.build((None, None, 3, 4, 7))
+    for weight in predictor.weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
+    x = rng.normal(size=(2, 3, 3, 4, 7)).astype(np.float32)
+    columns = np.array([[1, 4, 0], [2, -1, 3]], np.int32)  # -1 (an empty slot) reads column 0, as class_maps
+    kernel, bias = predictor.conv5_mask.kernel.numpy(), predictor.conv5_mask.bias.numpy()  # [2, 2, 6, 7], [6]
+    up = np.zeros((2, 3, 6, 8, 6), np.float32)
+    for a in range(2):
+        for b in range(2):
+            up[:, :, a::2, b::2] = x @ kernel[a, b].T
+    up = np.maximum(up + bias, 0)
+    maps = up @ predictor.mask_fcn_logits.kernel.numpy()[0, 0] + predictor.mask_fcn_logits.bias.numpy()
+    want = np.stack([[maps[i, r, ..., max(c, 0)] for r, c in enumerate(row)] for i, row in enumerate(columns)])
+    got = predictor.class_logits(tf.constant(x), tf.constant(columns)).numpy()
+    assert got.shape == (2, 3, 6, 8)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(predictor(x).numpy(), maps, atol=1e-4, rtol=1e-5)  # the training path's layers
 
 
 # -- the model --------------------------------------------------------------------------------------------------------

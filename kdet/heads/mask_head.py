@@ -86,6 +86,34 @@ class MaskRCNNPredictor(keras.layers.Layer):
         x, leading = _merge_rois(x)
         return _split_rois(self.mask_fcn_logits(self.conv5_mask(x)), leading)
 
+    def upsample(self, x):
+        """conv5_mask + ReLU as a 1x1 conv to 4 x channels and DEPTH_TO_SPACE: x [N, h, w, C] -> [N, 2h, 2w, channels].
+
+        The 2 x 2 stride-2 windows do not overlap, so output pixel (2i + a, 2j + b) is x[i, j] @ kernel[a, b] + bias:
+        one matmul and a pixel shuffle (which orders channels (a, b, channel), as the kernel is reshaped here). TFLite
+        then runs a CONV_2D with fused ReLU instead of TRANSPOSE_CONV; TensorFlow a 1x1 conv instead of
+        Conv2DBackpropInput.
+        """
+        kernel = tf.cast(self.conv5_mask.kernel, x.dtype)  # [2, 2, channels, C]
+        matrix = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [1, 1, kernel.shape[3], 4 * self.channels])
+        bias = tf.tile(tf.cast(self.conv5_mask.bias, x.dtype), [4])
+        return tf.nn.depth_to_space(tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, matrix, 1, "VALID"), bias)), 2)
+
+    def class_logits(self, x, columns):
+        """Inference: x [B, R, h, w, C], columns [B, R] int -> [B, R, 2h, 2w] float32, the logit map of each RoI's own
+        predictor column only (as class_maps(call(x), columns), without the other num_outputs - 1 maps: the 1x1
+        conv becomes one weight column per RoI and a batched matrix-vector product)."""
+        merged, leading = _merge_rois(x)
+        features = self.upsample(merged)                                     # [N, 2h, 2w, channels]
+        flat_columns = tf.reshape(tf.maximum(columns, 0), [-1])                    # [N]
+        kernel = tf.cast(self.mask_fcn_logits.kernel[0, 0], features.dtype)        # [channels, num_outputs]
+        weights = tf.gather(tf.transpose(kernel), flat_columns)[:, :, None]       # [N, channels, 1]
+        bias = tf.gather(tf.cast(self.mask_fcn_logits.bias, tf.float32), flat_columns)  # [N]
+        shape = tf.shape(features)
+        pixels = tf.reshape(features, tf.stack([shape[0], shape[1] * shape[2], self.channels]))
+        logits = tf.cast(tf.matmul(pixels, weights), tf.float32) + bias[:, None, None]  # [N, 4hw, 1]
+        return tf.reshape(logits, tf.concat([leading, shape[1:3]], axis=0))
+
     def get_config(self):
         return dict(super().get_config(), num_outputs=self.num_outputs, channels=self.channels)
 

@@ -27,7 +27,7 @@ are zeros).
 import keras
 import tensorflow as tf
 
-from kdet.heads.mask_head import MaskRCNNHeads, MaskRCNNPredictor, class_maps, mask_loss
+from kdet.heads.mask_head import MaskRCNNHeads, MaskRCNNPredictor, mask_loss
 from kdet.layers.roi_align import MultiScaleRoIAlign
 from kdet.models.base import DataNeeds
 from kdet.models.faster_rcnn import FasterRCNN
@@ -136,14 +136,15 @@ class MaskRCNN(FasterRCNN):
         The mask branch and the paste run on the first max(num_detections) rows of the batch only (at least one),
         the rest are zero padding: on torchvision's maskrcnn_resnet50_fpn at 640x480 with 30 of 100 rows detected,
         the mask branch (head and paste) on all 100 rows took 40 % of the inference (bench_mask_rcnn_speed.py).
+        The predictor computes each detection's own class map only (MaskRCNNPredictor.class_logits).
         """
         detections = super().decode(outputs, image_size)
         rows = detections["boxes"].shape[1]
         count = tf.maximum(tf.reduce_max(detections["num_detections"]), 1)
         boxes = detections["boxes"][:, :count]
         columns = tf.gather(tf.constant(self.label_ids, tf.int32), detections["classes"][:, :count])
-        logits = self.mask_outputs(outputs["features"], boxes)
-        probabilities = tf.sigmoid(class_maps(logits, columns))
+        pooled = self.mask_roi_align(outputs["features"], tf.cast(boxes, tf.float32))
+        probabilities = tf.sigmoid(self.mask_predictor.class_logits(self.mask_head(pooled), columns))
         # Rows past each image's num_detections are zeroed as 28 x 28 float maps: cheaper than on the pasted masks,
         # and TFLite has no uint8 MUL, nor a STRIDED_SLICE that adds two axes (hence expand_dims).
         valid = tf.range(count)[None, :] < detections["num_detections"][:, None]

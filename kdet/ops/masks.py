@@ -106,11 +106,14 @@ def _interpolation_matrix(low, high, size, padded_size):
 
 
 def _paste_matmul(padded, lows, highs, image_size):
-    """Builtins-only twin of `_paste_crop_and_resize`: rows @ mask @ columns^T (ONE_HOT, BATCH_MATMUL)."""
+    """Builtins-only twin of `_paste_crop_and_resize` followed by the cut to the box: rows @ mask @ columns^T
+    (ONE_HOT, BATCH_MATMUL). The weights of image rows / columns outside [low, high] are zero, so the product is
+    exactly 0 outside the box without a [N, H, W] select."""
     height, width = image_size
     size = padded.shape[-1]
-    rows = _interpolation_matrix(lows[0], highs[0], height, size)   # [N, H, P]
-    cols = _interpolation_matrix(lows[1], highs[1], width, size)    # [N, W, P]
+    rows, cols = (_interpolation_matrix(low, high, extent, size) *
+                  tf.cast(_pixels_inside(low, high, extent), tf.float32)[..., None]
+                  for low, high, extent in zip(lows, highs, (height, width)))  # [N, H, P], [N, W, P]
     return tf.matmul(tf.matmul(rows, padded), cols, transpose_b=True)
 
 
@@ -128,7 +131,7 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1, rows=None):
         image_size: (H, W) ints or scalar int tensors.
         threshold: pixels with probability > threshold (>= 0) are 1; None returns the float probabilities.
         rows: None, or a static K' >= K: the result is padded with zero masks to K' rows (TFLite has no uint8 PAD:
-            the builtins-only twin pads the float probabilities before thresholding).
+            the builtins-only twin pastes one zero map more and gathers the uint8 rows).
     Returns:
         [B, K, H, W] (or [B, rows, H, W]) uint8 0 / 1 (float32 probabilities when threshold is None).
     """
@@ -137,20 +140,33 @@ def paste_masks(masks, boxes, image_size, threshold=0.5, padding=1, rows=None):
     side = masks.shape[-1]
     if side is None or masks.shape[-2] != side:
         raise ValueError(f"paste_masks needs square masks of static size [B, K, M, M], got {masks.shape}")
+    builtins = builtins_only_enabled()
+    if builtins and rows is not None and threshold is not None:
+        # TFLite has no uint8 PAD: one zero map per image is pasted after the K (its 28 x 28 zeros, not H x W), and
+        # the uint8 masks gather their rows (K, K + 1, ... read that zero row).
+        count = tf.shape(masks)[1]
+        masks = tf.pad(masks, [[0, 0], [0, 1], [0, 0], [0, 0]])
+        boxes = tf.pad(boxes, [[0, 0], [0, 1], [0, 0]])
     padded_size = side + 2 * padding
     batch_shape = tf.shape(masks)[:2]
     padded = tf.pad(tf.reshape(masks, [-1, side, side]), [[0, 0], [padding, padding], [padding, padding]])
     y0, x0, y1, x1 = _expanded_int_boxes(tf.reshape(boxes, [-1, 4]), padded_size / side)
     height, width = image_size
-    paste = _paste_matmul if builtins_only_enabled() else _paste_crop_and_resize
-    values = paste(padded, (y0, x0), (y1, x1), (height, width))
-    inside = _pixels_inside(y0, y1, height)[:, :, None] & _pixels_inside(x0, x1, width)[:, None, :]
-    values = tf.where(inside, values, 0.0)
+    if builtins:
+        values = _paste_matmul(padded, (y0, x0), (y1, x1), (height, width))
+    else:
+        values = _paste_crop_and_resize(padded, (y0, x0), (y1, x1), (height, width))
+        inside = _pixels_inside(y0, y1, height)[:, :, None] & _pixels_inside(x0, x1, width)[:, None, :]
+        values = tf.where(inside, values, 0.0)
     values = tf.reshape(values, tf.concat([batch_shape, tf.shape(values)[1:]], axis=0))
-    if threshold is None or builtins_only_enabled():
-        values = _pad_rows(values, rows)
-        return values if threshold is None else tf.cast(values > threshold, tf.uint8)
-    return _pad_rows(tf.cast(values > threshold, tf.uint8), rows)
+    if threshold is None:
+        return _pad_rows(values, rows)
+    binary = tf.cast(values > threshold, tf.uint8)
+    if builtins and rows is not None:
+        binary = tf.gather(binary, tf.minimum(tf.range(rows), count), axis=1)
+        binary.set_shape([None, rows, None, None])
+        return binary
+    return _pad_rows(binary, rows)
 
 
 def _pad_rows(masks, rows):
