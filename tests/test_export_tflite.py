@@ -230,6 +230,7 @@ def test_tflite_layer_forms_split_deep_contractions_and_keep_dilation_in_one_con
     assert (keras.layers.Conv2D.call, keras.layers.Dense.call) == original  # restored on exit
     interpreter, ops = _op_names(flatbuffer, 2)
     assert ops.count("CONV_2D") == 4 and ops.count("FULLY_CONNECTED") == 3 and "SPACE_TO_BATCH_ND" not in ops, ops
+    assert ops.count("SPLIT") == 2, ops  # the two split layers' inputs; none for the dilated conv
     _, keras_forms = _op_names(function_flatbuffer(lambda t: {"y": model(t)}, signature, model, layer_forms=False), 2)
     assert keras_forms.count("FULLY_CONNECTED") == 2 and "SPACE_TO_BATCH_ND" in keras_forms, keras_forms
     want = model(images).numpy()

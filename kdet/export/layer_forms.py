@@ -50,7 +50,9 @@ def _conv_call(self, inputs):
             or self.compute_dtype != "float32":
         return _ORIGINAL_CALLS[keras.layers.Conv2D](self, inputs)
     outputs = None
-    for x, kernel in zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=2)):
+    pieces = zip(tf.split(inputs, parts, axis=-1), tf.split(self.kernel, parts, axis=2)) if parts > 1 else \
+        [(inputs, self.kernel)]  # a one-way SPLIT would be an op XNNPACK does not take
+    for x, kernel in pieces:
         if dilated:
             y = tf.nn.conv2d(x, kernel, self.strides, self.padding.upper(), dilations=self.dilation_rate)
         else:
