@@ -13,10 +13,10 @@ detections are the stages' inputs. Stages, as MaskRCNN.decode runs them:
     mask_predictor   the 2x2 stride-2 transposed conv + ReLU and the detected class's logit map
     paste            zeroing rows past num_detections, paste_masks into the image, threshold, zero rows up to 100
     mask_branch      all of the above in one function (compare with the stages' sum)
-    int8             the whole model exported fp32 and int8 with batch_size=1, each timed with and without
+    int8             the whole model exported fp32 and int8 (dynamic batch), each timed with and without
                      XNNPACK, and per op type how many ops take int8 / float inputs and how many XNNPACK does not
                      take (where the int8 model's time goes). Only with --only int8, in a process without torch
-                     (int8 calibration segfaults next to it): --save-twin DIR with the venv's python first, then
+                     (an int8 conversion segfaulted in a process that had imported torch): --save-twin DIR with the venv's python first, then
                      PYTHONPATH=. python3 benchmarks/profile_mask_rcnn_tflite.py --only int8 --twin DIR
 
 Like MaskRCNN.decode, every stage runs on the first max(num_detections) rows of its [1, 100, ...] inputs, a count

@@ -2,14 +2,14 @@
 levels and 1000 proposals of benchmarks/profile_stages.py's Faster R-CNN pair, 640x480) three ways, round-robin:
 
     tflite               the twin as kdet's TFLite export runs it (kdet.ops.roi_align under builtins_only)
-    tflite_gathers_only  the same graph with the bilinear weighted sum replaced by taking each bin's first gathered
-                         cell (positions, weights and the GATHER of every cell are still computed)
+    tflite_without_gather  the same graph with its one GATHER replaced by the first cells of the feature map,
+                         broadcast by the multiply (positions, indices, weights, MUL and SUM are all still computed)
     tf                   TensorFlow's default path (CropAndResize + average pooling) on the same inputs
 
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_roi_align_tflite.py [--rounds 7] [--output FILE]
 
-tflite_gathers_only / tflite is the share of the gathers (which copy each bin's cells, 1 KB each at 256 channels,
-on one thread in TFLite's GATHER kernel); TF's CropAndResize reads the cells in place on 2 threads.
+1 - tflite_without_gather / tflite is the share of the GATHER (which copies each bin's cells, 1 KB each at 256
+channels, in TFLite's GATHER kernel); TF's CropAndResize reads the cells in place.
 """
 import argparse
 import contextlib
@@ -24,13 +24,13 @@ BENCHMARKS = Path(__file__).resolve().parent
 
 
 @contextlib.contextmanager
-def gathers_only():
-    """kdet.ops.roi_align's weighted sum over gathered cells replaced by the first cell (timing only)."""
+def without_gather():
+    """kdet.ops.roi_align's GATHER of the cells replaced by a broadcast of the map's first cells (timing only)."""
     import tensorflow as tf
     module = importlib.import_module("kdet.ops.roi_align")
     original = module._pool_gathered_cells
 
-    def first_cell(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
+    def no_gather(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
                    compact):
         shape = tf.shape(features)
         height, width, channels = shape[1], shape[2], features.shape[-1]
@@ -39,10 +39,12 @@ def gathers_only():
         cells = rows.shape[-1] * cols.shape[-1]
         index = ((box_indices * height)[:, None, None, None, None] + rows[:, :, None, :, None]) * width \
             + cols[:, None, :, None, :]
-        values = tf.gather(tf.reshape(features, [-1, channels]), tf.reshape(index, [-1, cells]))
-        pooled = values[:, 0] + tf.reduce_sum(wy) * 0.0 + tf.reduce_sum(wx) * 0.0  # keep the weights computed
+        weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+        values = tf.reshape(features, [-1, channels])[:cells][None]  # [1, cells, C] instead of [n, cells, C]
+        pooled = tf.reduce_sum(values * tf.reshape(weight, [-1, cells, 1]), axis=1)
+        pooled += tf.cast(tf.reduce_min(index), tf.float32) * 0.0  # the indices are still computed
         return tf.reshape(pooled, [-1, out_h, out_w, channels])
-    module._pool_gathered_cells = first_cell
+    module._pool_gathered_cells = no_gather
     try:
         yield
     finally:
@@ -62,8 +64,8 @@ def run(rounds, warmup, output):
     pair, stages, _ = profile_stages.faster_rcnn_stages(fold=True)
     call, model = stages["roi_align"], pair["kdet"]["model"]
     contenders = {"tflite": interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model), call.inputs)[0]}
-    with gathers_only():
-        contenders["tflite_gathers_only"] = interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model),
+    with without_gather():
+        contenders["tflite_without_gather"] = interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model),
                                                               call.inputs)[0]
     contenders["tf"] = call
     load = load_average()
@@ -72,8 +74,8 @@ def run(rounds, warmup, output):
               "rois": int(call.inputs[0].shape[1]), "load_average_start": load, "load_average_end": load_average(),
               **timing}
     medians = {k: v["median_ms"] for k, v in timing["contenders"].items()}
-    print(f"[roi_align] tflite {medians['tflite']:.1f} ms, gathers only {medians['tflite_gathers_only']:.1f} ms "
-          f"({timing['ratios']['tflite_gathers_only']['median']:.2f} of it), TF {medians['tf']:.1f} ms; load {load}")
+    print(f"[roi_align] tflite {medians['tflite']:.1f} ms, without its GATHER {medians['tflite_without_gather']:.1f} "
+          f"ms ({timing['ratios']['tflite_without_gather']['median']:.2f} of it), TF {medians['tf']:.1f} ms; load {load}")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(record, indent=1) + "\n")
 
