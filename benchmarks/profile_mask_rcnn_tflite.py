@@ -192,20 +192,12 @@ def run(names, rounds, warmup, threads, output, static=False, twin=None):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from profile_tflite import stage_record
+    from profile_tflite import stage_records
     from speed_common import load_average, machine
     start, load_start = time.perf_counter(), load_average()
     stage_names = [name for name in names if name != "int8"]
     model, stages, detected = mask_stages(static) if stage_names else (None, {}, None)
-    records = {}
-    for name in stage_names:
-        records[name] = result = stage_record(name, stages[name], model, rounds, warmup)
-        medians = {key: value["median_ms"] for key, value in result["contenders"].items()}
-        ratio = result["ratios"]["tflite"]
-        print(f"[mask tflite] {name:14s} tf {medians['tf']:8.2f} ms  tflite {medians['tflite']:8.2f} ms  "
-              f"tflite/tf {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-              + (f"  tf_builtins {medians['tf_builtins']:.2f} ms" if "tf_builtins" in medians else "")
-              + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}  load {load_average()}", flush=True)
+    records = stage_records("mask tflite", {name: stages[name] for name in stage_names}, model, rounds, warmup)
     if "int8" in names:
         with tempfile.TemporaryDirectory() as directory:
             records["int8"] = int8_record(rounds, warmup, directory, twin)

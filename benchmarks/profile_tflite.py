@@ -177,21 +177,28 @@ def end_to_end(kdet, directory, rounds, warmup):
     return {"xnnpack": coverage, **round_robin(contenders, rounds=rounds, warmup=warmup, reference="tf")}
 
 
+def stage_records(label, stages, model, rounds, warmup):
+    """stage_record of every {name: stage callable}, each printed as one line "[label] name tf .. tflite .. ratio"."""
+    from speed_common import load_average
+    records = {}
+    for stage_name, call in stages.items():
+        records[stage_name] = result = stage_record(stage_name, call, model, rounds, warmup)
+        medians = {key: value["median_ms"] for key, value in result["contenders"].items()}
+        ratio = result["ratios"]["tflite"]
+        print(f"[{label}] {stage_name:14s} tf {medians['tf']:9.2f} ms  tflite {medians['tflite']:9.2f} ms  "
+              f"ratio {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
+              + (f"  tf_builtins {medians['tf_builtins']:.2f} ms" if "tf_builtins" in medians else "")
+              + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}  load {load_average()}", flush=True)
+    return records
+
+
 def profile_pair(name, builder, rounds, warmup, directory):
     """One twin's --tflite record: {"input", "stages": {stage: stage_record}, "end_to_end", load averages}."""
     from speed_common import load_average
     start, load_start = time.perf_counter(), load_average()
     pair, kdet_stages, _ = builder(fold=True)
     model = pair["kdet"]["model"]
-    stages = {}
-    for stage_name, call in kdet_stages.items():
-        stages[stage_name] = result = stage_record(stage_name, call, model, rounds, warmup)
-        medians = {key: value["median_ms"] for key, value in result["contenders"].items()}
-        ratio = result["ratios"]["tflite"]
-        print(f"[tflite] {name} {stage_name:12s} tf {medians['tf']:9.2f} ms  tflite {medians['tflite']:9.2f} ms  "
-              f"ratio {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-              + (f"  tf_builtins {medians['tf_builtins']:.2f} ms" if "tf_builtins" in medians else "")
-              + f"  not in XNNPACK: {result['xnnpack']['not_delegated']}", flush=True)
+    stages = stage_records(f"tflite {name}", kdet_stages, model, rounds, warmup)
     whole = end_to_end(pair["kdet"], directory, rounds, warmup)
     print(f"[tflite] {name} end to end  " + "  ".join(f"{key} {value['median_ms']:.1f} ms" for key, value in
           whole["contenders"].items()) + f"  tflite/tf {whole['ratios']['tflite']['median']:.3f}  tflite_batch1/tf "
