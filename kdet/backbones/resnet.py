@@ -11,6 +11,8 @@ Feature sizes are ceil(H / stride) for any input size, as in torchvision.
 ResNeXt (Xie et al. 2017) is the bottleneck ResNet with a grouped 3x3 conv (`groups`, `width_per_group`), which
 runs as kdet.layers.grouped_conv.GroupedConv2D (Keras' Conv2D(groups=) is ~10x slower on CPU).
 """
+import functools
+
 import keras
 
 from kdet.layers.grouped_conv import GroupedConv2D
@@ -23,7 +25,7 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4
 RESNEXT = {"resnext50_32x4d": dict(depth=50, groups=32, width_per_group=4),
            "resnext101_32x8d": dict(depth=101, groups=32, width_per_group=8)}
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+CONV_INIT = functools.partial(keras.initializers.VarianceScaling, 2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def conv(filters, kernel_size, strides=1, name=None, groups=1):
@@ -34,10 +36,10 @@ def conv(filters, kernel_size, strides=1, name=None, groups=1):
         layers.append(keras.layers.ZeroPadding2D(kernel_size // 2, name=None if name is None else f"{name}_pad"))
     if groups > 1:
         layers.append(GroupedConv2D(filters, kernel_size, strides, groups, use_bias=False,
-                                    kernel_initializer=CONV_INIT, name=name))
+                                    kernel_initializer=CONV_INIT(), name=name))
     else:
         layers.append(keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
-                                          kernel_initializer=CONV_INIT, name=name))
+                                          kernel_initializer=CONV_INIT(), name=name))
     return layers
 
 

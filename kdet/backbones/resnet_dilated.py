@@ -20,7 +20,7 @@ def dilated_conv3x3(filters, dilation, name):
     """torch Conv2d(3, padding=dilation, dilation=dilation): symmetric zero padding, then a valid dilated conv."""
     return [keras.layers.ZeroPadding2D(dilation, name=f"{name}_pad"),
             keras.layers.Conv2D(filters, 3, padding="valid", dilation_rate=dilation, use_bias=False,
-                                kernel_initializer=CONV_INIT, name=name)]
+                                kernel_initializer=CONV_INIT(), name=name)]
 
 
 class DilatedBottleneck(Bottleneck):

@@ -8,6 +8,8 @@ On top of kdet's VGG-16 (kdet.backbones.vgg, pool3 in ceil mode so 75 -> 38):
   * four extra blocks (1x1 conv then 3x3 conv, ReLU): two with stride 2, two "valid" 3x3.
 For a 300 x 300 input the six maps are 38, 19, 10, 5, 3 and 1 cells wide.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -15,7 +17,7 @@ from kdet.backbones.vgg import VGG16_CONVS, VGG16_WIDTHS, VGGBackbone
 
 SSD300_EXTRA_WIDTHS = ((256, 512), (128, 256), (128, 256), (128, 256))
 # torchvision: _xavier_init on fc6 / fc7 and the extra layers (uniform Glorot, bias 0)
-EXTRA_INIT = keras.initializers.GlorotUniform()
+EXTRA_INIT = functools.partial(keras.initializers.GlorotUniform)
 
 
 class L2Norm(keras.layers.Layer):
@@ -43,7 +45,7 @@ def _strided(filters, kernel_size, strides, padding, name):
     if padding == 1:
         layers.append(keras.layers.ZeroPadding2D(1, name=f"{name}_pad"))
     layers.append(keras.layers.Conv2D(filters, kernel_size, strides, padding="valid", activation="relu",
-                                      kernel_initializer=EXTRA_INIT, name=name))
+                                      kernel_initializer=EXTRA_INIT(), name=name))
     return layers
 
 
@@ -72,12 +74,12 @@ class SSDVGGFeatures(keras.layers.Layer):
         self.l2norm = L2Norm(20.0, name="conv4_3_norm")
         self.pool5 = keras.layers.MaxPooling2D(3, 1, padding="same", name="pool5")  # padding ignored by max: = torch
         self.fc6 = keras.layers.Conv2D(self.fc_width, 3, padding="same", dilation_rate=6, activation="relu",
-                                       kernel_initializer=EXTRA_INIT, name="fc6")
-        self.fc7 = keras.layers.Conv2D(self.fc_width, 1, activation="relu", kernel_initializer=EXTRA_INIT, name="fc7")
+                                       kernel_initializer=EXTRA_INIT(), name="fc6")
+        self.fc7 = keras.layers.Conv2D(self.fc_width, 1, activation="relu", kernel_initializer=EXTRA_INIT(), name="fc7")
         self.extras = []
         for i, (reduce, out) in enumerate(self.extra_widths):
             strided = i < 2
-            block = [keras.layers.Conv2D(reduce, 1, activation="relu", kernel_initializer=EXTRA_INIT,
+            block = [keras.layers.Conv2D(reduce, 1, activation="relu", kernel_initializer=EXTRA_INIT(),
                                          name=f"conv{8 + i}_1")]
             block += _strided(out, 3, 2 if strided else 1, 1 if strided else 0, f"conv{8 + i}_2")
             self.extras.append(block)

@@ -14,13 +14,15 @@ logit is >= the 3x3 max-pool of the logits around it (>= its 8 neighbours; pooli
 probabilities keeps peaks apart where float32 sigmoids would tie at 1.0), the top `max_detections` peaks over all
 classes and cells are kept, and each is a box centred at (cell + offset) R with size (h, w) R. No NMS.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
 from kdet.ops.box_ops import clip_boxes
 
 HEATMAP_PRIOR_BIAS = -2.19
-TORCH_CONV_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+TORCH_CONV_INIT = functools.partial(keras.initializers.VarianceScaling, 1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 class CenterNetHead(keras.layers.Layer):
@@ -39,7 +41,7 @@ class CenterNetHead(keras.layers.Layer):
         self.head_conv = int(head_conv)
         self.heatmap_bias = float(heatmap_bias)
         small = keras.initializers.RandomNormal(stddev=0.001)
-        self.heatmap = self._branch("heatmap", self.num_classes, TORCH_CONV_INIT,
+        self.heatmap = self._branch("heatmap", self.num_classes, TORCH_CONV_INIT(),
                                     keras.initializers.Constant(self.heatmap_bias))
         self.size = self._branch("size", 2, small, "zeros")
         self.offset = self._branch("offset", 2, small, "zeros")

@@ -11,10 +11,12 @@ The sublayer names are torchvision's (roi_heads.mask_head.{0..3}.0 -> mask_fcn1.
 conv5_mask / mask_fcn_logits), so a state dict maps by name. Initialisation as torchvision: kaiming normal
 (fan_out, ReLU gain), zero biases.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
-KAIMING_FAN_OUT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+KAIMING_FAN_OUT = functools.partial(keras.initializers.VarianceScaling, 2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def _merge_rois(x):
@@ -41,7 +43,7 @@ class MaskRCNNHeads(keras.layers.Layer):
         self.layer_widths = tuple(int(width) for width in layers)
         self.dilation = int(dilation)
         self.convs = [keras.layers.Conv2D(width, 3, padding="same", dilation_rate=self.dilation, activation="relu",
-                                          kernel_initializer=KAIMING_FAN_OUT, name=f"mask_fcn{i + 1}")
+                                          kernel_initializer=KAIMING_FAN_OUT(), name=f"mask_fcn{i + 1}")
                       for i, width in enumerate(self.layer_widths)]
 
     def build(self, input_shape):
@@ -74,8 +76,8 @@ class MaskRCNNPredictor(keras.layers.Layer):
         self.num_outputs = int(num_outputs)
         self.channels = int(channels)
         self.conv5_mask = keras.layers.Conv2DTranspose(self.channels, 2, strides=2, activation="relu",
-                                                       kernel_initializer=KAIMING_FAN_OUT, name="conv5_mask")
-        self.mask_fcn_logits = keras.layers.Conv2D(self.num_outputs, 1, kernel_initializer=KAIMING_FAN_OUT,
+                                                       kernel_initializer=KAIMING_FAN_OUT(), name="conv5_mask")
+        self.mask_fcn_logits = keras.layers.Conv2D(self.num_outputs, 1, kernel_initializer=KAIMING_FAN_OUT(),
                                                    name="mask_fcn_logits")
 
     def build(self, input_shape):

@@ -10,12 +10,14 @@ level is element ((i * W + j) * A + a, k), the order of torchvision's view/permu
 """
 import math
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from kdet.ops.layout import flatten_locations
 
-HEAD_INIT = keras.initializers.RandomNormal(stddev=0.01)
+HEAD_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.01)
 
 
 class RetinaSubnet(keras.layers.Layer):
@@ -33,9 +35,9 @@ class RetinaSubnet(keras.layers.Layer):
         self.num_convs = int(num_convs)
         self.bias_init = float(bias_init)
         self.convs = [keras.layers.Conv2D(self.channels, 3, padding="same", activation="relu",
-                                          kernel_initializer=HEAD_INIT, name=f"conv{i}") for i in range(num_convs)]
+                                          kernel_initializer=HEAD_INIT(), name=f"conv{i}") for i in range(num_convs)]
         self.output_conv = keras.layers.Conv2D(
-            self.num_anchors * self.num_outputs, 3, padding="same", kernel_initializer=HEAD_INIT,
+            self.num_anchors * self.num_outputs, 3, padding="same", kernel_initializer=HEAD_INIT(),
             bias_initializer=keras.initializers.Constant(self.bias_init), name="output")
 
     def call(self, features):

@@ -11,6 +11,8 @@
 Flatten order: kdet flattens pooled features [R, h, w, C] as (h, w, c); torchvision flattens (c, h, w). The weight
 converter reorders fc6's input rows, so the layers here stay plain Keras.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -21,7 +23,7 @@ from kdet.ops import clip_boxes, combined_nms, decode_boxes
 # torch nn.Linear's default initialisation, which torchvision's TwoMLPHead and FastRCNNPredictor keep: kernel and
 # bias uniform in +-1/sqrt(fan_in). Trained from scratch on BCCD, Detectron's predictor init (normal 0.01 / 0.001,
 # zero biases) with Keras' Glorot fc6 / fc7 learnt clearly less per step (benchmarks/bench_learning_efficiency.py).
-LINEAR_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+LINEAR_INIT = functools.partial(keras.initializers.VarianceScaling, 1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 def _linear_bias_init(dense, fan_in):
@@ -43,9 +45,9 @@ class TwoFCHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.representation_size = int(representation_size)
         self.dropout_rate = float(dropout)
-        self.fc6 = keras.layers.Dense(self.representation_size, activation="relu", kernel_initializer=LINEAR_INIT,
+        self.fc6 = keras.layers.Dense(self.representation_size, activation="relu", kernel_initializer=LINEAR_INIT(),
                                       name="fc6")
-        self.fc7 = keras.layers.Dense(self.representation_size, activation="relu", kernel_initializer=LINEAR_INIT,
+        self.fc7 = keras.layers.Dense(self.representation_size, activation="relu", kernel_initializer=LINEAR_INIT(),
                                       name="fc7")
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
@@ -81,8 +83,8 @@ class BoxPredictor(keras.layers.Layer):
     def __init__(self, num_classes, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
-        self.cls_score = keras.layers.Dense(self.num_classes + 1, kernel_initializer=LINEAR_INIT, name="cls_score")
-        self.bbox_pred = keras.layers.Dense(4 * (self.num_classes + 1), kernel_initializer=LINEAR_INIT,
+        self.cls_score = keras.layers.Dense(self.num_classes + 1, kernel_initializer=LINEAR_INIT(), name="cls_score")
+        self.bbox_pred = keras.layers.Dense(4 * (self.num_classes + 1), kernel_initializer=LINEAR_INIT(),
                                             name="bbox_pred")
 
     def build(self, input_shape):

@@ -14,6 +14,8 @@ Loss (`rpn_loss`): binary cross-entropy on the sampled anchors (mean) and smooth
 on the deltas of the sampled positives, summed and divided by the number of sampled anchors, over the whole batch
 (torchvision).
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -22,7 +24,7 @@ from kdet.ops import encode_boxes, sample_balanced
 from kdet.ops.layout import flatten_locations
 from kdet.ops.anchor_targets import match_anchors
 
-RPN_INIT = keras.initializers.RandomNormal(stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
+RPN_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
 SMOOTH_L1_BETA = 1.0 / 9.0  # torchvision's RPN and box head (kdet.losses.box.smooth_l1's beta)
 IGNORE = -1                 # rpn_labels value of an anchor that is not in the sampled minibatch
 
@@ -45,10 +47,10 @@ class RPNHead(keras.layers.Layer):
         self.conv_depth = int(conv_depth)
         # Stride 1 and an odd kernel: TF's "same" padding is torch's padding=1, so no explicit ZeroPadding2D.
         self.convs = [keras.layers.Conv2D(self.channels, 3, padding="same", activation="relu",
-                                          kernel_initializer=RPN_INIT, name=f"conv{i}")
+                                          kernel_initializer=RPN_INIT(), name=f"conv{i}")
                       for i in range(self.conv_depth)]
-        self.cls_logits = keras.layers.Conv2D(self.num_anchors, 1, kernel_initializer=RPN_INIT, name="cls_logits")
-        self.bbox_pred = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=RPN_INIT,
+        self.cls_logits = keras.layers.Conv2D(self.num_anchors, 1, kernel_initializer=RPN_INIT(), name="cls_logits")
+        self.bbox_pred = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=RPN_INIT(),
                                              name="bbox_pred")
 
     def call(self, features):

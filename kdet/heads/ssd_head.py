@@ -6,6 +6,8 @@ depthwise 3x3 + BatchNorm + ReLU6 followed by a 1x1 conv ("separable"), which is
 
 Output order: level, then row-major location, then default box, then column, as torchvision's view/permute.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -15,8 +17,8 @@ from kdet.ops.layout import flatten_locations
 # XNNPACK (TFLite's CPU delegate) runs a CONCATENATION of at most 5 inputs; one of SSD's 6 levels ran in TFLite's
 # reference kernel and cut the graph (benchmarks/profile_stages.py --tflite). Same values, grouped.
 XNNPACK_MAX_CONCAT = 5
-XAVIER = keras.initializers.GlorotUniform()       # torchvision SSD: _xavier_init
-SSDLITE_INIT = keras.initializers.RandomNormal(stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
+XAVIER = functools.partial(keras.initializers.GlorotUniform)       # torchvision SSD: _xavier_init
+SSDLITE_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
 
 
 def grouped_concat(values, axis):
@@ -46,14 +48,14 @@ class SSDPredictor(keras.layers.Layer):
             if self.separable:
                 self.levels.append([
                     keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
-                                                 depthwise_initializer=SSDLITE_INIT, name=f"depthwise{k}"),
+                                                 depthwise_initializer=SSDLITE_INIT(), name=f"depthwise{k}"),
                     keras.layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=f"bn{k}"),
                     keras.layers.ReLU(6.0),
-                    keras.layers.Conv2D(anchors * self.num_outputs, 1, kernel_initializer=SSDLITE_INIT,
+                    keras.layers.Conv2D(anchors * self.num_outputs, 1, kernel_initializer=SSDLITE_INIT(),
                                         name=f"pointwise{k}")])
             else:
                 self.levels.append([keras.layers.Conv2D(anchors * self.num_outputs, 3, padding="same",
-                                                        kernel_initializer=XAVIER, name=f"conv{k}")])
+                                                        kernel_initializer=XAVIER(), name=f"conv{k}")])
 
     def call(self, features, training=False):
         if len(features) != len(self.levels):

@@ -9,6 +9,8 @@ Odd sizes: the stride-2 convs give ceil(H / 2), like the backbone, and the top-d
 `F.interpolate(size=..., mode="nearest")` (source index floor(i * in / out)): TF's default nearest resize uses
 half-pixel centres and picks a different row for odd sizes, which would break a numerical twin.
 """
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -17,7 +19,7 @@ from kdet.ops.resize import subsample_2x, upsample_nearest
 
 EXTRA_BLOCKS = (None, "p6p7", "maxpool")
 # torchvision: nn.init.kaiming_uniform_(w, a=1) = uniform(+-sqrt(3 / fan_in)) = Keras' LeCun uniform.
-FPN_INIT = keras.initializers.LecunUniform()
+FPN_INIT = functools.partial(keras.initializers.LecunUniform)
 
 
 def upsample_nearest_like(x, reference):
@@ -56,9 +58,9 @@ class FPN(keras.layers.Layer):
         self.channels = int(channels)
         self.extra_block = extra_block
         self.p6_from = p6_from
-        self.inner_blocks = [keras.layers.Conv2D(self.channels, 1, kernel_initializer=FPN_INIT,
+        self.inner_blocks = [keras.layers.Conv2D(self.channels, 1, kernel_initializer=FPN_INIT(),
                                                  name=f"inner_{level}") for level in self.input_levels]
-        self.layer_blocks = [keras.layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=FPN_INIT,
+        self.layer_blocks = [keras.layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=FPN_INIT(),
                                                  name=f"layer_{level}") for level in self.input_levels]
         self.p6 = self.p7 = self.pool = None
         if extra_block == "p6p7":
@@ -73,7 +75,7 @@ class FPN(keras.layers.Layer):
     def _strided_conv(self, name):
         """3x3 stride-2 conv with torch's symmetric padding 1: [ZeroPadding2D, Conv2D("valid")]."""
         return [keras.layers.ZeroPadding2D(1, name=f"{name}_pad"),
-                keras.layers.Conv2D(self.channels, 3, 2, kernel_initializer=FPN_INIT, name=name)]
+                keras.layers.Conv2D(self.channels, 3, 2, kernel_initializer=FPN_INIT(), name=name)]
 
     def call(self, features):
         inputs = [features[f"C{level}"] for level in self.input_levels]
