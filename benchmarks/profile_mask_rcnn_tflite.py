@@ -16,7 +16,8 @@ detections are the stages' inputs. Stages, as MaskRCNN.decode runs them:
     int8             the whole model exported fp32 and int8 (dynamic batch), each timed with and without
                      XNNPACK, and per op type how many ops take int8 / float inputs and how many XNNPACK does not
                      take (where the int8 model's time goes). Only with --only int8, in a process without torch
-                     (an int8 conversion segfaulted in a process that had imported torch): --save-twin DIR with the venv's python first, then
+                     (an int8 conversion segfaulted in a process that had imported torch): --save-twin DIR with
+                     the venv's python first, then
                      PYTHONPATH=. python3 benchmarks/profile_mask_rcnn_tflite.py --only int8 --twin DIR
 
 Like MaskRCNN.decode, every stage runs on the first max(num_detections) rows of its [1, 100, ...] inputs, a count

@@ -75,7 +75,8 @@ def run(rounds, warmup, output):
               **timing}
     medians = {k: v["median_ms"] for k, v in timing["contenders"].items()}
     print(f"[roi_align] tflite {medians['tflite']:.1f} ms, without its GATHER {medians['tflite_without_gather']:.1f} "
-          f"ms ({timing['ratios']['tflite_without_gather']['median']:.2f} of it), TF {medians['tf']:.1f} ms; load {load}")
+          f"ms ({timing['ratios']['tflite_without_gather']['median']:.2f} of it), TF {medians['tf']:.1f} ms; "
+          f"load {load}")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(record, indent=1) + "\n")
 

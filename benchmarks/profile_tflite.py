@@ -7,10 +7,10 @@ to the same stage run by TensorFlow, and which of its ops XNNPACK does not take.
 
 A stage is converted the way kdet.export.tflite converts a model: traced inside `builtins_only()` (so it takes the
 same twins as the exported model) and `xnnpack_layer_forms()`, written through keras.export.ExportArchive (which
-freezes the Keras variables), converted by kdet.export.tflite's own converter (TFLITE_BUILTINS only), run by the ai-edge-litert Interpreter with
-kdet.inference.runners.NUM_THREADS threads and its default delegate (XNNPACK) through a signature runner, as the
-TFLite runner of `kdet benchmark` and run_all.py does. The model is the folded inference copy (what the export
-converts); the TensorFlow contenders run the same folded model.
+freezes the Keras variables), converted by kdet.export.tflite's own converter (TFLITE_BUILTINS only), run by the
+ai-edge-litert Interpreter with kdet.inference.runners.NUM_THREADS threads and its default delegate (XNNPACK)
+through a signature runner, as the TFLite runner of `kdet benchmark` and run_all.py does. The model is the folded
+inference copy (what the export converts); the TensorFlow contenders run the same folded model.
 """
 import time
 from pathlib import Path

@@ -118,8 +118,9 @@ def decode_reference(model, logits, deltas, image_size):
     keep = []
     for k in set(labels):
         members = [i for i in range(len(labels)) if labels[i] == k]
-        keep += [members[i] for i in nms_reference(np.asarray([boxes[m] for m in members]), np.asarray([scores[m] for m in members]),
-                                                   model.nms_iou_threshold)]
+        kept = nms_reference(np.asarray([boxes[m] for m in members]), np.asarray([scores[m] for m in members]),
+                             model.nms_iou_threshold)
+        keep += [members[i] for i in kept]
     keep = sorted(keep, key=lambda i: -scores[i])[:model.max_detections]
     return np.array([boxes[i] for i in keep]).reshape(-1, 4), np.array([scores[i] for i in keep]), \
         np.array([labels[i] for i in keep])

@@ -25,7 +25,8 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4
 RESNEXT = {"resnext50_32x4d": dict(depth=50, groups=32, width_per_group=4),
            "resnext101_32x8d": dict(depth=101, groups=32, width_per_group=8)}
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-CONV_INIT = functools.partial(keras.initializers.VarianceScaling, 2.0, mode="fan_out", distribution="untruncated_normal")
+CONV_INIT = functools.partial(keras.initializers.VarianceScaling,
+                              2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def conv(filters, kernel_size, strides=1, name=None, groups=1):

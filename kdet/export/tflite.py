@@ -128,7 +128,8 @@ def _write_builtins_saved_model(model, directory, batch_size=None):
 def function_flatbuffer(fn, input_signature, track, layer_forms=True):
     """The float TFLite flatbuffer of any function of Keras objects, converted as `export_tflite` converts a model:
     traced under `builtins_only()` (and, if layer_forms, `xnnpack_layer_forms()`), written through
-    keras.export.ExportArchive (which freezes the variables of `track`, the model or layer fn uses), TFLITE_BUILTINS only.
+    keras.export.ExportArchive (which freezes the variables of `track`, the model or layer fn uses), TFLITE_BUILTINS
+    only.
 
     fn: returns a dict of tensors (the signature `serving_default`'s outputs); input_signature: TensorSpecs with
     names (its inputs). For stage profiles, benchmarks and tests of single layers.

@@ -22,7 +22,8 @@ import tensorflow as tf
 from kdet.ops.box_ops import clip_boxes
 
 HEATMAP_PRIOR_BIAS = -2.19
-TORCH_CONV_INIT = functools.partial(keras.initializers.VarianceScaling, 1.0 / 3.0, mode="fan_in", distribution="uniform")
+TORCH_CONV_INIT = functools.partial(keras.initializers.VarianceScaling,
+                                    1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 class CenterNetHead(keras.layers.Layer):

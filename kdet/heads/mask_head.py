@@ -16,7 +16,8 @@ import functools
 import keras
 import tensorflow as tf
 
-KAIMING_FAN_OUT = functools.partial(keras.initializers.VarianceScaling, 2.0, mode="fan_out", distribution="untruncated_normal")
+KAIMING_FAN_OUT = functools.partial(keras.initializers.VarianceScaling,
+                                    2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def _merge_rois(x):

@@ -18,7 +18,8 @@ from kdet.ops.layout import flatten_locations
 # reference kernel and cut the graph (benchmarks/profile_stages.py --tflite). Same values, grouped.
 XNNPACK_MAX_CONCAT = 5
 XAVIER = functools.partial(keras.initializers.GlorotUniform)       # torchvision SSD: _xavier_init
-SSDLITE_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
+SSDLITE_INIT = functools.partial(keras.initializers.RandomNormal,
+                                 stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
 
 
 def grouped_concat(values, axis):

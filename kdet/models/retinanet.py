@@ -133,8 +133,8 @@ class RetinaNet(Detector):
     def encode_targets(self, targets, image_size):
         """{"boxes": [B, M, 4] yxyx pixels, "labels": [B, M] (-1 padding)} -> {"labels": [B, N] head column / -1
         negative / -2 ignored, "box_targets": [B, N, 4]}, on the anchors of `image_size`."""
-        encoded = anchor_targets(self.anchors_for(image_size), targets["boxes"], targets["labels"], "retinanet", self.fg_iou_threshold,
-                                 self.bg_iou_threshold)
+        encoded = anchor_targets(self.anchors_for(image_size), targets["boxes"], targets["labels"], "retinanet",
+                                 self.fg_iou_threshold, self.bg_iou_threshold)
         labels = encoded["labels"]
         columns = tf.gather(tf.constant(self.label_ids, tf.int32), tf.maximum(labels, 0))
         return dict(encoded, labels=tf.where(labels >= 0, columns, labels))
@@ -169,7 +169,6 @@ class RetinaNet(Detector):
         column_to_label[list(self.label_ids)] = np.arange(self.num_classes)
         boxes, scores, classes = [], [], []
         for level_logits, level_deltas, level_anchors, count in zip(logits, deltas, anchors, anchors_per_level):
-            batch = tf.shape(level_logits)[0]
             k = min(self.topk_candidates, count * columns) if isinstance(count, int) else \
                 tf.minimum(self.topk_candidates, count * columns)
             top_scores, top = top_scores_above(level_logits, k, self.score_threshold)
