@@ -1,9 +1,10 @@
 """Where the builtins-only RoIAlign twin spends its time in LiteRT: Faster R-CNN's box RoIAlign stage (the real FPN
-levels and 1000 proposals of benchmarks/profile_stages.py's Faster R-CNN pair, 640x480) three ways, round-robin:
+levels and 1000 proposals of benchmarks/profile_stages.py's Faster R-CNN pair, 640x480) four ways, round-robin:
 
     tflite               the twin as kdet's TFLite export runs it (kdet.ops.roi_align under builtins_only)
-    tflite_without_gather  the same graph with its one GATHER replaced by the first cells of the feature map,
+    tflite_without_gather  the same graph with its GATHERs replaced by the first cells of the feature map,
                          broadcast by the multiply (positions, indices, weights, MUL and SUM are all still computed)
+    tflite_one_piece     the twin with GATHER + MUL + SUM in one piece per group (GATHER_PIECES = 1) instead of 16
     tf                   TensorFlow's default path (CropAndResize + average pooling) on the same inputs
 
     PYTHONPATH=. /work/torchvenv/bin/python benchmarks/profile_roi_align_tflite.py [--rounds 7] [--output FILE]
@@ -24,31 +25,22 @@ BENCHMARKS = Path(__file__).resolve().parent
 
 
 @contextlib.contextmanager
-def without_gather():
-    """kdet.ops.roi_align's GATHER of the cells replaced by a broadcast of the map's first cells (timing only)."""
-    import tensorflow as tf
+def patched(name, value):
+    """kdet.ops.roi_align's module attribute `name` set to `value` while a graph is traced."""
     module = importlib.import_module("kdet.ops.roi_align")
-    original = module._pool_gathered_cells
-
-    def no_gather(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
-                   compact):
-        shape = tf.shape(features)
-        height, width, channels = shape[1], shape[2], features.shape[-1]
-        rows, wy = module._axis_bins(start_y, bin_h, grid_h, out_h, size, height, compact)
-        cols, wx = module._axis_bins(start_x, bin_w, grid_w, out_w, size, width, compact)
-        cells = rows.shape[-1] * cols.shape[-1]
-        index = ((box_indices * height)[:, None, None, None, None] + rows[:, :, None, :, None]) * width \
-            + cols[:, None, :, None, :]
-        weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
-        values = tf.reshape(features, [-1, channels])[:cells][None]  # [1, cells, C] instead of [n, cells, C]
-        pooled = tf.reduce_sum(values * tf.reshape(weight, [-1, cells, 1]), axis=1)
-        pooled += tf.cast(tf.reduce_min(index), tf.float32) * 0.0  # the indices are still computed
-        return tf.reshape(pooled, [-1, out_h, out_w, channels])
-    module._pool_gathered_cells = no_gather
+    original = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        module._pool_gathered_cells = original
+        setattr(module, name, original)
+
+
+def first_cells(table, index):
+    """The twin's GATHER replaced by the table's first cells, broadcast by the multiply (timing only): [1, cells, C]
+    instead of [n, cells, C]; the indices are still computed (their minimum is added as 0 * it)."""
+    import tensorflow as tf
+    return table[:index.shape[-1]][None] + tf.cast(tf.reduce_min(index), tf.float32) * 0.0
 
 
 def run(rounds, warmup, output):
@@ -64,9 +56,12 @@ def run(rounds, warmup, output):
     pair, stages, _ = profile_stages.faster_rcnn_stages(fold=True)
     call, model = stages["roi_align"], pair["kdet"]["model"]
     contenders = {"tflite": interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model), call.inputs)[0]}
-    with without_gather():
+    with patched("_gather_cells", first_cells):
         contenders["tflite_without_gather"] = interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model),
                                                               call.inputs)[0]
+    with patched("GATHER_PIECES", 1):
+        contenders["tflite_one_piece"] = interpreter_stage(stage_flatbuffer(call.fn, call.inputs, model),
+                                                         call.inputs)[0]
     contenders["tf"] = call
     load = load_average()
     timing = round_robin(contenders, rounds=rounds, warmup=warmup, reference="tflite")
@@ -75,7 +70,8 @@ def run(rounds, warmup, output):
               **timing}
     medians = {k: v["median_ms"] for k, v in timing["contenders"].items()}
     print(f"[roi_align] tflite {medians['tflite']:.1f} ms, without its GATHER {medians['tflite_without_gather']:.1f} "
-          f"ms ({timing['ratios']['tflite_without_gather']['median']:.2f} of it), TF {medians['tf']:.1f} ms; "
+          f"ms ({timing['ratios']['tflite_without_gather']['median']:.2f} of it), in one piece "
+          f"{medians['tflite_one_piece']:.1f} ms, TF {medians['tf']:.1f} ms; "
           f"load {load}")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(record, indent=1) + "\n")

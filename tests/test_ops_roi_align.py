@@ -263,3 +263,34 @@ def test_roi_pool_in_graph_with_unknown_roi_count():
     np.testing.assert_array_equal(pool(features, boxes, indices).numpy(),
                                   roi_pool_reference(features, boxes, indices, (2, 3), 0.5))
     assert pool(features, boxes[:0], indices[:0]).shape == (0, 2, 3, 2)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 40])
+def test_builtins_twin_in_litert_with_fewer_bins_than_pieces(count):
+    """The TFLite graph of the twin (GATHER + MUL + SUM in GATHER_PIECES pieces of bins, several of them empty when
+    there are fewer bins than pieces) run by LiteRT equals the torchvision reference on two FPN levels."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kdet.export.tflite import function_flatbuffer
+    from kdet.ops.roi_align import GATHER_PIECES
+
+    rng = np.random.default_rng(count)
+    levels = [rng.normal(0, 1, (1, 32 // s, 32 // s, 3)).astype(np.float32) for s in (1, 2)]
+    corner = rng.uniform(0, 100, (count, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(1, 120, (count, 2))], axis=1).astype(np.float32)
+    assert count * 2 * 2 < GATHER_PIECES or count == 40  # 0, 1, 3 RoIs of 2x2 bins: some pieces are empty
+
+    def pool(fine, coarse, rois):
+        return {"y0": multiscale_roi_align([fine, coarse], rois, tf.zeros(tf.shape(rois)[:1], tf.int32), 2, (4, 8),
+                                           2)}
+
+    specs = [tf.TensorSpec([1, None, None, 3], tf.float32, name=f"x{i}") for i in range(2)]
+    with builtins_only():
+        flatbuffer = function_flatbuffer(pool, specs + [tf.TensorSpec([None, 4], tf.float32, name="x2")],
+                                         tf.Module())
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
+    got = runner(x0=levels[0], x1=levels[1], x2=boxes)["y0"]
+    assert got.shape == (count, 2, 2, 3)
+    if count:
+        expected = multiscale_reference(levels, boxes, np.zeros(count, np.int32), (2, 2), (4, 8), 2)
+        np.testing.assert_allclose(got, expected, atol=1e-4)

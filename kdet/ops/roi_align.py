@@ -11,11 +11,12 @@ torchvision's RoIAlign (csrc/ops/cpu/roi_align_kernel.cpp), in feature coordinat
 Two paths compute exactly that. The default samples with `tf.image.crop_and_resize` on the features with a one-cell
 edge-replicated border (which turns its extrapolation-outside-the-map rule into torchvision's clamp-then-zero rule)
 and average-pools the samples. When `builtins_only_enabled()` (TFLite has no CropAndResize builtin) the twin
-gathers, for every bin, the D x D feature cells its samples read (one GATHER) and applies the bilinear weights and
-the bin average in one weighted sum over those cells (MUL + SUM): torchvision's bilinear weights and zero-outside
-rule are separable in y and x, so a bin's weight on a cell is wy * wx. D is 2 * grid (each sample's
-own two rows), or grid + 1 for RoIs whose bins span at most that many rows and columns (bins of about a cell per
-sample or less: small RoIs, adaptive grids), which reads up to 4x fewer cells. Both agree to float rounding.
+gathers, for every bin, the D x D feature cells its samples read (GATHER, in 16 pieces of bins so LiteRT keeps them
+in cache) and applies the bilinear weights and the bin average in one weighted sum over those cells (MUL + SUM):
+torchvision's bilinear weights and zero-outside rule are separable in y and x, so a bin's weight on a cell is
+wy * wx. D is 2 * grid (each sample's own two rows), or grid + 1 for RoIs whose bins span at most that many rows and
+columns (bins of about a cell per sample or less: small RoIs, adaptive grids), which reads up to 4x fewer cells.
+Both agree to float rounding.
 """
 import math
 
@@ -26,6 +27,7 @@ from kdet.ops.box_ops import box_area, split_coordinates
 from kdet.ops.mode import builtins_only_enabled
 
 DEFAULT_DYNAMIC_MAX_SAMPLING_RATIO = 8  # bound for sampling_ratio <= 0 when the feature size is not static
+GATHER_PIECES = 16  # the builtins twin's gather + weighted sum in this many pieces (see _pool_gathered_cells)
 
 
 def _pair(value):
@@ -99,9 +101,14 @@ def _bin_span(start, bin_size, grid, n_bins, size, length):
     return tf.reduce_max(tf.reduce_max(rows, -1) - tf.reduce_min(rows, -1) + 1, axis=-1)
 
 
+def _gather_cells(table, index):
+    """table [N, C], index [n, cells] int32 -> [n, cells, C] (a seam for benchmarks/profile_roi_align_tflite.py)."""
+    return tf.gather(table, index)
+
+
 def _pool_gathered_cells(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
                         compact):
-    """Builtins-only RoIAlign bins: ONE gather of the D x D cells every bin reads, then one weighted sum that applies
+    """Builtins-only RoIAlign bins: a gather of the D x D cells every bin reads, then one weighted sum that applies
     the bilinear weights and the bin average together (bilinear weights and the zero-outside rule are separable in
     y and x, so a bin's weight on cell (r, c) is wy[r] * wx[c]). -> [K, out_h, out_w, C]."""
     shape = tf.shape(features)
@@ -112,12 +119,20 @@ def _pool_gathered_cells(features, box_indices, start_y, bin_h, grid_h, start_x,
     cells = rows.shape[-1] * cols.shape[-1]
     index = ((box_indices * height)[:, None, None, None, None] + rows[:, :, None, :, None]) * width \
         + cols[:, None, :, None, :]  # [K, out_h, out_w, D, D]
-    weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
-    values = tf.gather(tf.reshape(features, [-1, channels]), tf.reshape(index, [-1, cells]))  # [K*out_h*out_w, D*D, C]
-    # MUL + SUM: in LiteRT about 3x faster than the same contraction as BATCH_MATMUL [N, 1, D*D] x [N, D*D, C]
-    # (which copies its right operand transposed); slower in TF, where this twin only runs in tests.
-    pooled = tf.reduce_sum(values * tf.reshape(weight, [-1, cells, 1]), axis=1)
-    return tf.reshape(pooled, [-1, out_h, out_w, channels])
+    weight = tf.reshape(wy[:, :, None, :, None] * wx[:, None, :, None, :], [-1, cells, 1])
+    index = tf.reshape(index, [-1, cells])
+    table = tf.reshape(features, [-1, channels])
+    # LiteRT runs GATHER, MUL and SUM on these run-time shapes with its own single-threaded kernels, each pass over
+    # [K*out_h*out_w, D*D, C] values (0.8 GB for 1000 RoIs 7x7 at D = 4): done in GATHER_PIECES pieces of bins,
+    # the values stay in cache between the three ops. MUL + SUM: in LiteRT about 3x faster than the same contraction
+    # as BATCH_MATMUL [N, 1, D*D] x [N, D*D, C] (which copies its right operand transposed).
+    bins = tf.shape(index)[0]
+    pooled = []
+    for piece in range(GATHER_PIECES):
+        begin, end = bins * piece // GATHER_PIECES, bins * (piece + 1) // GATHER_PIECES
+        values = _gather_cells(table, index[begin:end])  # [bins in the piece, D*D, C]
+        pooled.append(tf.reduce_sum(values * weight[begin:end], axis=1))
+    return tf.reshape(tf.concat(pooled, axis=0), [-1, out_h, out_w, channels])
 
 
 def _pool_builtins(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size):
