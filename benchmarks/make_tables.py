@@ -27,6 +27,7 @@ LABELS = {
     "kdet_builtins": "kdet builtins-only twin (TFLite path, run by TF)",
     "keras_hub": "KerasHub",
     "kdet_keras_train_step": "kdet Keras `train_on_batch`",
+    "kdet_keras_train_step_bf16": "kdet Keras `train_on_batch`, mixed_bfloat16",
     "kdet_keras_bf16": "kdet Keras bfloat16 (BN folded)",
 }
 NOTES = {  # the checks worth a reader's eye, in this order: key -> how to say it

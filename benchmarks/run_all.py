@@ -10,9 +10,9 @@ Pairs (same seeded weights on both sides, batch 1, one image): Faster R-CNN R50-
 (also `model.predict` next to `predict_on_batch`, for its per-call spread), SSD300 VGG-16, FCN ResNet-50 512, each
 with kdet's SavedModel and TFLite fp32 (builtins only); batched NMS of 1k / 10k boxes and RoIAlign of 2000 RoIs
 (kdet's default op and its builtins-only twin); and one training step, batch 2 at 512x512, of Faster R-CNN and
-RetinaNet R50-FPN (kdet's compiled Keras `train_on_batch` vs torchvision's forward + loss + backward + SGD step, on
-one real BCCD batch of the training recipe, random initialisation on each side; a step takes seconds, so these two
-pairs add about as much time as all the others). Each pair is built, checked (detection counts / agreement in its
+RetinaNet R50-FPN (kdet's compiled Keras `train_on_batch`, fp32 and mixed_bfloat16, vs torchvision's forward + loss +
+backward + SGD step, on one real BCCD batch of the training recipe, random initialisation on each side; a step takes
+seconds, so these two pairs add about as much time as all the others). Each pair is built, checked (detection counts / agreement in its
 notes), warmed up (tracing and allocation, never timed), then timed by benchmarks/speed_common.round_robin: every
 round calls each contender once, in turn, and the ratio to torchvision is taken per round. TensorFlow and torch get
 the same threads (intra-op --threads, TF inter-op 1; torch's OpenMP waits passively, as TF's pool does, because a
@@ -124,22 +124,30 @@ def train_pair(name):
     _, size, batch, _, twin = steps.kdet_models()[name]
     if batch != TRAIN_BATCH:
         raise ValueError(f"profile_train_step builds {name} at batch {batch}; the JSON states {TRAIN_BATCH}")
+    from kdet.models.inference_copy import global_policy
     model, (x, y), _ = steps.prepare(name)
     kdet_step = steps.kdet_train_step(model, x, y)
+    with global_policy("mixed_bfloat16"):  # what `train.mixed_precision: mixed_bfloat16` builds
+        bf16_model, _, _ = steps.prepare(name)
+    bf16_step = steps.kdet_train_step(bf16_model, x, y)
     _, torch_step, torch_model = steps.torchvision_step(twin, size, x, y)
-    losses = kdet_step(), torch_step()
+    losses = kdet_step(), torch_step(), bf16_step()
     notes = {"weights": "random initialisation on each side (a step's cost does not depend on the weights)",
              "batch_boxes": int((y["labels"] >= 0).sum()),
              "kdet_trainable_parameters": int(sum(v.numpy().size for v in model.trainable_variables)),
              "torchvision_trainable_parameters": int(sum(p.numel() for p in torch_model.parameters()
                                                          if p.requires_grad)),
              "optimizer": f"SGD(learning rate {steps.SGD['lr']}, momentum {steps.SGD['momentum']})",
-             "first_losses": [round(loss, 4) for loss in losses]}
+             "first_losses": [round(loss, 4) for loss in losses],
+             "first_losses_order": "kdet, torchvision, kdet mixed_bfloat16 (random weights each: not comparable)"}
     return {"input": f"batch {batch}, {size}x{size}", "notes": notes, "warmup": 1,  # + the step above: 2 untimed
-            "contenders": {"kdet_keras_train_step": kdet_step, "torchvision": torch_step},
+            "contenders": {"kdet_keras_train_step": kdet_step, "kdet_keras_train_step_bf16": bf16_step,
+                           "torchvision": torch_step},
             "calls": {"kdet_keras_train_step": "model.train_on_batch(images, {boxes, labels}) after model.compile("
-                      "SGD): Keras' compiled train step", "torchvision": "model(images, targets) in train mode, sum of "
-                      "its losses, optimizer.zero_grad(), loss.backward(), optimizer.step()"}}
+                      "SGD): Keras' compiled train step", "kdet_keras_train_step_bf16": "the same, the model built "
+                      "under keras.mixed_precision policy mixed_bfloat16 (train.mixed_precision: mixed_bfloat16)",
+                      "torchvision": "model(images, targets) in train mode, sum of its losses, optimizer.zero_grad(), "
+                      "loss.backward(), optimizer.step()"}}
 
 
 def builders(args):
