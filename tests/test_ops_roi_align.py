@@ -129,7 +129,7 @@ def test_roi_align_equals_reference_on_both_paths(seed, output_size, sampling_ra
 def test_builtins_twin_equals_default_path_at_scale(sampling_ratio, aligned):
     """The gather + weighted-sum twin equals the crop_and_resize path to 1e-5 (float32 rounding of the sample positions,
     which grows with the coordinates and the feature slope: features in [-1, 1] here), with RoIs in both of the
-    twin's cell layouts: compact (bins spanning <= grid + 1 cells) and wide."""
+    twin's cell layouts along each axis: compact (bins spanning <= grid + 1 cells) and wide, in all four pairings."""
     rng = np.random.default_rng(42)
     features = rng.uniform(-1, 1, (3, 32, 40, 8)).astype(np.float32)
     boxes = mixed_boxes(rng, 300, 128, 160)
@@ -138,9 +138,10 @@ def test_builtins_twin_equals_default_path_at_scale(sampling_ratio, aligned):
         y1, x1, y2, x2 = (boxes * 0.25 - (0.5 if aligned else 0.0)).T
         grids = tf.fill([len(boxes)], sampling_ratio)
         bin_h, bin_w = (np.maximum(y2 - y1, 0 if aligned else 1) / 7, np.maximum(x2 - x1, 0 if aligned else 1) / 7)
-        span = np.maximum(_bin_span(y1, bin_h.astype(np.float32), grids, 7, sampling_ratio, 32).numpy(),
-                          _bin_span(x1, bin_w.astype(np.float32), grids, 7, sampling_ratio, 40).numpy())
-        assert 20 < (span <= sampling_ratio + 1).sum() < 280  # both layouts are exercised
+        wide_y = _bin_span(y1, bin_h.astype(np.float32), grids, 7, sampling_ratio, 32).numpy() > sampling_ratio + 1
+        wide_x = _bin_span(x1, bin_w.astype(np.float32), grids, 7, sampling_ratio, 40).numpy() > sampling_ratio + 1
+        layouts = np.bincount(2 * wide_y + wide_x, minlength=4)
+        assert (layouts >= 10).all(), layouts  # every (y, x) pairing of the layouts is exercised
     default, twin = both_paths(roi_align, features, boxes, box_indices, (7, 7), 0.25, sampling_ratio, aligned)
     assert np.abs(default - twin).max() <= 1e-5
 

@@ -11,11 +11,11 @@ torchvision's RoIAlign (csrc/ops/cpu/roi_align_kernel.cpp), in feature coordinat
 Two paths compute exactly that. The default samples with `tf.image.crop_and_resize` on the features with a one-cell
 edge-replicated border (which turns its extrapolation-outside-the-map rule into torchvision's clamp-then-zero rule)
 and average-pools the samples. When `builtins_only_enabled()` (TFLite has no CropAndResize builtin) the twin
-gathers, for every bin, the D x D feature cells its samples read (GATHER, in 16 pieces of bins so LiteRT keeps them
+gathers, for every bin, the D_y x D_x feature cells its samples read (GATHER, in 16 pieces of bins so LiteRT keeps them
 in cache) and applies the bilinear weights and the bin average in one weighted sum over those cells (MUL + SUM):
 torchvision's bilinear weights and zero-outside rule are separable in y and x, so a bin's weight on a cell is
-wy * wx. D is 2 * grid (each sample's own two rows), or grid + 1 for RoIs whose bins span at most that many rows and
-columns (bins of about a cell per sample or less: small RoIs, adaptive grids), which reads up to 4x fewer cells.
+wy * wx. Along each axis D is 2 * grid (each sample's own two rows), or grid + 1 for RoIs whose bins span at most
+that many rows (bins of about a cell per sample or less: small RoIs, adaptive grids): up to 2x fewer per axis.
 Both agree to float rounding.
 """
 import math
@@ -107,52 +107,53 @@ def _gather_cells(table, index):
 
 
 def _pool_gathered_cells(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size,
-                        compact):
-    """Builtins-only RoIAlign bins: a gather of the D x D cells every bin reads, then one weighted sum that applies
+                        compact_y, compact_x):
+    """Builtins-only RoIAlign bins: a gather of the D_y x D_x cells every bin reads, then one weighted sum that applies
     the bilinear weights and the bin average together (bilinear weights and the zero-outside rule are separable in
-    y and x, so a bin's weight on cell (r, c) is wy[r] * wx[c]). -> [K, out_h, out_w, C]."""
+    y and x, so a bin's weight on cell (r, c) is wy[r] * wx[c]); compact_y / compact_x: `_axis_bins`' layout per
+    axis. -> [K, out_h, out_w, C]."""
     shape = tf.shape(features)
     height, width = shape[1], shape[2]
     channels = features.shape[-1] if features.shape[-1] is not None else shape[3]
-    rows, wy = _axis_bins(start_y, bin_h, grid_h, out_h, size, height, compact)  # [K, out_h, D]
-    cols, wx = _axis_bins(start_x, bin_w, grid_w, out_w, size, width, compact)  # [K, out_w, D]
+    rows, wy = _axis_bins(start_y, bin_h, grid_h, out_h, size, height, compact_y)  # [K, out_h, D_y]
+    cols, wx = _axis_bins(start_x, bin_w, grid_w, out_w, size, width, compact_x)  # [K, out_w, D_x]
     cells = rows.shape[-1] * cols.shape[-1]
     index = ((box_indices * height)[:, None, None, None, None] + rows[:, :, None, :, None]) * width \
-        + cols[:, None, :, None, :]  # [K, out_h, out_w, D, D]
+        + cols[:, None, :, None, :]  # [K, out_h, out_w, D_y, D_x]
     weight = tf.reshape(wy[:, :, None, :, None] * wx[:, None, :, None, :], [-1, cells, 1])
     index = tf.reshape(index, [-1, cells])
     table = tf.reshape(features, [-1, channels])
     # LiteRT runs GATHER, MUL and SUM on these run-time shapes with its own single-threaded kernels, each pass over
-    # [K*out_h*out_w, D*D, C] values (0.8 GB for 1000 RoIs 7x7 at D = 4): done in GATHER_PIECES pieces of bins,
+    # [K*out_h*out_w, D_y*D_x, C] values (0.8 GB for 1000 RoIs 7x7 at D = 4): done in GATHER_PIECES pieces of bins,
     # the values stay in cache between the three ops. MUL + SUM: in LiteRT about 3x faster than the same contraction
     # as BATCH_MATMUL [N, 1, D*D] x [N, D*D, C] (which copies its right operand transposed).
     bins = tf.shape(index)[0]
     pooled = []
     for piece in range(GATHER_PIECES):
         begin, end = bins * piece // GATHER_PIECES, bins * (piece + 1) // GATHER_PIECES
-        values = _gather_cells(table, index[begin:end])  # [bins in the piece, D*D, C]
+        values = _gather_cells(table, index[begin:end])  # [bins in the piece, D_y*D_x, C]
         pooled.append(tf.reduce_sum(values * weight[begin:end], axis=1))
     return tf.reshape(tf.concat(pooled, axis=0), [-1, out_h, out_w, channels])
 
 
 def _pool_builtins(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h, out_w, size):
-    """`_pool_gathered_cells` with RoIs whose bins span at most size + 1 rows and columns (bins of at most about one
-    cell per sample: small RoIs, adaptive grids) read (size + 1)^2 cells per bin instead of (2 * size)^2."""
+    """`_pool_gathered_cells` where, along each axis separately, RoIs whose bins span at most size + 1 rows (or
+    columns) read that many instead of 2 * size (bins of at most about one cell per sample: small RoIs, adaptive
+    grids, and about half the axes of Faster R-CNN's proposals at grid 2): four groups, 9 to 16 cells per bin."""
     if size < 2:
         return _pool_gathered_cells(features, box_indices, start_y, bin_h, grid_h, start_x, bin_w, grid_w, out_h,
-                                   out_w, size, compact=False)
+                                   out_w, size, compact_y=False, compact_x=False)
     shape = tf.shape(features)
-    span = tf.maximum(_bin_span(start_y, bin_h, grid_h, out_h, size, shape[1]),
-                      _bin_span(start_x, bin_w, grid_w, out_w, size, shape[2]))
-    wide = tf.cast(span > size + 1, tf.int32)
+    wide_y = tf.cast(_bin_span(start_y, bin_h, grid_h, out_h, size, shape[1]) > size + 1, tf.int32)
+    wide_x = tf.cast(_bin_span(start_x, bin_w, grid_w, out_w, size, shape[2]) > size + 1, tf.int32)
 
-    def compute(is_wide, idx):
+    def compute(layout, idx):
         take = lambda t: tf.gather(t, idx)  # noqa: E731
         return _pool_gathered_cells(features, take(box_indices), take(start_y), take(bin_h), take(grid_h),
                                    take(start_x), take(bin_w), take(grid_w), out_h, out_w, size,
-                                   compact=not is_wide)
+                                   compact_y=layout < 2, compact_x=layout % 2 == 0)
 
-    return run_by_group(wide, (0, 1), compute)
+    return run_by_group(2 * wide_y + wide_x, (0, 1, 2, 3), compute)
 
 
 def _bin_average_matrix(grid, bins, samples):
