@@ -12,9 +12,10 @@ with kdet's SavedModel and TFLite fp32 (builtins only); batched NMS of 1k / 10k 
 (kdet's default op and its builtins-only twin); and one training step, batch 2 at 512x512, of Faster R-CNN and
 RetinaNet R50-FPN (kdet's compiled Keras `train_on_batch`, fp32 and mixed_bfloat16, vs torchvision's forward + loss +
 backward + SGD step, on one real BCCD batch of the training recipe, random initialisation on each side; a step takes
-seconds, so these two pairs add about as much time as all the others). Each pair is built, checked (detection counts / agreement in its
-notes), warmed up (tracing and allocation, never timed), then timed by benchmarks/speed_common.round_robin: every
-round calls each contender once, in turn, and the ratio to torchvision is taken per round. TensorFlow and torch get
+seconds, so these two pairs add about as much time as all the others). Each pair is built, checked (detection counts
+/ agreement in its notes), warmed up (tracing and allocation, never timed), then timed by
+benchmarks/speed_common.round_robin: every round calls each contender once, in turn, and the ratio to torchvision is
+taken per round. TensorFlow and torch get
 the same threads (intra-op --threads, TF inter-op 1; torch's OpenMP waits passively, as TF's pool does, because a
 spinning pool crawls on a shared CPU). The JSON states the machine (CPU model and flags, cores, library versions,
 date, load average at the start and end of the run). A full run writes benchmarks/results/speed.json; --only or
