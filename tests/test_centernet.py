@@ -73,6 +73,9 @@ def test_heads_init_and_output_shapes():
     assert abs(np.median(out["heatmap"].numpy()) + 2.19) < 1.0
     assert np.abs(out["size"].numpy()).max() < 0.05                 # size / offset start near 0 (std 0.001 convs)
     assert np.abs(m.head.size[-1].bias.numpy()).max() == 0
+    for size_layer, offset_layer in zip(m.head.size, m.head.offset):  # drawn independently, as in torch
+        assert not np.allclose(size_layer.kernel.numpy(), offset_layer.kernel.numpy())
+        assert abs(np.std(size_layer.kernel.numpy()) - 0.001) < 3e-4
 
 
 def test_any_input_size_is_padded_not_resized():

@@ -8,8 +8,6 @@ On top of kdet's VGG-16 (kdet.backbones.vgg, pool3 in ceil mode so 75 -> 38):
   * four extra blocks (1x1 conv then 3x3 conv, ReLU): two with stride 2, two "valid" 3x3.
 For a 300 x 300 input the six maps are 38, 19, 10, 5, 3 and 1 cells wide.
 """
-import functools
-
 import keras
 import tensorflow as tf
 
@@ -17,7 +15,7 @@ from kdet.backbones.vgg import VGG16_CONVS, VGG16_WIDTHS, VGGBackbone
 
 SSD300_EXTRA_WIDTHS = ((256, 512), (128, 256), (128, 256), (128, 256))
 # torchvision: _xavier_init on fc6 / fc7 and the extra layers (uniform Glorot, bias 0)
-EXTRA_INIT = functools.partial(keras.initializers.GlorotUniform)
+EXTRA_INIT = keras.initializers.GlorotUniform  # a class: each layer gets its own instance
 
 
 class L2Norm(keras.layers.Layer):

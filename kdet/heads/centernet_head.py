@@ -24,6 +24,7 @@ from kdet.ops.box_ops import clip_boxes
 HEATMAP_PRIOR_BIAS = -2.19
 TORCH_CONV_INIT = functools.partial(keras.initializers.VarianceScaling,
                                     1.0 / 3.0, mode="fan_in", distribution="uniform")
+SMALL_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.001)  # the size / offset branches
 
 
 class CenterNetHead(keras.layers.Layer):
@@ -41,18 +42,19 @@ class CenterNetHead(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.head_conv = int(head_conv)
         self.heatmap_bias = float(heatmap_bias)
-        small = keras.initializers.RandomNormal(stddev=0.001)
-        self.heatmap = self._branch("heatmap", self.num_classes, TORCH_CONV_INIT(),
+        self.heatmap = self._branch("heatmap", self.num_classes, TORCH_CONV_INIT,
                                     keras.initializers.Constant(self.heatmap_bias))
-        self.size = self._branch("size", 2, small, "zeros")
-        self.offset = self._branch("offset", 2, small, "zeros")
+        self.size = self._branch("size", 2, SMALL_INIT, "zeros")
+        self.offset = self._branch("offset", 2, SMALL_INIT, "zeros")
 
     def _branch(self, name, outputs, kernel_init, last_bias_init):
+        """kernel_init: an initializer factory, called once per layer (an unseeded Keras initializer instance gives
+        the same values at every call of one shape: a shared one made the size and offset branches equal)."""
         layers = []
         if self.head_conv > 0:
             layers.append(keras.layers.Conv2D(self.head_conv, 3, padding="same", activation="relu",
-                                              kernel_initializer=kernel_init, name=f"{name}_conv"))
-        layers.append(keras.layers.Conv2D(outputs, 1, kernel_initializer=kernel_init,
+                                              kernel_initializer=kernel_init(), name=f"{name}_conv"))
+        layers.append(keras.layers.Conv2D(outputs, 1, kernel_initializer=kernel_init(),
                                           bias_initializer=last_bias_init, name=f"{name}_out"))
         return layers
 

@@ -24,8 +24,7 @@ from kdet.ops import encode_boxes, sample_balanced
 from kdet.ops.layout import flatten_locations
 from kdet.ops.anchor_targets import match_anchors
 
-RPN_INIT = functools.partial(keras.initializers.RandomNormal,
-                             stddev=0.01)  # torchvision RPNHead: normal(std=0.01), bias 0
+RPN_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.01)  # torchvision RPNHead: normal(0.01)
 SMOOTH_L1_BETA = 1.0 / 9.0  # torchvision's RPN and box head (kdet.losses.box.smooth_l1's beta)
 IGNORE = -1                 # rpn_labels value of an anchor that is not in the sampled minibatch
 

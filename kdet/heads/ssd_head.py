@@ -17,9 +17,9 @@ from kdet.ops.layout import flatten_locations
 # XNNPACK (TFLite's CPU delegate) runs a CONCATENATION of at most 5 inputs; one of SSD's 6 levels ran in TFLite's
 # reference kernel and cut the graph (benchmarks/profile_stages.py --tflite). Same values, grouped.
 XNNPACK_MAX_CONCAT = 5
-XAVIER = functools.partial(keras.initializers.GlorotUniform)       # torchvision SSD: _xavier_init
-SSDLITE_INIT = functools.partial(keras.initializers.RandomNormal,
-                                 stddev=0.03)  # torchvision SSDLite: _normal_init(std=0.03)
+# Initializer factories, called once per layer (a shared unseeded instance repeats its values for one shape).
+XAVIER = keras.initializers.GlorotUniform  # torchvision SSD: _xavier_init
+SSDLITE_INIT = functools.partial(keras.initializers.RandomNormal, stddev=0.03)  # torchvision SSDLite: _normal_init
 
 
 def grouped_concat(values, axis):

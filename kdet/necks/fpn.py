@@ -9,8 +9,6 @@ Odd sizes: the stride-2 convs give ceil(H / 2), like the backbone, and the top-d
 `F.interpolate(size=..., mode="nearest")` (source index floor(i * in / out)): TF's default nearest resize uses
 half-pixel centres and picks a different row for odd sizes, which would break a numerical twin.
 """
-import functools
-
 import keras
 import tensorflow as tf
 
@@ -19,7 +17,7 @@ from kdet.ops.resize import subsample_2x, upsample_nearest
 
 EXTRA_BLOCKS = (None, "p6p7", "maxpool")
 # torchvision: nn.init.kaiming_uniform_(w, a=1) = uniform(+-sqrt(3 / fan_in)) = Keras' LeCun uniform.
-FPN_INIT = functools.partial(keras.initializers.LecunUniform)
+FPN_INIT = keras.initializers.LecunUniform  # a class: each layer gets its own instance
 
 
 def upsample_nearest_like(x, reference):
