@@ -9,6 +9,7 @@ from kdet.data.pipeline import make_tf_dataset
 from kdet.data.shapes import make_shapes
 from kdet.models.classloc import ClassLocModel, _paired_iou, _to_yxyx
 from kdet.training.recipe import to_keras
+from kdet.inference.runners import load_runner
 from tests.harness import check_keras_native
 from tests.testing import check_export_parity
 
@@ -72,9 +73,19 @@ def test_fit_lowers_the_loss_then_decode_save_and_export(tmp_path):
 
     reports = check_export_parity(model, images, tmp_path / "export", formats=("saved_model", "tflite", "onnx"))
     assert {"saved_model", "serving_bytes", "tflite", "onnx"} <= set(reports)
-    # int8 is reported, not asserted equal; on a trained model it should still find most of the same boxes. Judged on
-    # 32 images: on 3, two near-tied class scores flipping under int8 made it 33 % in a CI trial.
+    # int8: after 32 steps the class is barely learnt (Keras' top class probability 0.34-0.51 of 3, top-2 margins
+    # mostly below 0.1, varying run to run), so "same class" counted near-ties: int8 matched 0.22 of 32 in one CI
+    # run with boxes within 0.32 px. Judged instead: every int8 box has IoU >= 0.8 with Keras', the top score is
+    # within 0.02 (measured 0.003), and a class may differ only where Keras' top-2 margin is below 0.05.
     many = np.stack([r.image for r in data.records[:32]])
     reports = check_export_parity(model, many, tmp_path / "int8", formats=("tflite_int8",))
-    assert reports["tflite_int8"]["keras_detections"] == 32
-    assert reports["tflite_int8"]["matched_fraction"] >= 0.5, reports["tflite_int8"]
+    assert reports["tflite_int8"]["keras_detections"] == reports["tflite_int8"]["artifact_detections"] == 32
+    keras_out = model.predict(many, verbose=0)
+    int8_out = load_runner(tmp_path / "int8" / "model_int8.tflite")(many)
+    box_iou = _paired_iou(keras_out["boxes"][:, 0].astype(np.float32),
+                          int8_out["boxes"][:, 0].astype(np.float32)).numpy()
+    assert np.min(box_iou) >= 0.8, box_iou
+    assert np.abs(keras_out["scores"][:, 0] - int8_out["scores"][:, 0]).max() <= 0.02
+    top2 = np.sort(tf.nn.softmax(model(many.astype(np.float32))["class_logits"]).numpy(), axis=-1)[:, -2:]
+    flipped = keras_out["classes"][:, 0] != int8_out["classes"][:, 0]
+    assert np.all(top2[flipped, 1] - top2[flipped, 0] < 0.05), top2[flipped]
