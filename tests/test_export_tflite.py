@@ -236,3 +236,66 @@ def test_tflite_layer_forms_split_deep_contractions_and_keep_dilation_in_one_con
     want = model(images).numpy()
     got = interpreter.get_signature_runner("serving_default")(x=images)["y"]
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+def test_tflite_layer_forms_winograd_for_wide_3x3_convolutions():
+    """export.layer_forms: a 3x3 stride-1 'same' conv of 128 -> 128 channels on an odd 7x9 map as Winograd
+    F(2x2, 3x3) (16 1x1 CONV_2D, SPACE_TO_DEPTH / DEPTH_TO_SPACE), narrower or strided 3x3 convs and every conv of an
+    int8 trace (split=False) as one CONV_2D; same outputs as Keras in a dynamic-batch graph."""
+    import keras
+
+    from kdet.export.layer_forms import xnnpack_layer_forms
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((7, 9, 128))
+    x = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(inputs)  # Winograd
+    x = keras.layers.Conv2D(64, 3, padding="same")(x)  # 64 filters: direct
+    x = keras.layers.Conv2D(128, 3, padding="same")(x)  # 64 input channels: direct
+    y = keras.layers.Conv2D(128, 3, strides=2, padding="same")(x)  # strided: direct
+    model = keras.Model(inputs, y)
+    signature = [tf.TensorSpec((None, 7, 9, 128), tf.float32, name="x")]
+    interpreter = tf.lite.Interpreter(model_content=function_flatbuffer(lambda t: {"y": model(t)}, signature, model))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], (2, 7, 9, 128))
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]  # noqa: SLF001
+    assert ops.count("CONV_2D") == 16 + 3 and ops.count("DEPTH_TO_SPACE") == ops.count("SPACE_TO_DEPTH") == 1, ops
+    images = np.random.default_rng(1).normal(0, 1, (2, 7, 9, 128)).astype(np.float32)
+    want = model(images).numpy()
+    got = interpreter.get_signature_runner("serving_default")(x=images)["y"]
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    with xnnpack_layer_forms(split=False):
+        graph = tf.function(model).get_concrete_function(signature[0]).graph
+    assert not [op for op in graph.get_operations() if op.type == "DepthToSpace"]
+
+
+def test_winograd_forms_in_a_resnet_fpn_detector_match_keras():
+    """Faster R-CNN R18-FPN (128-channel FPN, BN folded as every export): the 15 Winograd layers (ResNet layer3 /
+    layer4 3x3s, FPN outputs, the RPN conv on 5 levels, odd-sized maps included) give Keras' features and RPN
+    outputs in TFLite."""
+    import keras
+
+    from kdet.models.faster_rcnn import FasterRCNN
+    from kdet.models.inference_copy import inference_model
+
+    keras.utils.set_random_seed(5)
+    model = FasterRCNN(2, image_size=(96, 128), depth=18, base_width=32, fpn_channels=128)
+    images = np.random.default_rng(2).uniform(0, 255, (2, 96, 128, 3)).astype(np.float32)
+    model(images)
+    model = inference_model(model)
+
+    def stages(t):
+        levels, _ = model.extract_features(t)
+        objectness, deltas = model.rpn_head(levels)
+        return {**{f"p{i}": level for i, level in enumerate(levels)}, "objectness": objectness, "deltas": deltas}
+
+    signature = [tf.TensorSpec((None, 96, 128, 3), tf.float32, name="images")]
+    flatbuffers = {forms: function_flatbuffer(stages, signature, model, layer_forms=forms) for forms in (True, False)}
+    counts = {forms: [op["op_name"] for op in tf.lite.Interpreter(model_content=fb)._get_ops_details()].count(  # noqa
+        "DEPTH_TO_SPACE") for forms, fb in flatbuffers.items()}
+    assert counts[True] - counts[False] == 3 + 3 + 4 + 5, counts
+    want = {k: v.numpy() for k, v in stages(images).items()}
+    interpreter = tf.lite.Interpreter(model_content=flatbuffers[True])
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], images.shape)
+    got = interpreter.get_signature_runner("serving_default")(images=images)
+    for key, value in want.items():
+        assert np.abs(got[key] - value).max() <= 2e-5 * max(1.0, np.abs(value).max()), key

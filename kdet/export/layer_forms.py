@@ -15,6 +15,10 @@ Both forms compute the same function with the same weights (float rounding only)
   shape is static; with kdet's default dynamic batch the pair stayed, outside XNNPACK, splitting its graph at every
   dilated layer (FCN ResNet-50's layer3 / layer4, SSD300's conv6). `tf.nn.conv2d(..., dilations=d)` converts to the
   dilated CONV_2D directly.
+- 3x3 stride-1 convolutions with at least WINOGRAD_MIN_CHANNELS input and output channels in Winograd's F(2x2, 3x3)
+  form (float exports only, kdet.ops.winograd): XNNPACK has no fp32 Winograd kernel and runs them at 1.06-1.13x
+  oneDNN's time; the form's 16 1x1 convolutions and additions take 0.57-0.70x of XNNPACK's direct time on kdet's
+  128- to 512-channel layers, 0.94x at 64 channels (benchmarks/bench_tflite_contractions.py).
 Subclasses of Conv2D / Dense that define their own `call` keep it.
 """
 import contextlib
@@ -22,7 +26,10 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from kdet.ops.winograd import conv3x3_winograd, winograd_filter
+
 MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
+WINOGRAD_MIN_CHANNELS = 128  # below, the transforms cost about what the 2.25x fewer multiplications save
 _ORIGINAL_CALLS = {keras.layers.Conv2D: keras.layers.Conv2D.call, keras.layers.Dense: keras.layers.Dense.call}
 _SETTINGS = {"split": True}
 
@@ -41,8 +48,19 @@ def _finish(layer, outputs):
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
+def _winograd_applies(layer, inputs):
+    """True for a float32 3x3 stride-1 Conv2D of >= WINOGRAD_MIN_CHANNELS in and out on a static H x W."""
+    kh, kw, channels, filters = layer.kernel.shape
+    return (_SETTINGS["split"] and (kh, kw) == (3, 3) and tuple(layer.strides) == (1, 1)
+            and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
+            and min(channels, filters) >= WINOGRAD_MIN_CHANNELS and layer.data_format == "channels_last"
+            and layer.compute_dtype == "float32" and None not in tuple(inputs.shape[1:3]))
+
+
 def _conv_call(self, inputs):
     """keras.layers.Conv2D.call in its XNNPACK form. inputs [B, H, W, Cin] -> [B, H', W', filters]."""
+    if _winograd_applies(self, inputs):
+        return _finish(self, conv3x3_winograd(inputs, winograd_filter(self.kernel), self.padding))
     kh, kw, channels, _ = self.kernel.shape
     parts = contraction_parts(kh * kw * channels, channels) if _SETTINGS["split"] else 1
     dilated = tuple(self.dilation_rate) != (1, 1)
@@ -76,7 +94,8 @@ def _dense_call(self, inputs, training=None):
 
 @contextlib.contextmanager
 def xnnpack_layer_forms(split=True):
-    """While active (a TFLite trace), Conv2D / Dense layers take the forms above; split=False: no slices (int8)."""
+    """While active (a TFLite trace), Conv2D / Dense layers take the forms above; split=False (int8): neither
+    slices nor Winograd convolutions (each partial sum would be requantised), only the dilated CONV_2D."""
     previous = dict(_SETTINGS)
     _SETTINGS["split"] = bool(split)
     keras.layers.Conv2D.call, keras.layers.Dense.call = _conv_call, _dense_call
