@@ -8,17 +8,20 @@ Both forms compute the same function with the same weights (float rounding only)
 - Deep contractions split (float exports only, `split=True`): XNNPACK's fp32 GEMM (LiteRT 2.3) runs a Dense or
   convolution whose contraction depth (kh * kw * input channels) is far above ~4.6k at 0.65-0.8x the speed of the
   same layer cut into input-channel slices summed with ADD, while TensorFlow's oneDNN runs it at full speed
-  (benchmarks/bench_tflite_contractions.py: Faster R-CNN's fc6, depth 12544: TFLite/TF 1.24 -> 1.03; FCN's classifier
-  conv, depth 18432: 1.23 -> 0.82). int8 keeps the layers whole: each partial sum would be requantised.
+  (benchmarks/bench_tflite_contractions.py: Faster R-CNN's fc6, depth 12544: TFLite/TF 1.46 -> 1.04; a deep 3x3
+  convolution takes the Winograd form below instead). int8 keeps the layers whole: each partial sum would be
+  requantised.
 - Dilated convolutions as one CONV_2D with its dilation: TF's Keras Conv2D with dilation_rate > 1 emits
   SPACE_TO_BATCH_ND + CONV_2D + BATCH_TO_SPACE_ND, which the converter folds into a dilated CONV_2D only when every
   shape is static; with kdet's default dynamic batch the pair stayed, outside XNNPACK, splitting its graph at every
   dilated layer (FCN ResNet-50's layer3 / layer4, SSD300's conv6). `tf.nn.conv2d(..., dilations=d)` converts to the
   dilated CONV_2D directly.
 - 3x3 stride-1 convolutions with at least WINOGRAD_MIN_CHANNELS input and output channels in Winograd's F(2x2, 3x3)
-  form (float exports only, kdet.ops.winograd): XNNPACK has no fp32 Winograd kernel and runs them at 1.06-1.13x
-  oneDNN's time; the form's 16 1x1 convolutions and additions take 0.57-0.70x of XNNPACK's direct time on kdet's
-  128- to 512-channel layers, 0.94x at 64 channels (benchmarks/bench_tflite_contractions.py).
+  form (float exports only, kdet.ops.winograd): XNNPACK has no fp32 Winograd kernel; in this form they take 0.43-0.81x
+  of TF's time where XNNPACK's direct kernel takes 0.80-1.30x (benchmarks/bench_tflite_contractions.py, 7 rounds:
+  FPN P2 output conv 1.10 -> 0.73, Mask R-CNN's mask-head conv 1.19 -> 0.81, ResNet-50 layer2 / layer4 0.97 / 0.80
+  -> 0.59 / 0.49, SSD300's head conv 1.03 -> 0.54, FCN's classifier conv 1.30 -> 0.43, formerly split: 0.82). At 64
+  channels the transforms cost what they save (ResNet-50 layer1: 0.99 direct, 1.01 in this form), so it stays direct.
 Subclasses of Conv2D / Dense that define their own `call` keep it.
 """
 import contextlib
