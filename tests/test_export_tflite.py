@@ -299,3 +299,19 @@ def test_winograd_forms_in_a_resnet_fpn_detector_match_keras():
     got = interpreter.get_signature_runner("serving_default")(images=images)
     for key, value in want.items():
         assert np.abs(got[key] - value).max() <= 2e-5 * max(1.0, np.abs(value).max()), key
+
+
+@pytest.mark.parametrize("size, channels, winograd", [((16, 16), 512, True), ((13, 13), 512, False),
+                                                      ((7, 7), 256, True), ((3, 3), 256, True)])
+def test_winograd_form_only_where_tiles_outweigh_the_filters(size, channels, winograd):
+    """Wide filters (> 256 x 256) need >= 64 output tiles per image (16x16: 64; 13x13: 7 * 7 = 49 stays direct:
+    YOLOv2's 13x13 1024-channel layers made the model slower in Winograd form); 256 x 256 filters at any size."""
+    import keras
+
+    from kdet.export.layer_forms import xnnpack_layer_forms
+
+    layer = keras.layers.Conv2D(channels, 3, padding="same")
+    layer.build((None, *size, channels))
+    with xnnpack_layer_forms():
+        graph = tf.function(layer).get_concrete_function(tf.TensorSpec((None, *size, channels))).graph
+    assert any(op.type == "DepthToSpace" for op in graph.get_operations()) == winograd

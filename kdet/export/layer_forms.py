@@ -21,7 +21,9 @@ Both forms compute the same function with the same weights (float rounding only)
   of TF's time where XNNPACK's direct kernel takes 0.80-1.30x (benchmarks/bench_tflite_contractions.py, 7 rounds:
   FPN P2 output conv 1.10 -> 0.73, Mask R-CNN's mask-head conv 1.19 -> 0.81, ResNet-50 layer2 / layer4 0.97 / 0.80
   -> 0.59 / 0.49, SSD300's head conv 1.03 -> 0.54, FCN's classifier conv 1.30 -> 0.43, formerly split: 0.82). At 64
-  channels the transforms cost what they save (ResNet-50 layer1: 0.99 direct, 1.01 in this form), so it stays direct.
+  channels the transforms cost what they save (ResNet-50 layer1: 0.99 direct, 1.01 in this form), so it stays direct;
+  so do filters wider than 256 x 256 on maps of fewer than 64 2x2 tiles (WINOGRAD_MIN_TILES: YOLOv2 at 416, whose
+  13x13 1024-channel layers have 49, ran 270 ms all-Winograd, 173 ms direct, 155 ms with this rule).
 Subclasses of Conv2D / Dense that define their own `call` keep it.
 """
 import contextlib
@@ -33,6 +35,11 @@ from kdet.ops.winograd import conv3x3_winograd, winograd_filter
 
 MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
 WINOGRAD_MIN_CHANNELS = 128  # below, the transforms cost about what the 2.25x fewer multiplications save
+# ... and at least this many 2x2 output tiles per image unless the filters are at most 256 x 256: Winograd streams 16
+# filter matrices (16/9 of the kernel) every call, and on a small map with wide filters that, not arithmetic, is the
+# cost (YOLOv2's 13x13 1024-channel layers, 49 tiles: the model 1.56x slower than with direct convolutions).
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_SMALL_FILTERS = 256 * 256
 _ORIGINAL_CALLS = {keras.layers.Conv2D: keras.layers.Conv2D.call, keras.layers.Dense: keras.layers.Dense.call}
 _SETTINGS = {"split": True}
 
@@ -52,12 +59,20 @@ def _finish(layer, outputs):
 
 
 def _winograd_applies(layer, inputs):
-    """True for a float32 3x3 stride-1 Conv2D of >= WINOGRAD_MIN_CHANNELS in and out on a static H x W."""
+    """True for a float32 3x3 stride-1 Conv2D of >= WINOGRAD_MIN_CHANNELS in and out on a static H x W, with
+    filters of at most WINOGRAD_SMALL_FILTERS weights or at least WINOGRAD_MIN_TILES tiles."""
     kh, kw, channels, filters = layer.kernel.shape
     return (_SETTINGS["split"] and (kh, kw) == (3, 3) and tuple(layer.strides) == (1, 1)
             and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
             and min(channels, filters) >= WINOGRAD_MIN_CHANNELS and layer.data_format == "channels_last"
-            and layer.compute_dtype == "float32" and None not in tuple(inputs.shape[1:3]))
+            and layer.compute_dtype == "float32" and None not in tuple(inputs.shape[1:3])
+            and (channels * filters <= WINOGRAD_SMALL_FILTERS or _tiles(layer, inputs) >= WINOGRAD_MIN_TILES))
+
+
+def _tiles(layer, inputs):
+    """2x2 output tiles per image of a 3x3 stride-1 Conv2D."""
+    border = 2 if layer.padding == "valid" else 0
+    return ((inputs.shape[1] - border + 1) // 2) * ((inputs.shape[2] - border + 1) // 2)
 
 
 def _conv_call(self, inputs):
