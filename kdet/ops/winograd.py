@@ -13,7 +13,7 @@ float rounding only: the transforms' constants are 0, +-1 and +-0.5 (relative di
 import numpy as np
 import tensorflow as tf
 
-# F(2x2, 3x3): input transform B^T, filter transform G, output transform A^T (Lavin & Gray, section 4.1).
+# F(2x2, 3x3)'s filter transform G (Lavin & Gray, section 4.1); B^T and A^T are written out below as ADD / SUB.
 FILTER_TRANSFORM = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 
 
