@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.ops.winograd import conv3x3_winograd, winograd_filter
+from kdet.ops.winograd import conv3x3_winograd, output_tiles, winograd_filter
 
 
 def numpy_conv3x3(x, kernel, padding="same"):
@@ -53,3 +53,9 @@ def test_dynamic_batch_static_size_and_padding_checked():
     with pytest.raises(ValueError, match="static height and width"):
         tf.function(lambda t: conv3x3_winograd(t, filters),
                     input_signature=[tf.TensorSpec((1, None, None, 3), tf.float32)]).get_concrete_function()
+
+
+def test_output_tiles_cover_the_output():
+    """2x2 tiles over the convolution's output: same keeps H x W, valid is (H - 2) x (W - 2); odd sizes round up."""
+    assert output_tiles(16, 16) == (8, 8) and output_tiles(13, 13) == (7, 7)
+    assert output_tiles(62, 82, "valid") == (30, 40) and output_tiles(5, 4, "valid") == (2, 1)

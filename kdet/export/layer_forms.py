@@ -27,11 +27,12 @@ Both forms compute the same function with the same weights (float rounding only)
 Subclasses of Conv2D / Dense that define their own `call` keep it.
 """
 import contextlib
+import math
 
 import keras
 import tensorflow as tf
 
-from kdet.ops.winograd import conv3x3_winograd, winograd_filter
+from kdet.ops.winograd import conv3x3_winograd, output_tiles, winograd_filter
 
 MAX_CONTRACTION_DEPTH = 4608  # ResNet's 3x3x512 convolutions: as fast as oneDNN in XNNPACK unsplit
 WINOGRAD_MIN_CHANNELS = 128  # below, the transforms cost about what the 2.25x fewer multiplications save
@@ -66,13 +67,8 @@ def _winograd_applies(layer, inputs):
             and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1
             and min(channels, filters) >= WINOGRAD_MIN_CHANNELS and layer.data_format == "channels_last"
             and layer.compute_dtype == "float32" and None not in tuple(inputs.shape[1:3])
-            and (channels * filters <= WINOGRAD_SMALL_FILTERS or _tiles(layer, inputs) >= WINOGRAD_MIN_TILES))
-
-
-def _tiles(layer, inputs):
-    """2x2 output tiles per image of a 3x3 stride-1 Conv2D."""
-    border = 2 if layer.padding == "valid" else 0
-    return ((inputs.shape[1] - border + 1) // 2) * ((inputs.shape[2] - border + 1) // 2)
+            and (channels * filters <= WINOGRAD_SMALL_FILTERS
+                 or math.prod(output_tiles(*inputs.shape[1:3], layer.padding)) >= WINOGRAD_MIN_TILES))
 
 
 def _conv_call(self, inputs):

@@ -23,6 +23,12 @@ def winograd_filter(kernel):
     return tf.einsum("ia,abck,jb->ijck", g, kernel, g)
 
 
+def output_tiles(height, width, padding="same"):
+    """(tiles_y, tiles_x): the 2x2 output tiles of a 3x3 stride-1 convolution of an H x W input ("same" / "valid")."""
+    out_h, out_w = (height, width) if padding == "same" else (height - 2, width - 2)
+    return (out_h + 1) // 2, (out_w + 1) // 2
+
+
 def _transform_1d(d0, d1, d2, d3):
     """B^T applied along one tile axis: four [B, h, w, C] tensors -> their four transformed rows."""
     return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
@@ -46,7 +52,7 @@ def conv3x3_winograd(inputs, filters, padding="same"):
     border = 1 if padding == "same" else 0
     out_h, out_w = height + 2 * border - 2, width + 2 * border - 2
     channels = filters.shape[2]
-    tiles_y, tiles_x = (out_h + 1) // 2, (out_w + 1) // 2
+    tiles_y, tiles_x = output_tiles(height, width, padding)
     # Padded to 2 * tiles + 2 rows and columns (odd outputs get one more row / column, cropped at the end), then the
     # 2x2 phases side by side in the channels: input row 2 * t + u of tile t is phase u % 2 at row t + u // 2.
     padded = tf.pad(inputs, [[0, 0], [border, border + out_h % 2], [border, border + out_w % 2], [0, 0]])
